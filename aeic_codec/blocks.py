@@ -1,0 +1,184 @@
+"""The convolutional building blocks of AEIC (ARCHITECTURE.md section 2).
+
+Pointwise (1x1) convolutions run as ``F.linear`` on channels-last views: on this CPU
+that is faster than oneDNN's 1x1 convolution and, unlike it, gives the same bits
+with any number of threads, which the entropy parameters (h_s, context) need.
+
+Attribute names follow the published checkpoints so that their state dicts load
+without renaming: ``dwconv``/``depthconv``, ``norm``, ``fc1``, ``fc2``, ``conv``,
+``body`` and ``branch1``/``branch2``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+def to_nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 1x1 convolution to an NHWC tensor as a matrix product."""
+    return F.linear(x, conv.weight.flatten(1), conv.bias)
+
+
+class Conv3x3(nn.Conv2d):
+    """Dense 3x3 convolution; at inference nine accumulating matrix products.
+
+    oneDNN's direct convolution rounds differently with 1 and 2 threads, MKL's GEMM in
+    strict CNR mode (set in ``aeic_codec/__init__.py``) does not. Inference therefore
+    runs the convolution as ``addmm`` on shifted slices of the flattened, padded NHWC
+    image (rows are padded to w + 2 so every shift is one contiguous slice), in a fixed
+    order; training keeps ``F.conv2d``, which computes the same function faster.
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        b, c, h, w = x.shape
+        wp = w + 2
+        n = h * wp
+        padded = to_nhwc(F.pad(x, (1, 1, 1, 2))).contiguous().view(b, (h + 3) * wp, c)
+        taps = self.weight.permute(2, 3, 1, 0).to(x.dtype)  # (3, 3, cin, cout)
+        outs = []
+        for i in range(b):
+            out = self.bias.to(x.dtype).expand(n, -1).contiguous()
+            for dy in range(3):
+                for dx in range(3):
+                    start = dy * wp + dx
+                    out = torch.addmm(out, padded[i, start : start + n], taps[dy, dx])
+            outs.append(out.view(h, wp, -1)[:, :w])
+        return to_nchw(torch.stack(outs))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels (eps 1e-6); applied to NHWC tensors, over the last axis."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, eps=1e-6)
+
+
+class InceptionDW(nn.Module):
+    """Depthwise mixing on three small channel groups; the large rest passes untouched.
+
+    The split keeps most channels free of spatial mixing, which is what makes the
+    encoder cheap: only 3/8 of the channels see a depthwise kernel.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        gc = dim // 8
+        self.split = (dim - 3 * gc, gc, gc, gc)
+        self.dwconv_hw = nn.Conv2d(gc, gc, 3, padding=1, groups=gc)
+        self.dwconv_w = nn.Conv2d(gc, gc, (1, 11), padding=(0, 5), groups=gc)
+        self.dwconv_h = nn.Conv2d(gc, gc, (11, 1), padding=(5, 0), groups=gc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_id, x_hw, x_w, x_h = torch.split(x, self.split, dim=1)
+        return torch.cat((x_id, self.dwconv_hw(x_hw), self.dwconv_w(x_w), self.dwconv_h(x_h)), 1)
+
+
+class StarBlock(nn.Module):
+    """InceptionDW -> LayerNorm -> 1x1 (d->4d) -> GELU(a)*b -> 1x1 (2d->d), residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = InceptionDW(dim)
+        self.norm = LayerNorm2d(dim)
+        self.fc1 = nn.Conv2d(dim, 4 * dim, 1)
+        self.fc2 = nn.Conv2d(2 * dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = pointwise(self.fc1, self.norm(to_nhwc(self.dwconv(x)))).chunk(2, dim=-1)
+        return x + to_nchw(pointwise(self.fc2, F.gelu(a) * b))
+
+
+class InceptionNeXt(nn.Module):
+    """InceptionDW -> 1x1 (d->2d) -> GELU -> 1x1 (2d->d), residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.depthconv = InceptionDW(dim)
+        self.conv1 = nn.Conv2d(dim, 2 * dim, 1)
+        self.conv2 = nn.Conv2d(2 * dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = F.gelu(pointwise(self.conv1, to_nhwc(self.depthconv(x))))
+        return x + to_nchw(pointwise(self.conv2, t))
+
+
+class GatedCNN(nn.Module):
+    """LayerNorm -> 1x1 (d->4d) -> GELU(a) * dw3x3(b) -> 1x1 (2d->d), residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(dim)
+        self.fc1 = nn.Conv2d(dim, 4 * dim, 1)
+        self.conv = nn.Conv2d(2 * dim, 2 * dim, 3, padding=1, groups=2 * dim)
+        self.fc2 = nn.Conv2d(2 * dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = pointwise(self.fc1, self.norm(to_nhwc(x))).chunk(2, dim=-1)
+        b = to_nhwc(self.conv(to_nchw(b)))
+        return x + to_nchw(pointwise(self.fc2, F.gelu(a) * b))
+
+
+class BasicBlock(nn.Module):
+    """InceptionNeXt then GatedCNN: the unit of the shared context network g_c."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(InceptionNeXt(dim), GatedCNN(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class Down(nn.Sequential):
+    """3x3 conv to o/4 channels then pixel-unshuffle: halves the size, no strided conv."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        if cout % 4:
+            raise ValueError(f"Down output channels must be a multiple of 4, got {cout}")
+        super().__init__()
+        self.body = nn.Sequential(Conv3x3(cin, cout // 4), nn.PixelUnshuffle(2))
+
+
+class Up(nn.Sequential):
+    """3x3 conv to 4o channels then pixel-shuffle: doubles the size."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(Conv3x3(cin, 4 * cout), nn.PixelShuffle(2))
+
+
+class Adapter(nn.Module):
+    """Channel adapter: a 1x1/dw5x5/1x1 branch plus a linear 1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        mid = (cin + cout) // 2
+        self.branch1 = nn.Sequential(
+            nn.Conv2d(cin, mid, 1),
+            nn.GELU(),
+            nn.Conv2d(mid, mid, 5, padding=2, groups=mid),
+            nn.GELU(),
+            nn.Conv2d(mid, cout, 1),
+        )
+        self.branch2 = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv_in, _, dw, _, conv_out = self.branch1
+        t = to_nhwc(x)
+        b1 = pointwise(conv_out, to_nhwc(F.gelu(dw(to_nchw(F.gelu(pointwise(conv_in, t)))))))
+        return to_nchw(b1 + pointwise(self.branch2, t))

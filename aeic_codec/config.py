@@ -1,0 +1,140 @@
+"""Model shape as data: every network in aeic is built from one ModelConfig.
+
+The published variants (AEIC-SE, AEIC-ME) and the small default model are
+different instances of the same dataclass, so they all run through the same
+code. The config is stored as JSON in every weight bundle. This module must not
+import torch: ``aeic info`` and bundle listing read configs without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Widths, depths and tiling of one AEIC model (ARCHITECTURE.md sections 1-6)."""
+
+    name: str = "AEIC-SE"
+    # Encoder side: analysis transform g_a, hyperprior and quadtree context model.
+    ga_dims: tuple[int, ...] = (32, 64, 128, 192, 256)
+    ga_blocks: int = 1
+    latent_channels: int = 256  # M, channels of y; z has M // 2
+    hyper_blocks: int = 2
+    context_dim: int = 512  # C
+    context_depth: int = 3
+    # Synthesis transform g_s: 1/32 -> 1/8 resolution, output split into l_T and l_res.
+    gs_dims: tuple[int, ...] = (1024, 768, 512)
+    gs_blocks: int = 2
+    denoiser_in: int = 320  # channels of l_T
+    decoder_latent: int = 256  # channels of l_res, of eps' output and of D's input
+    # One-step denoiser eps (diffusers blocks, no time embedding, no cross-attention).
+    unet_widths: tuple[int, ...] = (320, 640, 1280, 1280)
+    unet_heads: tuple[int, ...] = (5, 10, 20, 20)
+    unet_attention: tuple[bool, ...] = (True, True, True, False)  # per down level
+    unet_layers: int = 2  # resnets per down block; up blocks have one more
+    unet_mid_attention: bool = True
+    unet_norm_groups: int = 32
+    # Lite VAE decoder D (diffusers Decoder), widths listed from the image side up.
+    vae_widths: tuple[int, ...] = (64, 128, 256, 256)
+    vae_layers: int = 2
+    vae_norm_groups: int = 32
+    vae_mid_attention: bool = True
+    # Tiling in latent (1/8 resolution) units and the colour-fix threshold.
+    eps_tile: int = 192
+    eps_overlap: int = 64
+    vae_tile: int = 160
+    colorfix_min_pixels: int = 768 * 768
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        m = self.latent_channels
+        if m % 8 or m <= 0:
+            raise ValueError(f"latent_channels must be a positive multiple of 8, got {m}")
+        if len(self.ga_dims) != 5 or self.ga_dims[-1] != m:
+            raise ValueError("ga_dims must list 5 stage widths ending in latent_channels")
+        if len(self.unet_widths) != len(self.unet_heads) or len(self.unet_widths) != len(
+            self.unet_attention
+        ):
+            raise ValueError("unet_widths, unet_heads and unet_attention must have one entry per level")
+        if self.eps_overlap * 2 >= self.eps_tile:
+            raise ValueError("eps_overlap must be less than half of eps_tile")
+
+    @property
+    def hyper_channels(self) -> int:
+        return self.latent_channels // 2
+
+    @property
+    def gs_out(self) -> int:
+        return self.denoiser_in + self.decoder_latent
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown model configuration keys: {', '.join(unknown)}")
+        kwargs = {}
+        for key, value in data.items():
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+AEIC_SE = ModelConfig()
+
+AEIC_ME = ModelConfig(
+    name="AEIC-ME",
+    ga_dims=(64, 128, 192, 256, 320),
+    ga_blocks=2,
+    latent_channels=320,
+    context_dim=960,
+    context_depth=4,
+    eps_tile=96,
+    eps_overlap=32,
+)
+
+PRESETS: dict[str, ModelConfig] = {"AEIC-SE": AEIC_SE, "AEIC-ME": AEIC_ME}
+
+
+def tiny_config(name: str = "tiny", **changes: Any) -> ModelConfig:
+    """A few-thousand-parameter model for tests: every block, tiny widths."""
+    base = ModelConfig(
+        name=name,
+        ga_dims=(8, 8, 16, 16, 16),
+        ga_blocks=1,
+        latent_channels=16,
+        hyper_blocks=1,
+        context_dim=16,
+        context_depth=1,
+        gs_dims=(32, 32, 32),
+        gs_blocks=1,
+        denoiser_in=8,
+        decoder_latent=8,
+        unet_widths=(32, 32),
+        unet_heads=(1, 1),
+        unet_attention=(True, False),
+        unet_layers=1,
+        unet_mid_attention=True,
+        unet_norm_groups=8,
+        vae_widths=(8, 16),
+        vae_layers=1,
+        vae_norm_groups=4,
+        vae_mid_attention=True,
+        eps_tile=16,
+        eps_overlap=4,
+        vae_tile=16,
+    )
+    return base.replace(**changes)

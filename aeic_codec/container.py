@@ -1,0 +1,273 @@
+"""The .aeic container: a small, self-checking wrapper around the five coded streams.
+
+This module is the reference reader and writer of format version 1 (docs/format.md). It
+imports only the standard library because ``aeic info`` parses files with it and must start
+without paying for torch or numpy.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+MAGIC = b"AEI"
+FORMAT_VERSION = 1
+MAX_DIM = 1 << 18
+NUM_STREAMS = 5
+STREAM_NAMES = ("z", "step0", "step1", "step2", "step3")
+MAX_STREAM_BYTES = (1 << 32) - 1
+FLAG_COLOUR = 0x01
+
+_MODEL_ID_SIZE = 4
+_CRC_SIZE = 4
+_COLOUR = struct.Struct(">6H")
+# magic, version, flags and model id; the varints start here.
+_FIXED_SIZE = len(MAGIC) + 2 + _MODEL_ID_SIZE
+# Every varint one byte, no colour statistics, empty streams: nothing valid is shorter.
+_MIN_SIZE = _FIXED_SIZE + 2 + NUM_STREAMS + _CRC_SIZE
+
+
+class FormatError(ValueError):
+    """Bytes that are not a valid .aeic file; the message is one line meant for the user."""
+
+
+class _Header(NamedTuple):
+    """The parsed header, before the payload is trusted or copied."""
+
+    model_id: bytes
+    width: int
+    height: int
+    lengths: tuple[int, ...]
+    colour: tuple[int, ...] | None
+    end: int
+
+
+@dataclass(frozen=True)
+class AeicFile:
+    """One decoded .aeic file; it validates itself, so every instance can be packed."""
+
+    width: int
+    height: int
+    model_id: bytes
+    streams: tuple[bytes, ...]
+    colour: tuple[int, ...] | None = None
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != FORMAT_VERSION:
+            raise ValueError(f"this aeic writes format version {FORMAT_VERSION} only")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+                raise ValueError(f"{name} must be an int in 1..{MAX_DIM}, got {value!r}")
+        if not isinstance(self.model_id, bytes) or len(self.model_id) != _MODEL_ID_SIZE:
+            raise ValueError(f"model_id must be {_MODEL_ID_SIZE} bytes, got {self.model_id!r}")
+        if (
+            not isinstance(self.streams, tuple)
+            or len(self.streams) != NUM_STREAMS
+            or not all(isinstance(s, bytes) for s in self.streams)
+        ):
+            raise ValueError(f"streams must be a tuple of {NUM_STREAMS} bytes objects")
+        if any(len(s) > MAX_STREAM_BYTES for s in self.streams):
+            raise ValueError(f"a stream is longer than {MAX_STREAM_BYTES} bytes")
+        if self.colour is not None and (
+            not isinstance(self.colour, tuple)
+            or len(self.colour) != 6
+            or not all(isinstance(c, int) and 0 <= c <= 0xFFFF for c in self.colour)
+        ):
+            raise ValueError("colour must be None or a tuple of six ints in 0..65535")
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def stream_sizes(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.streams)
+
+    @property
+    def payload_size(self) -> int:
+        return sum(self.stream_sizes)
+
+    @property
+    def model_id_hex(self) -> str:
+        return self.model_id.hex()
+
+    def header_bytes(self) -> bytes:
+        """Everything before the payload; the CRC follows the payload."""
+        flags = FLAG_COLOUR if self.colour is not None else 0
+        parts = [MAGIC, bytes((self.version, flags)), self.model_id]
+        parts += [_varint(v) for v in (self.width, self.height, *self.stream_sizes)]
+        if self.colour is not None:
+            parts.append(_COLOUR.pack(*self.colour))
+        return b"".join(parts)
+
+    @property
+    def overhead(self) -> int:
+        """Bytes spent on anything but the streams: header plus CRC."""
+        return len(self.header_bytes()) + _CRC_SIZE
+
+    @property
+    def size(self) -> int:
+        """Size of the packed file; the encoding is canonical, so this is exact."""
+        return self.overhead + self.payload_size
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the whole file, the rate figure codecs are compared on."""
+        return 8 * self.size / self.pixels
+
+
+def pack(f: AeicFile) -> bytes:
+    """Serialise f; AeicFile validated its fields on construction."""
+    body = f.header_bytes() + b"".join(f.streams)
+    return body + zlib.crc32(body).to_bytes(_CRC_SIZE, "big")
+
+
+def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
+    """Parse and fully validate a file; raise FormatError for anything but a valid file.
+
+    max_pixels lets a caller refuse images it could not afford to decode; it is checked
+    before any stream is copied.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(memoryview(data))  # never bytes(n): an int must not allocate n bytes
+    _check_preamble(data)
+    body_end = len(data) - _CRC_SIZE
+    if zlib.crc32(memoryview(data)[:body_end]) != int.from_bytes(data[body_end:], "big"):
+        raise _crc_failure(data)
+    head = _parse_header(data, body_end)
+    if max_pixels is not None and head.width * head.height > max_pixels:
+        raise FormatError(
+            f"image {head.width}x{head.height} has {head.width * head.height} pixels, "
+            f"above the limit of {max_pixels}"
+        )
+    payload = body_end - head.end
+    declared = sum(head.lengths)
+    if declared > payload:
+        raise FormatError("stream lengths exceed the file size")
+    if declared < payload:
+        raise FormatError(f"{payload - declared} unexplained bytes after the streams")
+    streams = []
+    pos = head.end
+    for n in head.lengths:
+        streams.append(data[pos : pos + n])
+        pos += n
+    return AeicFile(head.width, head.height, head.model_id, tuple(streams), head.colour)
+
+
+def info_dict(data: bytes) -> dict[str, Any]:
+    """What ``aeic info --json`` prints: the header, the sizes and the rate, all JSON types."""
+    f = unpack(data)
+    colour = None
+    if f.colour is not None:
+        scaled = [c / 0xFFFF for c in f.colour]
+        colour = {"mean": scaled[:3], "std": scaled[3:]}
+    return {
+        "format_version": f.version,
+        "model_id": f.model_id_hex,
+        "width": f.width,
+        "height": f.height,
+        "pixels": f.pixels,
+        "file_bytes": f.size,
+        "bpp": f.bpp,
+        "overhead_bytes": f.overhead,
+        "payload_bytes": f.payload_size,
+        "streams": dict(zip(STREAM_NAMES, f.stream_sizes, strict=True)),
+        "colour": colour,
+    }
+
+
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128: the dimensions and most stream lengths fit in one or two bytes."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int, end: int, limit: int, too_large: str) -> tuple[int, int]:
+    """Decode one canonical varint <= limit from data[pos:end]; return it and the next pos.
+
+    Reading stops after the bytes that limit needs, so hostile input never builds big ints.
+    """
+    value = 0
+    for i in range(max(1, -(-limit.bit_length() // 7))):
+        if pos + i >= end:
+            raise FormatError("truncated file: header ends early")
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            if byte == 0 and i > 0:
+                raise FormatError("non-canonical (overlong) varint in header")
+            if value > limit:
+                raise FormatError(too_large)
+            return value, pos + i + 1
+    raise FormatError(too_large)
+
+
+def _check_preamble(data: bytes) -> None:
+    """Magic, minimal length and version: what must hold before the CRC position is known."""
+    if data[: len(MAGIC)] != MAGIC[: len(data)]:
+        raise FormatError("not an .aeic file (bad magic)")
+    if len(data) < _MIN_SIZE:
+        raise FormatError(
+            f"truncated file: {len(data)} bytes, no .aeic file is shorter than {_MIN_SIZE}"
+        )
+    version = data[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        hint = "; upgrade aeic" if version > FORMAT_VERSION else ""
+        raise FormatError(
+            f"unsupported format version {version} (this aeic reads version {FORMAT_VERSION})"
+            + hint
+        )
+
+
+def _parse_header(data: bytes, end: int) -> _Header:
+    """Parse the fields between the version byte and the payload, validating each."""
+    flags = data[len(MAGIC) + 1]
+    if flags & ~FLAG_COLOUR:
+        raise FormatError(f"reserved flag bits set (flags 0x{flags:02x})")
+    model_id = data[len(MAGIC) + 2 : _FIXED_SIZE]
+    pos = _FIXED_SIZE
+    dims = []
+    for name in ("width", "height"):
+        value, pos = _read_varint(data, pos, end, MAX_DIM, f"image {name} above {MAX_DIM}")
+        dims.append(value)
+    width, height = dims
+    if width == 0 or height == 0:
+        raise FormatError(f"image dimensions {width}x{height} out of range (1..{MAX_DIM} each)")
+    lengths = []
+    for _ in range(NUM_STREAMS):
+        n, pos = _read_varint(
+            data, pos, end, MAX_STREAM_BYTES, f"stream length above {MAX_STREAM_BYTES}"
+        )
+        lengths.append(n)
+    colour = None
+    if flags & FLAG_COLOUR:
+        if pos + _COLOUR.size > end:
+            raise FormatError("truncated file: header ends early")
+        colour = _COLOUR.unpack_from(data, pos)
+        pos += _COLOUR.size
+    return _Header(model_id, width, height, tuple(lengths), colour, pos)
+
+
+def _crc_failure(data: bytes) -> FormatError:
+    """Say "truncated" when the unverified header promises more bytes than the file has.
+
+    An interrupted copy is the commonest way to damage a file, and the user should know.
+    """
+    try:
+        head = _parse_header(data, len(data))
+    except FormatError:
+        return FormatError("CRC mismatch: file is corrupt")
+    promised = head.end + sum(head.lengths) + _CRC_SIZE
+    if promised > len(data):
+        return FormatError(
+            f"CRC mismatch: file is truncated or corrupt (header promises {promised} bytes, "
+            f"found {len(data)})"
+        )
+    return FormatError("CRC mismatch: file is corrupt")
