@@ -152,6 +152,6 @@ class StreamDecoder:
                     pairs = np.asarray(self._coder.decode(_UNIFORM, 2 * count), dtype=np.int64)
                     vals[escaped] = _unzigzag((pairs[0::2] << 16) | pairs[1::2])
                 out[idx] = vals
-        except (ValueError, RuntimeError, OverflowError) as exc:
+        except Exception as exc:  # constriction signals invalid data with assorted types
             raise CodingError(f"stream does not decode: {exc}") from exc
         return out

@@ -59,7 +59,11 @@ class ModelConfig:
         if len(self.unet_widths) != len(self.unet_heads) or len(self.unet_widths) != len(
             self.unet_attention
         ):
-            raise ValueError("unet_widths, unet_heads and unet_attention must have one entry per level")
+            raise ValueError(
+                "unet_widths, unet_heads and unet_attention must have one entry per level"
+            )
+        if len(self.vae_widths) != 4:
+            raise ValueError("vae_widths needs 4 levels: D upsamples the 1/8 latent by 8")
         if self.eps_overlap * 2 >= self.eps_tile:
             raise ValueError("eps_overlap must be less than half of eps_tile")
 
@@ -129,7 +133,7 @@ def tiny_config(name: str = "tiny", **changes: Any) -> ModelConfig:
         unet_layers=1,
         unet_mid_attention=True,
         unet_norm_groups=8,
-        vae_widths=(8, 16),
+        vae_widths=(8, 8, 16, 16),
         vae_layers=1,
         vae_norm_groups=4,
         vae_mid_attention=True,

@@ -75,6 +75,8 @@ class AEIC(nn.Module):
             self.vae = LiteVAEDecoder(cfg)
         self.z_tables: FreqTables | None = None
         self.y_tables: FreqTables | None = None
+        self.identity: str | None = None  # set by bundle save/load
+        self.lambda_: float | None = None
 
     # ------------------------------------------------------------------ tables
     @torch.no_grad()
@@ -138,9 +140,7 @@ class AEIC(nn.Module):
             sym = torch.round(y - mean).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
             sym = torch.where(coded, sym, torch.zeros_like(sym))
             enc = StreamEncoder()
-            enc.encode(
-                sym[coded].long().numpy(), scale_indexes(scale[coded]).numpy(), y_tables
-            )
+            enc.encode(sym[coded].long().numpy(), scale_indexes(scale[coded]).numpy(), y_tables)
             streams.append(enc.finish())
             y_hat = sym + mean
             p = gaussian_likelihood(y_hat[mask], mean[mask], scale[mask])

@@ -1,0 +1,180 @@
+"""The Python API: load a model, encode an image, decode a file, read a header.
+
+The CLI is a thin layer over these functions. Heavy modules (torch, diffusers) are
+imported inside the functions that need them, so ``read_header`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .bundle import BundleError, find_bundle, load_bundle
+from .container import AeicFile, FormatError, pack, unpack
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import AEIC
+
+Progress = Callable[[int, int], None]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class ModelMismatch(BundleError):
+    """The file was encoded with another model than the one given for decoding."""
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    estimated_bits: float
+    y_hat: torch.Tensor
+
+
+def load_model(
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    lambda_: float | None = None,
+    identity: str | None = None,
+    variant: str | None = None,
+    encoder: bool = True,
+    decoder: bool = True,
+) -> AEIC:
+    """Find a bundle (see ``bundle.find_bundle``) and load the parts a side needs."""
+    info = find_bundle(weights, lambda_=lambda_, identity=identity, variant=variant)
+    return load_bundle(info.path, encoder=encoder, decoder=decoder)
+
+
+def read_header(data: bytes, max_pixels: int | None = None) -> AeicFile:
+    """Parse and check an .aeic file without decoding it (no torch)."""
+    return unpack(data, max_pixels=max_pixels)
+
+
+def encode_image(image: np.ndarray, model: AEIC, *, colour_fix: bool | None = None) -> EncodeResult:
+    """Code an H x W x 3 uint8 image; the colour statistics go in when asked or large."""
+    import torch
+
+    from .colorfix import source_stats
+    from .transforms import pad_reflect
+
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError("image must be an H x W x 3 uint8 array")
+    if model.identity is None:
+        raise BundleError("the model has no identity: load it from a bundle or save it first")
+    h, w = image.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = pad_reflect(x / 127.5 - 1.0, 64)
+    result = model.compress(x)
+    if colour_fix is None:
+        colour_fix = h * w > model.cfg.colorfix_min_pixels
+    colour = source_stats(image) if colour_fix else None
+    f = AeicFile(w, h, bytes.fromhex(model.identity), tuple(result.streams), colour)
+    return EncodeResult(pack(f), result.estimated_bits, result.y_hat)
+
+
+def encode(image: np.ndarray, model: AEIC, *, colour_fix: bool | None = None) -> bytes:
+    """Code an H x W x 3 uint8 image into the bytes of an .aeic file."""
+    return encode_image(image, model, colour_fix=colour_fix).data
+
+
+def decode_latent(f: AeicFile, model: AEIC) -> torch.Tensor:
+    """The y_hat a file carries (bit-exact with the encoder's)."""
+    from .coder import CodingError
+    from .model import LatentError, latent_size
+
+    if model.identity is not None and f.model_id_hex != model.identity:
+        raise ModelMismatch(
+            f"file was encoded with model {f.model_id_hex}, not with this bundle "
+            f"({model.identity}); decode it with the bundle it was encoded with"
+        )
+    try:
+        return model.decompress(f.streams, latent_size(f.height, f.width))
+    except (CodingError, LatentError) as exc:
+        raise FormatError(f"corrupt file: {exc}") from exc
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> torch.dtype:
+    """auto: bfloat16 where the CPU has native bf16 (or on CUDA), else float32."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device == "cpu":
+            raise ValueError("fp16 is for CUDA; use bf16 or fp32 on the CPU")
+        return torch.float16
+    if device != "cpu":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def synthesize(
+    model: AEIC,
+    y_hat: torch.Tensor,
+    height: int,
+    width: int,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    tile: int | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """The generative half: g_s, eps on l_T plus l_res, D; returns (3, H, W) in [-1, 1]."""
+    import torch
+
+    from .tiling import tiled_denoise, tiled_vae_decode
+
+    if model.g_s is None or model.denoiser is None or model.vae is None:
+        raise RuntimeError("this model was loaded without its decoder")
+    dtype = dtype or torch.float32
+    cfg = model.cfg
+    eps_tile = tile or cfg.eps_tile
+    overlap = max(1, min(eps_tile * cfg.eps_overlap // cfg.eps_tile, (eps_tile - 1) // 2))
+    vae_tile = tile or cfg.vae_tile
+    for part in (model.g_s, model.denoiser, model.vae):
+        part.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        l_t, l_res = model.g_s(y_hat.to(device=device, dtype=dtype))
+        l_0 = tiled_denoise(model.denoiser, l_t, eps_tile, overlap, progress) + l_res
+        x = tiled_vae_decode(model.vae, l_0, vae_tile, progress)
+    return x[0, :, :height, :width].float().clamp(-1, 1).cpu()
+
+
+def decode(
+    data: bytes,
+    model: AEIC,
+    *,
+    precision: str = "auto",
+    device: str = "cpu",
+    tile: int | None = None,
+    progress: Progress | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Decode .aeic bytes into an H x W x 3 uint8 image."""
+    from .colorfix import apply_colour_fix
+
+    f = unpack(data, max_pixels=max_pixels)
+    y_hat = decode_latent(f, model)
+    x = synthesize(
+        model,
+        y_hat,
+        f.height,
+        f.width,
+        dtype=resolve_precision(precision, device),
+        device=device,
+        tile=tile,
+        progress=progress,
+    )
+    img = ((x + 1) / 2).permute(1, 2, 0).numpy()
+    if f.colour is not None:
+        img = apply_colour_fix(img, f.colour)
+    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,279 @@
+"""Weight bundles: one safetensors file per model, with everything needed to code.
+
+A bundle holds the tensors and, in its metadata, the bundle format version, the model
+configuration, variant, lambda, the integer frequency tables, provenance and the model
+identity: the first 4 bytes of a SHA-256 over the configuration and every tensor, which
+each .aeic header carries. Tensors the entropy coder depends on (h_s, context, priors)
+and the encoder stay float32; the generative decoder (g_s, eps, D) is stored bfloat16.
+
+Reading the metadata needs no torch (``aeic info`` and ``aeic weights list`` use it),
+and loading never unpickles anything: safetensors holds only raw arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import AEIC
+
+BUNDLE_FORMAT = "1"
+SUFFIX = ".safetensors"
+ENV_VAR = "AEIC_WEIGHTS"
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+ENCODER_PARTS = ("g_a.", "h_a.")
+SHARED_PARTS = ("h_s.", "context.", "entropy_bottleneck.")
+DECODER_PARTS = ("g_s.", "denoiser.", "vae.")
+_MAX_HEADER = 64 << 20
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used, or no bundle where one was needed."""
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What the metadata of a bundle says, read without torch."""
+
+    path: Path
+    identity: str
+    config: ModelConfig
+    lambda_: float | None
+    provenance: dict[str, Any]
+    size: int
+    metadata: dict[str, str]
+
+    @property
+    def variant(self) -> str:
+        return self.config.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "identity": self.identity,
+            "variant": self.variant,
+            "lambda": self.lambda_,
+            "size_bytes": self.size,
+            "provenance": self.provenance,
+        }
+
+
+def read_info(path: str | os.PathLike[str]) -> BundleInfo:
+    """Parse a bundle's safetensors header (8-byte length + JSON) and its metadata."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) != 8:
+                raise BundleError(f"{path}: not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > _MAX_HEADER:
+                raise BundleError(f"{path}: not a safetensors file (header size {n})")
+            header = json.loads(fh.read(n))
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not a safetensors file (bad header)") from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or "aeic_bundle" not in meta:
+        raise BundleError(f"{path}: a safetensors file but not an aeic bundle")
+    if meta["aeic_bundle"] != BUNDLE_FORMAT:
+        raise BundleError(
+            f"{path}: bundle format {meta['aeic_bundle']} is not supported "
+            f"(this aeic reads {BUNDLE_FORMAT})"
+        )
+    try:
+        config = ModelConfig.from_json(meta["config"])
+        lam = meta.get("lambda")
+        return BundleInfo(
+            path=path,
+            identity=meta["identity"],
+            config=config,
+            lambda_=float(lam) if lam not in (None, "") else None,
+            provenance=json.loads(meta.get("provenance", "{}")),
+            size=size,
+            metadata=meta,
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"{path}: malformed aeic bundle metadata ({exc})") from exc
+
+
+def identity_of(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    """First 4 bytes (8 hex digits) of SHA-256 over the config and every tensor."""
+    import torch
+
+    h = hashlib.sha256(config_json.encode())
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:8]
+
+
+def save_bundle(
+    path: str | os.PathLike[str],
+    model: AEIC,
+    lambda_: float | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> str:
+    """Write ``model`` (encoder and decoder) as a bundle, atomically; returns its identity."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .files import atomic_path
+
+    if model.g_a is None or model.g_s is None:
+        raise BundleError("a bundle needs the whole model (encoder and decoder)")
+    z_tables, y_tables = model.build_tables()
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        dtype = torch.bfloat16 if key.startswith(DECODER_PARTS) else torch.float32
+        tensors[key] = value.detach().to(dtype).contiguous().clone()
+    config_json = model.cfg.to_json()
+    identity = identity_of(config_json, tensors)
+    metadata = {
+        "aeic_bundle": BUNDLE_FORMAT,
+        "config": config_json,
+        "lambda": "" if lambda_ is None else repr(float(lambda_)),
+        "identity": identity,
+        "z_tables": z_tables.to_text(),
+        "y_tables": y_tables.to_text(),
+        "provenance": json.dumps(provenance or {}, sort_keys=True),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    model.identity = identity
+    return identity
+
+
+def load_bundle(path: str | os.PathLike[str], encoder: bool = True, decoder: bool = True) -> AEIC:
+    """Build the model a bundle describes and load the tensors the requested side needs."""
+    from safetensors import safe_open
+
+    from .model import AEIC
+    from .tables import FreqTables
+
+    info = read_info(path)
+    model = AEIC(info.config, encoder=encoder, decoder=decoder)
+    wanted = set(model.state_dict())
+    state: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(info.path), framework="pt") as fh:
+            present = set(fh.keys())
+            missing = sorted(wanted - present)
+            if missing:
+                raise BundleError(
+                    f"{info.path}: bundle lacks {len(missing)} tensors, e.g. {missing[0]}"
+                )
+            for key in wanted:
+                state[key] = fh.get_tensor(key)
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        model.z_tables = FreqTables.from_text(info.metadata["z_tables"])
+        model.y_tables = FreqTables.from_text(info.metadata["y_tables"])
+    except BundleError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
+    model.identity = info.identity
+    model.lambda_ = info.lambda_
+    return model.eval()
+
+
+def search_paths(weights: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where bundles are looked for: --weights, then $AEIC_WEIGHTS, then weights/."""
+    paths = []
+    if weights:
+        paths.append(Path(weights))
+    env = os.environ.get(ENV_VAR)
+    if env:
+        paths.extend(Path(p) for p in env.split(os.pathsep) if p)
+    paths.append(PACKAGE_WEIGHTS)
+    return paths
+
+
+def iter_bundles(paths: Iterable[Path]) -> Iterator[BundleInfo | BundleError]:
+    """Every bundle under the given files/directories (errors yielded, not raised)."""
+    seen: set[Path] = set()
+    for p in paths:
+        files = sorted(p.glob(f"*{SUFFIX}")) if p.is_dir() else [p] if p.exists() else []
+        for f in files:
+            real = f.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            try:
+                yield read_info(f)
+            except BundleError as exc:
+                yield exc
+
+
+def find_bundle(
+    weights: str | os.PathLike[str] | None = None,
+    lambda_: float | None = None,
+    identity: str | None = None,
+    variant: str | None = None,
+) -> BundleInfo:
+    """Pick one bundle: by identity (decoding), else by lambda/variant (encoding).
+
+    An explicit --weights FILE is used as given (its identity still has to match when
+    one is asked for). Ambiguity and absence raise BundleError naming what was searched.
+    """
+    paths = search_paths(weights)
+    if weights and Path(weights).is_file() and identity is None:
+        return read_info(weights)
+    found = [b for b in iter_bundles(paths) if isinstance(b, BundleInfo)]
+    searched = ", ".join(str(p) for p in paths)
+    if identity is not None:
+        for b in found:
+            if b.identity == identity:
+                return b
+        raise BundleError(
+            f"no bundle with model identity {identity} (the model this file was encoded "
+            f"with); searched: {searched}. Pass --weights with the bundle used to encode it."
+        )
+    candidates = found
+    if variant is not None:
+        candidates = [b for b in candidates if b.variant.lower() == variant.lower()]
+    if lambda_ is not None:
+        candidates = [b for b in candidates if b.lambda_ is not None and b.lambda_ == lambda_]
+    if not candidates:
+        what = "bundle" + (f" with lambda {lambda_:g}" if lambda_ is not None else "")
+        what += f" of variant {variant}" if variant else ""
+        have = sorted({f"{b.variant}@{b.lambda_:g}" for b in found if b.lambda_ is not None})
+        hint = f" Available: {', '.join(have)}." if have else ""
+        raise BundleError(f"no {what} found; searched: {searched}.{hint}")
+    if lambda_ is None:
+        candidates = _default_choice(candidates)
+    variants = sorted({b.variant for b in candidates})
+    if len(variants) > 1:
+        raise BundleError(
+            f"bundles of several variants match ({', '.join(variants)}); "
+            "choose one with --variant or --weights FILE"
+        )
+    return candidates[0]
+
+
+def _default_choice(candidates: list[BundleInfo]) -> list[BundleInfo]:
+    """Without --lambda: the bundle marked default, else the middle lambda per variant."""
+    marked = [b for b in candidates if b.provenance.get("default")]
+    if marked:
+        return marked
+    out = []
+    for v in sorted({b.variant for b in candidates}):
+        group = sorted(
+            (b for b in candidates if b.variant == v), key=lambda b: (b.lambda_ or 0, str(b.path))
+        )
+        out.append(group[len(group) // 2])
+    return out

@@ -1,0 +1,102 @@
+"""Reading source images and writing decoded ones.
+
+Everything becomes 8-bit RGB: grayscale, palette and alpha images are converted and
+16-bit images scaled, each with a one-line warning; EXIF orientation is applied. The
+pixel limit is checked on the header, before any pixel is decoded. numpy and Pillow are
+imported by the functions, so that the CLI can name this module's errors without them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+DEFAULT_MAX_PIXELS = 100_000_000
+FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as an image (unknown format, too large, corrupt)."""
+
+
+def read_image(
+    source: str | os.PathLike[str] | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, list[str]]:
+    """Return (H x W x 3 uint8 array, warnings) for a path or encoded bytes."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = "<stdin>" if isinstance(source, bytes) else str(source)
+    notes: list[str] = []
+    fh = io.BytesIO(source) if isinstance(source, bytes) else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fh or Path(source), formats=FORMATS)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(
+                    f"{name}: {w}x{h} is {w * h / 1e6:.1f} megapixels, over the limit of "
+                    f"{max_pixels / 1e6:g} (raise it with --max-pixels)"
+                )
+            Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
+            img.load()
+    except ImageError:
+        raise
+    except FileNotFoundError as exc:
+        raise ImageError(f"{name}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"{name}: is a directory") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not a PNG, JPEG, WebP or TIFF image") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{name}: cannot read image ({exc})") from exc
+    if img.info.get("icc_profile"):
+        notes.append(f"{name}: ICC colour profile ignored (pixels taken as sRGB)")
+    transposed = ImageOps.exif_transpose(img)
+    if transposed is not None and transposed.size != img.size:
+        notes.append(f"{name}: EXIF orientation applied")
+    img = transposed if transposed is not None else img
+    return _to_rgb8(img, name, notes), notes
+
+
+def _to_rgb8(img: Image.Image, name: str, notes: list[str]) -> np.ndarray:
+    import numpy as np
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith(("I", "F")):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        notes.append(f"{name}: 16-bit grayscale image scaled to 8 bits and converted to RGB")
+        gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        notes.append(f"{name}: alpha channel dropped (composited on white)")
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"), dtype=np.uint8).copy()
+    if mode in ("L", "1"):
+        notes.append(f"{name}: grayscale image converted to RGB")
+    elif mode == "P":
+        notes.append(f"{name}: palette image converted to RGB")
+    else:
+        notes.append(f"{name}: {mode} image converted to RGB")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode an H x W x 3 uint8 array as PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,64 @@
+"""Parameter and MAC counts of the encoder side and g_s, next to the paper's figures.
+
+Usage: python bench/complexity.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aeic_codec.complexity import (
+    encoder_macs_per_pixel,
+    encoder_params,
+    param_count,
+    synthesis_macs_per_pixel,
+)
+from aeic_codec.config import AEIC_ME, AEIC_SE
+from aeic_codec.model import AEIC
+from aeic_codec.transforms import SynthesisTransform
+from bench._machine import machine_line
+
+PAPER = {"AEIC-SE": ("16.10 M", "46.02 K"), "AEIC-ME": ("55.91 M", "204.26 K")}
+
+
+def rows() -> list[tuple[str, ...]]:
+    out = []
+    for cfg in (AEIC_SE, AEIC_ME):
+        model = AEIC(cfg, decoder=False)
+        model.g_s = SynthesisTransform(cfg)
+        out.append(
+            (
+                cfg.name,
+                f"{encoder_params(model) / 1e6:.2f} M",
+                f"{encoder_macs_per_pixel(model) / 1e3:.1f} K",
+                f"{param_count(model.g_a) / 1e6:.2f} M",
+                f"{param_count(model.g_s) / 1e6:.1f} M"
+                f" / {synthesis_macs_per_pixel(model) / 1e3:.0f} K",
+                *PAPER[cfg.name],
+            )
+        )
+    return out
+
+
+def main() -> None:
+    print(machine_line())
+    head = (
+        "model",
+        "encoder params",
+        "encoder MACs/px",
+        "g_a params",
+        "g_s params / MACs/px",
+        "paper params",
+        "paper MACs/px",
+    )
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows():
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

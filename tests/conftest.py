@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random-weight bundles and generated images, made per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aeic_codec.bundle import save_bundle
+from aeic_codec.config import tiny_config
+from aeic_codec.model import AEIC
+
+
+def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth colourful image with some texture (compresses like a photo, roughly)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = np.stack(
+        [
+            128
+            + 90 * np.sin(xx / (7 + seed) + c) * np.cos(yy / (11 + c))
+            + rng.normal(0, 8, xx.shape)
+            for c in range(3)
+        ],
+        axis=-1,
+    )
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("weights") / "tiny-l16.safetensors"
+    save_bundle(path, AEIC(tiny_config()), lambda_=16.0, provenance={"made_by": "tests"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def other_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("weights2") / "tiny-l4.safetensors"
+    save_bundle(path, AEIC(tiny_config()), lambda_=4.0)
+    return path
+
+
+@pytest.fixture()
+def png_file(tmp_path: Path) -> Path:
+    path = tmp_path / "img.png"
+    Image.fromarray(make_image(63, 65)).save(path)
+    return path

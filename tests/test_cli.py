@@ -1,0 +1,159 @@
+"""The command line: real files on disk, exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from aeic_codec.cli import main
+
+from .conftest import make_image
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_encode_info_decode(tmp_path: Path, png_file: Path, tiny_bundle: Path):
+    out = tmp_path / "img.aeic"
+    code, _, err = run("encode", str(png_file), "-o", str(out), "--weights", str(tiny_bundle))
+    assert code == 0, err
+    assert "encoded 1 file(s)" in err
+    code, text, _ = run("info", str(out), "--json", "--weights", str(tiny_bundle))
+    assert code == 0
+    info = json.loads(text)
+    assert (info["width"], info["height"]) == (65, 63)
+    assert info["file_bytes"] == out.stat().st_size
+    assert info["model_name"] == "tiny lambda=16"
+    png = tmp_path / "out.png"
+    code, _, err = run("decode", str(out), "-o", str(png), "--weights", str(tiny_bundle))
+    assert code == 0, err
+    assert Image.open(png).size == (65, 63)
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path, png_file: Path, tiny_bundle: Path):
+    out = tmp_path / "img.aeic"
+    out.write_bytes(b"keep me")
+    code, _, err = run("encode", str(png_file), "-o", str(out), "--weights", str(tiny_bundle))
+    assert code == 1 and "exists" in err and "--force" in err
+    assert out.read_bytes() == b"keep me"
+    code, _, _ = run("encode", str(png_file), "-o", str(out), "--weights", str(tiny_bundle), "-f")
+    assert code == 0 and out.read_bytes()[:3] == b"AEI"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d[:-7], "CRC"),
+        (lambda d: b"GIF89a" + d[6:], "bad magic"),
+        (lambda d: d[:3] + b"\x09" + d[4:], "unsupported format version 9"),
+        (lambda d: d[:100] + bytes([d[100] ^ 4]) + d[101:] if len(d) > 100 else d[:-1], "CRC"),
+    ],
+)
+def test_corrupt_files_fail_cleanly(tmp_path, png_file, tiny_bundle, mutate, message):
+    good = tmp_path / "good.aeic"
+    assert run("encode", str(png_file), "-o", str(good), "--weights", str(tiny_bundle))[0] == 0
+    bad = tmp_path / "bad.aeic"
+    bad.write_bytes(mutate(good.read_bytes()))
+    for cmd in (
+        ["info", str(bad)],
+        ["decode", str(bad), "-o", str(tmp_path / "x.png"), "--weights", str(tiny_bundle)],
+    ):
+        code, _, err = run(*cmd)
+        assert code == 1
+        assert message in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "x.png").exists()
+    assert not list(tmp_path.glob(".*part"))
+
+
+def test_absurd_dimensions_refused(tmp_path: Path):
+    from aeic_codec.container import AeicFile, pack
+
+    f = AeicFile(200000, 200000, b"\0\0\0\0", (b"",) * 5)
+    path = tmp_path / "huge.aeic"
+    path.write_bytes(pack(f))
+    code, _, err = run("decode", str(path), "-o", str(tmp_path / "h.png"))
+    assert (code == 1 and "limit" in err.lower()) or "pixels" in err.lower()
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_wrong_model_is_named(tmp_path, png_file, tiny_bundle, other_bundle):
+    out = tmp_path / "img.aeic"
+    run("encode", str(png_file), "-o", str(out), "--weights", str(tiny_bundle))
+    code, _, err = run(
+        "decode", str(out), "-o", str(tmp_path / "o.png"), "--weights", str(other_bundle)
+    )
+    assert code == 1 and "identity" in err and "searched" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_grayscale_and_alpha_warn_once(tmp_path, tiny_bundle):
+    gray = tmp_path / "g.png"
+    Image.fromarray(make_image(40, 40)[..., 0]).save(gray)
+    rgba = tmp_path / "a.png"
+    Image.fromarray(make_image(40, 40)).convert("RGBA").save(rgba)
+    for src, word in ((gray, "grayscale"), (rgba, "alpha")):
+        code, _, err = run(
+            "encode",
+            str(src),
+            "-o",
+            str(tmp_path / f"{src.stem}.aeic"),
+            "--weights",
+            str(tiny_bundle),
+        )
+        assert code == 0
+        assert sum(word in line for line in err.splitlines()) == 1
+
+
+def test_unknown_format_and_missing_file(tmp_path, tiny_bundle):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not an image")
+    code, _, err = run(
+        "encode",
+        str(junk),
+        str(tmp_path / "missing.png"),
+        "-o",
+        str(tmp_path / "o"),
+        "--weights",
+        str(tiny_bundle),
+    )
+    assert code == 1
+    assert "junk.png: not a PNG, JPEG, WebP or TIFF image" in err
+    assert "missing.png: no such file" in err
+    assert not (tmp_path / "o" / "junk.aeic").exists()
+
+
+def test_missing_weights_is_one_line(tmp_path, png_file):
+    code, _, err = run(
+        "encode",
+        str(png_file),
+        "-o",
+        str(tmp_path / "x.aeic"),
+        "--weights",
+        str(tmp_path / "nothing-here"),
+        "--lambda",
+        "999",
+    )
+    assert code == 1 and "no bundle with lambda 999" in err
+    assert not (tmp_path / "x.aeic").exists()
+
+
+def test_info_does_not_import_torch(tmp_path, png_file, tiny_bundle):
+    out = tmp_path / "img.aeic"
+    run("encode", str(png_file), "-o", str(out), "--weights", str(tiny_bundle))
+    code = (
+        "import sys\n"
+        "from aeic_codec.cli import main\n"
+        f"try:\n    main(['info', {str(out)!r}])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'numpy' not in sys.modules, 'numpy was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
