@@ -127,8 +127,13 @@ def save_bundle(
     model: AEIC,
     lambda_: float | None = None,
     provenance: dict[str, Any] | None = None,
+    decoder_dtype: str = "bf16",
 ) -> str:
-    """Write ``model`` (encoder and decoder) as a bundle, atomically; returns its identity."""
+    """Write ``model`` (encoder and decoder) as a bundle, atomically; returns its identity.
+
+    ``decoder_dtype`` ("bf16" or "fp32") is the storage type of g_s, eps and D; the
+    encoder and the entropy model are always float32.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -136,10 +141,13 @@ def save_bundle(
 
     if model.g_a is None or model.g_s is None:
         raise BundleError("a bundle needs the whole model (encoder and decoder)")
+    if decoder_dtype not in ("bf16", "fp32"):
+        raise ValueError("decoder_dtype must be bf16 or fp32")
+    compact = torch.bfloat16 if decoder_dtype == "bf16" else torch.float32
     z_tables, y_tables = model.build_tables()
     tensors: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        dtype = torch.bfloat16 if key.startswith(DECODER_PARTS) else torch.float32
+        dtype = compact if key.startswith(DECODER_PARTS) else torch.float32
         tensors[key] = value.detach().to(dtype).contiguous().clone()
     config_json = model.cfg.to_json()
     identity = identity_of(config_json, tensors)

@@ -445,5 +445,72 @@ def weights_list(as_json: bool, where: str | None) -> None:
             )
 
 
+@weights.command("import")
+@click.option(
+    "--aeic",
+    "aeic_pkl",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="AEIC_SE_ft{L}.pkl or AEIC_ME_ft{L}.pkl.",
+)
+@click.option(
+    "--sd-turbo",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="SD-Turbo folder in diffusers layout (unet/config.json + weights).",
+)
+@click.option(
+    "--vae-decoder",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="halfDecoder.ckpt.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The bundle to write (.safetensors).",
+)
+@click.option("--lambda", "lambda_", type=float, help="Rate weight (default: from the file name).")
+@click.option(
+    "--decoder-dtype",
+    type=click.Choice(["bf16", "fp32"]),
+    default="bf16",
+    show_default=True,
+    help="Storage type of the generative decoder.",
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
+@_debug_option
+def weights_import(
+    aeic_pkl: str,
+    sd_turbo: str,
+    vae_decoder: str,
+    output: str,
+    lambda_: float | None,
+    decoder_dtype: str,
+    force: bool,
+    debug: bool,
+) -> None:
+    """Turn the published AEIC checkpoints into one bundle."""
+    from .importer import import_published
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    step = {"n": 0}
+
+    def progress(message: str) -> None:
+        step["n"] += 1
+        click.echo(f"[{step['n']}/6] {message}", err=True)
+
+    try:
+        identity = import_published(
+            aeic_pkl, sd_turbo, vae_decoder, output, lambda_, progress, decoder_dtype
+        )
+    except EXPECTED as exc:
+        _fail_hard(exc, debug)
+    click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -138,8 +138,13 @@ def tiled_denoise(
 
 
 def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(batch, channel) mean and biased variance of an N x C x ... tensor, float64."""
-    var, mean = torch.var_mean(x.flatten(2).float(), dim=-1, correction=0)
+    """Per-(batch, channel) mean and biased variance of an N x C x H x W tensor, float64.
+
+    Computed in float32 a few channels at a time, so a bf16 tile is never copied whole.
+    """
+    pieces = [torch.var_mean(c.float(), dim=(-2, -1), correction=0) for c in x.split(8, dim=1)]
+    var = torch.cat([v for v, _ in pieces], dim=1)
+    mean = torch.cat([m for _, m in pieces], dim=1)
     return mean.double(), var.double()
 
 
@@ -218,15 +223,21 @@ class _SharedGroupNorms:
 def _fixed_group_norm(
     x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor
 ) -> torch.Tensor:
-    """GroupNorm of ``x`` with given per-(batch, group) statistics, computed in float32."""
-    shape = x.shape
-    grouped = x.float().reshape(shape[0], norm.num_groups, -1)
-    inv = torch.rsqrt(var.float() + norm.eps)[..., None]
-    y = ((grouped - mean.float()[..., None]) * inv).reshape(shape)
+    """GroupNorm of ``x`` with given per-(batch, group) statistics.
+
+    Folded into one per-channel scale and shift, applied in float32 in a single op,
+    so the only full-size temporary is the output.
+    """
+    batch, channels = x.shape[:2]
+    per_group = channels // norm.num_groups
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale
     if norm.affine:
-        view = (1, shape[1]) + (1,) * (len(shape) - 2)
-        y = y * norm.weight.float().view(view) + norm.bias.float().view(view)
-    return y.to(x.dtype)
+        scale = scale * norm.weight.double()
+        shift = shift * norm.weight.double() + norm.bias.double()
+    view = (batch, channels) + (1,) * (x.ndim - 2)
+    scale, shift = scale.float().view(view), shift.float().view(view)
+    return torch.addcmul(shift, x, scale).to(x.dtype)
 
 
 def tiled_vae_decode(
