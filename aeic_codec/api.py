@@ -140,10 +140,13 @@ def synthesize(
     eps_tile = tile or cfg.eps_tile
     overlap = max(1, min(eps_tile * cfg.eps_overlap // cfg.eps_tile, (eps_tile - 1) // 2))
     vae_tile = tile or cfg.vae_tile
+    # channels-last lets oneDNN skip a layout reorder around every convolution (1.5-2x).
+    layout = torch.channels_last
     for part in (model.g_s, model.denoiser, model.vae):
-        part.to(device=device, dtype=dtype)
+        part.to(device=device, dtype=dtype, memory_format=layout)
     with torch.no_grad():
-        l_t, l_res = model.g_s(y_hat.to(device=device, dtype=dtype))
+        y = y_hat.to(device=device, dtype=dtype).contiguous(memory_format=layout)
+        l_t, l_res = model.g_s(y)
         l_0 = tiled_denoise(model.denoiser, l_t, eps_tile, overlap, progress) + l_res
         x = tiled_vae_decode(model.vae, l_0, vae_tile, progress)
     return x[0, :, :height, :width].float().clamp(-1, 1).cpu()

@@ -36,14 +36,15 @@ class Conv3x3(nn.Conv2d):
     strict CNR mode (set in ``aeic_codec/__init__.py``) does not. Inference therefore
     runs the convolution as ``addmm`` on shifted slices of the flattened, padded NHWC
     image (rows are padded to w + 2 so every shift is one contiguous slice), in a fixed
-    order; training keeps ``F.conv2d``, which computes the same function faster.
+    order. Training and reduced-precision inference (the generative decoder, where
+    bit-exactness is not needed) keep ``F.conv2d``, which computes the same function faster.
     """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or x.dtype != torch.float32:
             return super().forward(x)
         b, c, h, w = x.shape
         wp = w + 2

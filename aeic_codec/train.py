@@ -450,7 +450,7 @@ def ms_ssim_scales(side: int, window: int = 11) -> int:
     """How many of the 5 MS-SSIM scales fit: the window must fit the coarsest one.
 
     A 256 px side gets all 5, a 64 px crop 3, a 128 px crop 4; the weights of the
-    scales used are renormalised, so small training crops still get a usable value.
+    scales used are rescaled to the full set's sum, so small crops still get a usable value.
     """
     n = 0
     while n < len(MS_SSIM_WEIGHTS) and side >> n >= window:
@@ -465,7 +465,7 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, scales: int | None = None) -> torc
     window = min(11, side if side % 2 else side - 1)
     k = _gaussian_kernel(window, 1.5, a)
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=a.dtype, device=a.device)
-    weights = weights / weights.sum()
+    weights = weights * (sum(MS_SSIM_WEIGHTS) / weights.sum())
     factors = []
     for i in range(scales):
         ssim, cs = _ssim_terms(a, b, k)
@@ -913,7 +913,7 @@ class Trainer:
         aux = self.model.entropy_bottleneck.aux_loss()
         aux.backward()
         self.aux_optimizer.step()
-        metrics.update({"aux": float(aux), "lr": lr, "lambda": lam})
+        metrics.update({"aux": aux.item(), "lr": lr, "lambda": lam})
         self.stage_step += 1
         return metrics
 

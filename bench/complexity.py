@@ -1,14 +1,9 @@
 """Parameter and MAC counts of the encoder side and g_s, next to the paper's figures.
 
-Usage: python bench/complexity.py
+Usage: python -m bench.complexity.py
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aeic_codec.complexity import (
     encoder_macs_per_pixel,

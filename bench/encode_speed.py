@@ -4,17 +4,13 @@ Prints seconds per image (best of N runs), split into the networks (g_a, h_a, h_
 the four context passes, timed alone) and the rest (entropy coding and bookkeeping:
 total minus networks). Model construction is excluded.
 
-Usage: python bench/encode_speed.py [--runs 3] [--size 1088x1920] [--variant AEIC-SE]
+Usage: python -m bench.encode_speed [--runs 3] [--size 1088x1920] [--variant AEIC-SE]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

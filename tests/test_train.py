@@ -1,0 +1,187 @@
+"""Training: a tiny model learns, resumes on the same bits, exports a working bundle, distils."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aeic_codec import api
+from aeic_codec.bundle import load_bundle, save_bundle
+from aeic_codec.config import tiny_config
+from aeic_codec.model import AEIC
+from aeic_codec.train import (
+    TrainConfig,
+    TrainConfigError,
+    Trainer,
+    TrainingStopped,
+    load_train_config,
+    ms_ssim,
+    ms_ssim_scales,
+    train,
+)
+
+from .conftest import make_image
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.toml"
+
+
+def tiny(**stage_changes: object) -> TrainConfig:
+    """tiny-test.toml cut to its first stage, with ``stage_changes`` applied to it."""
+    config = load_train_config(CONFIG)
+    return dataclasses.replace(
+        config, stages=(dataclasses.replace(config.stages[0], **stage_changes),)
+    )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """One thread: these models are too small to share, and the machine may be busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five PNGs in nested folders, one smaller than the 64 px crop."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "sub").mkdir()
+    for i, (h, w) in enumerate([(80, 96), (96, 112), (72, 128), (100, 90)]):
+        Image.fromarray(make_image(h, w, seed=i)).save(
+            root / ("sub" if i % 2 else ".") / f"{i}.png"
+        )
+    Image.fromarray(make_image(40, 50, seed=7)).save(root / "small.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 30-step run with a large lambda, evaluated once at its end."""
+    config = tiny(steps=30, lambda_=50.0, schedule="constant", warmup=0, export="tiny-trained")
+    config = dataclasses.replace(config, eval_dir=data_dir, eval_every=30, eval_images=1)
+    run = tmp_path_factory.mktemp("run")
+    assert train(config, data_dir, run, progress=False) == run / "tiny-trained.safetensors"
+    return run
+
+
+def test_tiny_model_trains_and_the_rate_falls(trained: Path) -> None:
+    steps = [r for r in rows(trained) if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 31))
+    assert all(math.isfinite(r[k]) for r in steps for k in ("loss", "bpp", "mse", "aux"))
+    first = np.mean([r["bpp"] for r in steps[:5]])
+    last = np.mean([r["bpp"] for r in steps[-5:]])
+    assert last < 0.8 * first
+    notes = [r["note"] for r in rows(trained) if "note" in r]
+    assert any("1 of 5 images are smaller than the 64 px crop" in n for n in notes)
+    (result,) = [r["eval"] for r in rows(trained) if "eval" in r]
+    assert result["images"] == 1 and result["bpp"] > 0 and math.isfinite(result["psnr"])
+
+
+def test_exported_bundle_encodes_and_decodes(trained: Path) -> None:
+    model = load_bundle(trained / "tiny-trained.safetensors")
+    assert model.lambda_ == 50.0
+    image = make_image(70, 90, seed=3)
+    data = api.encode_image(image, model).data
+    out = api.decode(data, model, precision="fp32")
+    assert out.shape == image.shape and out.dtype == np.uint8
+
+
+def test_stopped_and_resumed_run_ends_on_the_same_bits(data_dir: Path, tmp_path: Path) -> None:
+    # Both stages of tiny-test.toml: scratch (4 steps, cosine), then LoRA with gradient
+    # accumulation, a lambda ramp and the discriminator (2 steps).
+    config = load_train_config(CONFIG)
+    straight = train(config, data_dir, tmp_path / "a", progress=False)
+    with pytest.raises(TrainingStopped) as stopped:
+        train(config, data_dir, tmp_path / "b", progress=False, stop_at=3)
+    assert stopped.value.step == 3
+    resumed = train(config, data_dir, tmp_path / "b", resume=True, progress=False)
+
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for part in ("model", "disc"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), key
+    assert load_bundle(straight).identity == load_bundle(resumed).identity
+    assert [r["step"] for r in rows(tmp_path / "b") if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_distillation_trains_the_projections(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    teacher_cfg = tiny_config(
+        "teacher", ga_dims=(8, 8, 16, 16, 24), latent_channels=24, context_dim=24, denoiser_in=16
+    )
+    teacher = tmp_path / "teacher.safetensors"
+    save_bundle(teacher, AEIC(teacher_cfg))
+    loss = dataclasses.replace(tiny().stages[0].loss, distill_enc=0.5, distill_dec=0.001)
+    config = dataclasses.replace(tiny(loss=loss), teacher_bundle=teacher)
+    trainer = Trainer(config)
+    metrics = trainer.train_step([torch.rand(2, 3, 64, 64) * 2 - 1])
+    assert metrics["distill_enc"] > 0 and metrics["distill_dec"] > 0
+    proj = trainer.distiller.proj
+    # Encoder features always go through a projection, decoder ones where channels differ.
+    assert {"y", "z", "base", "y_hat", "l_t"} <= set(proj) and "l_res" not in proj
+    for name, conv in proj.items():
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[stages]]\nsteps = 1\nlr = 1e-3\nlamda = 1\n", "did you mean 'lambda'"),
+        ("[[stages]]\nlr = 1e-3\nlambda = 1\ncrop = 64\nbatch = 1\ntrain = ['g_s']\n", "'steps'"),
+        (
+            "[[stages]]\nsteps = 1\nlr = 1e-3\nlambda = 1\ncrop = 64\nbatch = 1\ntrain = ['gs']\n",
+            "did you mean 'g_s'",
+        ),
+        (
+            "[[stages]]\nsteps = 1\nlr = 1e-3\nlambda = 1\ncrop = 60\nbatch = 1\ntrain = ['g_s']\n",
+            "multiple of 64",
+        ),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[model]\npreset = 'tiny'\nvae_widths = [8, 8, 16, 16]\n" + text)
+    with pytest.raises(TrainConfigError, match=message):
+        load_train_config(path)
+
+
+def test_model_section_without_preset_lists_missing_fields(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[model]\nlatent_channels = 16\n[[stages]]\n")
+    with pytest.raises(TrainConfigError, match=r"missing .*ga_dims"):
+        load_train_config(path)
+
+
+def test_schedules() -> None:
+    stage = tiny(steps=10, lr=1.0, warmup=2, lr_min=0.1, lambda_start=2.0, lambda_ramp=4).stages[0]
+    assert [stage.lr_at(s) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert stage.lr_at(10) == pytest.approx(0.1)
+    assert [stage.lambda_at(s) for s in (0, 2, 4, 9)] == [2.0, 1.5, 1.0, 1.0]
+
+
+def test_ms_ssim_matches_the_reference_and_fits_small_crops() -> None:
+    reference = pytest.importorskip("pytorch_msssim")
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 192, 192, dtype=torch.float64)
+    b = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
+    expected = reference.ms_ssim(a, b, data_range=1.0)
+    assert float(ms_ssim(a, b, scales=5)) == pytest.approx(float(expected), abs=1e-6)
+    assert [ms_ssim_scales(s) for s in (64, 128, 256)] == [3, 4, 5]
+    crop = a[..., :64, :64]
+    assert float(ms_ssim(crop, crop)) == pytest.approx(1.0)
+    assert 0 < float(ms_ssim(crop, b[..., :64, :64])) < 1
