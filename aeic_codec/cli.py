@@ -10,31 +10,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from . import batch
+from .batch import Outcome, Task, TaskFailed, read_source
 from .bundle import BundleError
 from .container import FormatError
-from .imageio import DEFAULT_MAX_PIXELS, ImageError
+from .imageio import DEFAULT_MAX_PIXELS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
-EXPECTED = (BundleError, FormatError, ImageError, OSError, ValueError)
-
-
-@dataclass
-class Job:
-    """One input and where its output goes ('-' for the standard streams)."""
-
-    source: str
-    target: str
-
-
-class Failure(Exception):
-    """A per-input failure with a one-line reason."""
 
 
 def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,6 +35,14 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing on success."),
         click.option("--json", "as_json", is_flag=True, help="One JSON line per file on stdout."),
+        click.option(
+            "-j",
+            "--jobs",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Worker processes, each loading the model once.",
+        ),
         click.option(
             "--weights",
             type=click.Path(dir_okay=True, file_okay=True),
@@ -73,7 +69,7 @@ def main() -> None:
 
 
 # ------------------------------------------------------------------ helpers
-def _plan(inputs: tuple[str, ...], output: str | None, suffix: str, accept: set[str]) -> list[Job]:
+def _plan(inputs: tuple[str, ...], output: str | None, suffix: str, accept: set[str]) -> list[Task]:
     """Map inputs (files, directories, '-') to outputs, mirroring directory layouts."""
     if not inputs:
         raise click.UsageError("no input given")
@@ -92,61 +88,20 @@ def _plan(inputs: tuple[str, ...], output: str | None, suffix: str, accept: set[
         raise click.UsageError("-o - (standard output) takes a single input")
     if many and output is not None and Path(output).exists() and not Path(output).is_dir():
         raise click.UsageError(f"-o {output}: several inputs need an output directory")
-    jobs = []
+    tasks = []
     for source, rel in expanded:
         if source == "-":
             if output is None:
                 raise click.UsageError("reading standard input needs -o FILE or -o -")
-            jobs.append(Job("-", output))
+            tasks.append(Task("-", output))
         elif not many and output is not None and not Path(output).is_dir():
-            jobs.append(Job(source, output))
+            tasks.append(Task(source, output))
+        elif output is None:
+            tasks.append(Task(source, str(Path(source).with_suffix(suffix))))
         else:
             name = rel if rel is not None else Path(Path(source).name).with_suffix(suffix)
-            base = Path(output) if output is not None else Path(source).parent
-            if rel is not None and output is None:
-                base = Path(source).parent
-                name = Path(name.name)
-            jobs.append(Job(source, str(base / name)))
-    return jobs
-
-
-def _read_input(source: str) -> bytes:
-    if source == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(source).read_bytes()
-    except FileNotFoundError:
-        raise Failure(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise Failure(f"{source}: is a directory") from None
-    except OSError as exc:
-        raise Failure(f"{source}: cannot read ({exc.strerror})") from None
-
-
-def _write_output(target: str, data: bytes, force: bool) -> None:
-    from .files import atomic_write
-
-    if target == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    path = Path(target)
-    if path.exists() and not force:
-        raise Failure(f"{target}: exists (use --force to overwrite)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
-    except OSError as exc:
-        raise Failure(f"{target}: cannot write ({exc.strerror or exc})") from None
-
-
-def _precheck(jobs: list[Job], force: bool) -> Iterator[tuple[Job, str | None]]:
-    """Refuse existing outputs before any model is loaded."""
-    for job in jobs:
-        if job.target != "-" and Path(job.target).exists() and not force:
-            yield job, f"{job.target}: exists (use --force to overwrite)"
-        else:
-            yield job, None
+            tasks.append(Task(source, str(Path(output) / name)))
+    return tasks
 
 
 class _Reporter:
@@ -160,43 +115,46 @@ class _Reporter:
         self.pixels = 0
         self.start = time.perf_counter()
 
-    def warn(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(f"aeic: warning: {message}", err=True)
-
     def fail(self, message: str) -> None:
         self.failures += 1
         click.echo(f"aeic: error: {message}", err=True)
         if self.as_json and not self.to_stdout:
             click.echo(json.dumps({"error": message}))
 
-    def done(self, record: dict[str, Any], size: int, pixels: int) -> None:
+    def outcome(self, outcome: Outcome) -> None:
+        if not self.quiet:
+            for note in outcome.warnings:
+                click.echo(f"aeic: warning: {note}", err=True)
+        if outcome.error is not None or outcome.record is None:
+            self.fail(outcome.error or f"{outcome.task.source}: failed")
+            return
+        record = outcome.record
         self.files += 1
-        self.bytes += size
-        self.pixels += pixels
+        self.bytes += record["bytes"]
+        self.pixels += record["width"] * record["height"]
         if self.as_json and not self.to_stdout:
             click.echo(json.dumps(record))
 
-    def summary(self, verb: str) -> None:
-        if self.quiet or self.as_json:
-            return
-        secs = time.perf_counter() - self.start
-        bpp = f", mean {8 * self.bytes / self.pixels:.4f} bpp" if self.pixels else ""
-        failed = f", {self.failures} failed" if self.failures else ""
-        click.echo(
-            f"aeic: {verb} {self.files} file(s), {self.bytes} bytes{bpp}{failed}, {secs:.2f} s",
-            err=True,
-        )
+    def finish(self, verb: str) -> None:
+        if not (self.quiet or self.as_json):
+            secs = time.perf_counter() - self.start
+            bpp = f", mean {8 * self.bytes / self.pixels:.4f} bpp" if self.pixels else ""
+            failed = f", {self.failures} failed" if self.failures else ""
+            click.echo(
+                f"aeic: {verb} {self.files} file(s), {self.bytes} bytes{bpp}{failed}, {secs:.2f} s",
+                err=True,
+            )
+        sys.exit(1 if self.failures else 0)
 
 
-def _fail_hard(exc: BaseException, debug: bool) -> None:
+def _fail_hard(exc: BaseException, debug: bool) -> NoReturn:
     if debug:
         raise exc
     raise click.ClickException(str(exc)) from None
 
 
 def _progress_bar(quiet: bool) -> Callable[[int, int], None] | None:
-    """A tile progress line on terminals only."""
+    """A tile progress line, on terminals only."""
     if quiet or not sys.stderr.isatty():
         return None
 
@@ -204,13 +162,34 @@ def _progress_bar(quiet: bool) -> Callable[[int, int], None] | None:
         width = 30
         filled = width * done // max(total, 1)
         end = "\n" if done >= total else ""
-        click.echo(
-            f"\r  tiles [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}",
-            err=True,
-            nl=False,
-        )
+        bar = "#" * filled + "." * (width - filled)
+        click.echo(f"\r  tiles [{bar}] {done}/{total}{end}", err=True, nl=False)
 
     return show
+
+
+def _todo(tasks: list[Task], force: bool, report: _Reporter) -> list[Task]:
+    """Refuse existing outputs before any model is loaded."""
+    todo = []
+    for task in tasks:
+        if task.target != "-" and Path(task.target).exists() and not force:
+            report.fail(f"{task.target}: exists (use --force to overwrite)")
+        else:
+            todo.append(task)
+    return todo
+
+
+def _run(
+    work: Any,
+    todo: list[Task],
+    jobs: int,
+    report: _Reporter,
+    debug: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    work.debug = debug
+    for outcome in batch.run(work, todo, 1 if todo and todo[0].source == "-" else jobs, progress):
+        report.outcome(outcome)
 
 
 # ------------------------------------------------------------------ encode
@@ -232,6 +211,7 @@ def encode(
     force: bool,
     quiet: bool,
     as_json: bool,
+    jobs: int,
     weights: str | None,
     max_pixels: int,
     debug: bool,
@@ -240,57 +220,18 @@ def encode(
     colour_fix: bool | None,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
-    from . import api
-    from .imageio import read_image
+    from .bundle import find_bundle
 
-    jobs = _plan(inputs, output, ".aeic", IMAGE_SUFFIXES)
     report = _Reporter(quiet, as_json, output == "-")
-    todo = []
-    for job, problem in _precheck(jobs, force):
-        if problem:
-            report.fail(problem)
-        else:
-            todo.append(job)
+    todo = _todo(_plan(inputs, output, ".aeic", IMAGE_SUFFIXES), force, report)
     if todo:
         try:
-            model = api.load_model(weights, lambda_=lambda_, variant=variant, decoder=False)
-        except EXPECTED as exc:
+            info = find_bundle(weights, lambda_=lambda_, variant=variant)
+        except BundleError as exc:
             _fail_hard(exc, debug)
-    for job in todo:
-        try:
-            image, notes = (
-                read_image(_read_input(job.source), max_pixels=max_pixels)
-                if (job.source == "-")
-                else read_image(job.source, max_pixels=max_pixels)
-            )
-            for note in notes:
-                report.warn(note)
-            result = api.encode_image(image, model, colour_fix=colour_fix)
-            _write_output(job.target, result.data, force)
-        except Failure as exc:
-            report.fail(str(exc))
-            continue
-        except EXPECTED as exc:
-            if debug:
-                raise
-            report.fail(f"{job.source}: {exc}")
-            continue
-        h, w = image.shape[:2]
-        report.done(
-            {
-                "input": job.source,
-                "output": job.target,
-                "width": w,
-                "height": h,
-                "bytes": len(result.data),
-                "bpp": 8 * len(result.data) / (w * h),
-                "model": model.identity,
-            },
-            len(result.data),
-            w * h,
-        )
-    report.summary("encoded")
-    sys.exit(1 if report.failures else 0)
+        work = batch.EncodeWork(str(info.path), force, max_pixels, colour_fix)
+        _run(work, todo, jobs, report, debug)
+    report.finish("encoded")
 
 
 # ------------------------------------------------------------------ decode
@@ -312,6 +253,7 @@ def decode(
     force: bool,
     quiet: bool,
     as_json: bool,
+    jobs: int,
     weights: str | None,
     max_pixels: int,
     debug: bool,
@@ -320,54 +262,12 @@ def decode(
     tile: int | None,
 ) -> None:
     """Decompress .aeic files to PNG."""
-    from . import api
-    from .imageio import png_bytes
-
-    jobs = _plan(inputs, output, ".png", {".aeic"})
     report = _Reporter(quiet, as_json, output == "-")
-    models: dict[str, Any] = {}
-    for job, problem in _precheck(jobs, force):
-        if problem:
-            report.fail(problem)
-            continue
-        try:
-            data = _read_input(job.source)
-            header = api.read_header(data, max_pixels=max_pixels)
-            key = header.model_id_hex
-            if key not in models:
-                models[key] = api.load_model(weights, identity=key, encoder=False)
-            image = api.decode(
-                data,
-                models[key],
-                precision=precision,
-                device=device,
-                tile=tile,
-                progress=_progress_bar(quiet),
-            )
-            _write_output(job.target, png_bytes(image), force)
-        except Failure as exc:
-            report.fail(str(exc))
-            continue
-        except EXPECTED as exc:
-            if debug:
-                raise
-            report.fail(f"{job.source}: {exc}")
-            continue
-        report.done(
-            {
-                "input": job.source,
-                "output": job.target,
-                "width": header.width,
-                "height": header.height,
-                "bytes": len(data),
-                "bpp": header.bpp,
-                "model": key,
-            },
-            len(data),
-            header.pixels,
-        )
-    report.summary("decoded")
-    sys.exit(1 if report.failures else 0)
+    todo = _todo(_plan(inputs, output, ".png", {".aeic"}), force, report)
+    if todo:
+        work = batch.DecodeWork(weights, force, max_pixels, precision, device, tile)
+        _run(work, todo, jobs, report, debug, _progress_bar(quiet) if jobs == 1 else None)
+    report.finish("decoded")
 
 
 # ------------------------------------------------------------------ info
@@ -388,8 +288,8 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
     failures = 0
     for name in files:
         try:
-            d = info_dict(_read_input(name))
-        except (Failure, FormatError) as exc:
+            d = info_dict(read_source(name))
+        except (TaskFailed, FormatError) as exc:
             failures += 1
             click.echo(
                 f"aeic: error: {name}: {exc}"
@@ -507,9 +407,49 @@ def weights_import(
         identity = import_published(
             aeic_pkl, sd_turbo, vae_decoder, output, lambda_, progress, decoder_dtype
         )
-    except EXPECTED as exc:
+    except (BundleError, OSError, ValueError) as exc:
         _fail_hard(exc, debug)
     click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+
+
+# ------------------------------------------------------------------ train
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True),
+    help="Training configuration (TOML; examples in configs/).",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of training images (searched recursively).",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<config name>)."
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_debug_option
+def train(
+    config_path: str, data: str, out: str | None, resume: bool, quiet: bool, debug: bool
+) -> None:
+    """Train or fine-tune a model; every stage ends in a bundle in the run folder."""
+    from .train import TrainConfigError, TrainingStopped, load_train_config
+    from .train import train as run_training
+
+    try:
+        config = load_train_config(config_path)
+        run = Path(out) if out else Path("runs") / config.name
+        bundle = run_training(config, data, run, resume=resume, progress=not quiet)
+    except TrainingStopped as exc:
+        click.echo(f"aeic: {exc}", err=True)
+        sys.exit(130)
+    except (TrainConfigError, BundleError, OSError, ValueError) as exc:
+        _fail_hard(exc, debug)
+    click.echo(f"aeic: training done; bundle {bundle}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

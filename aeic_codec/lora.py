@@ -83,7 +83,8 @@ def lora_pairs(lora_state: dict[str, torch.Tensor]) -> dict[tuple[str, str], tup
     pairs = {}
     for (module, adapter), slot in found.items():
         if set(slot) != {"A", "B"}:
-            raise KeyError(f"LoRA {module} ({adapter}) lacks its lora_{'A' if 'B' in slot else 'B'}")
+            lacking = "A" if "B" in slot else "B"
+            raise KeyError(f"LoRA {module} ({adapter}) lacks its lora_{lacking}")
         pairs[(module, adapter)] = (slot["A"], slot["B"])
     return pairs
 

@@ -273,11 +273,6 @@ def parse_train_config(
 
 def validate_config(config: TrainConfig) -> None:
     """Reject what would fail (or silently do nothing) only after hours of training."""
-    if 2 ** (len(config.model.vae_widths) - 1) != 8:
-        raise TrainConfigError(
-            "[model]: vae_widths must have 4 entries so that D upsamples the 1/8 latent "
-            f"back to full size (got {len(config.model.vae_widths)})"
-        )
     if config.device != "auto" and config.device.split(":")[0] not in ("cpu", "cuda"):
         raise TrainConfigError(f"device must be auto, cpu or cuda[:N], got {config.device!r}")
     if config.workers not in (0, 1):
@@ -305,8 +300,8 @@ def validate_config(config: TrainConfig) -> None:
         for part in s.train:
             if part not in PARTS:
                 raise TrainConfigError(f"{where}: unknown part {part!r}{_hint(part, PARTS)}")
-        if min(dataclasses.astuple(s.loss)) < 0:
-            raise TrainConfigError(f"{where}: loss weights must not be negative")
+        if min(*dataclasses.astuple(s.loss), s.lambda_) < 0:
+            raise TrainConfigError(f"{where}: lambda and loss weights must not be negative")
 
 
 def _read_table(table: Any, where: str, schema: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
@@ -919,7 +914,10 @@ class Trainer:
 
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue on the same bits."""
+        """Everything a resumed run needs to continue on the same bits.
+
+        The lr and lambda schedules are functions of the step, so the step is their state.
+        """
         return {
             "config": json.dumps(self.config.to_dict(), sort_keys=True),
             "stage_index": self.stage_index,

@@ -14,7 +14,6 @@ import time
 
 import torch
 
-import aeic_codec  # noqa: F401  (sets MKL's reproducibility mode before torch loads)
 from aeic_codec.config import PRESETS
 from aeic_codec.model import AEIC
 from bench._machine import machine_line

@@ -2,20 +2,20 @@
 
 configs/small-default.toml at batch 8 of random 256x256 crops; building the model and
 one warm-up step are left out of the timing. Prints the machine, then steps/s per
-precision. Run: python bench/train_speed.py [--steps N] [--threads T]
+precision. Usage: python -m bench.train_speed [--steps 3] [--threads T]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from aeic_codec.train import Trainer, load_train_config
+from bench._machine import machine_line
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "small-default.toml"
 
@@ -41,10 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    bf16_native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    print(f"machine: {platform.machine()} {platform.processor() or platform.platform()}")
-    threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, native bf16: {bf16_native}")
+    print(machine_line())
+    print(f"native bf16: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     print("small-default, batch 8, 256x256 crops")
     for name, bf16 in (("fp32", False), ("bf16", True)):
         rate = steps_per_second(bf16, args.steps)

@@ -20,7 +20,7 @@ def test_source_stats_are_16_bit_mean_and_std() -> None:
     x = img.astype(np.float64) / 255
     mean = x.reshape(-1, 3).mean(0)
     std = np.sqrt(x.reshape(-1, 3).var(0, ddof=1) + 1e-5)
-    assert stats == tuple(int(round(v * 65535)) for v in (*mean, *std))
+    assert stats == tuple(round(v * 65535) for v in (*mean, *std))
 
 
 def test_source_stats_of_flat_and_tiny_images() -> None:

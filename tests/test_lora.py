@@ -38,7 +38,8 @@ def test_published_pairs_fold_into_the_base_layout() -> None:
     trainable = manifest("official_unet_trainable.json")
     lora = {k: torch.empty(s, device="meta") for k, s in trainable.items() if ".lora_" in k}
     assert len(lora_pairs(lora)) == 192
-    merged = merge_lora_state({k: torch.empty(s, device="meta") for k, s in base.items()}, lora, 0.25)
+    base_state = {k: torch.empty(s, device="meta") for k, s in base.items()}
+    merged = merge_lora_state(base_state, lora, 0.25)
     assert {k: list(v.shape) for k, v in merged.items()} == base
 
 
@@ -86,8 +87,6 @@ def test_merge_rejects_incomplete_or_dangling_adapters() -> None:
         merge_lora_state(
             base, {"other.lora_A.default.weight": a, "other.lora_B.default.weight": b}, 1.0
         )
-    merged = merge_lora_state(
-        base, {"proj.lora_A.x.weight": a, "proj.lora_B.x.weight": b}, 0.5
-    )
+    merged = merge_lora_state(base, {"proj.lora_A.x.weight": a, "proj.lora_B.x.weight": b}, 0.5)
     assert torch.equal(merged["proj.weight"], torch.full((4, 3), 1.0))
     assert torch.equal(base["proj.weight"], torch.zeros(4, 3))

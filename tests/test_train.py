@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from aeic_codec import api
 from aeic_codec.bundle import load_bundle, save_bundle
-from aeic_codec.config import tiny_config
+from aeic_codec.config import PRESETS, tiny_config
 from aeic_codec.model import AEIC
 from aeic_codec.train import (
     TrainConfig,
@@ -25,6 +26,7 @@ from aeic_codec.train import (
     load_train_config,
     ms_ssim,
     ms_ssim_scales,
+    parse_train_config,
     train,
 )
 
@@ -155,7 +157,7 @@ def test_distillation_trains_the_projections(tmp_path: Path) -> None:
 )
 def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text("[model]\npreset = 'tiny'\nvae_widths = [8, 8, 16, 16]\n" + text)
+    path.write_text("[model]\npreset = 'tiny'\n" + text)
     with pytest.raises(TrainConfigError, match=message):
         load_train_config(path)
 
@@ -165,6 +167,18 @@ def test_model_section_without_preset_lists_missing_fields(tmp_path: Path) -> No
     path.write_text("[model]\nlatent_channels = 16\n[[stages]]\n")
     with pytest.raises(TrainConfigError, match=r"missing .*ga_dims"):
         load_train_config(path)
+
+
+def test_example_configs_parse() -> None:
+    configs = CONFIG.parent
+    small = load_train_config(configs / "small-default.toml")
+    assert small.model == PRESETS["aeic-small"] and small.stages[0].crop == 256
+    # The published-recipe file starts from a bundle that only exists on a training box.
+    data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())
+    data["model"] = {"preset": "AEIC-SE"}
+    published = parse_train_config(data, configs)
+    assert [s.lr for s in published.stages] == [1e-4, 5e-5]
+    assert published.stages[0].train[-1] == "denoiser_lora"
 
 
 def test_schedules() -> None:
