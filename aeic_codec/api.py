@@ -15,6 +15,7 @@ import numpy as np
 
 from .bundle import BundleError, find_bundle, load_bundle
 from .container import AeicFile, FormatError, pack, unpack
+from .imageio import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +51,7 @@ def load_model(
     return load_bundle(info.path, encoder=encoder, decoder=decoder)
 
 
-def read_header(data: bytes, max_pixels: int | None = None) -> AeicFile:
+def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> AeicFile:
     """Parse and check an .aeic file without decoding it (no torch)."""
     return unpack(data, max_pixels=max_pixels)
 
@@ -160,7 +161,7 @@ def decode(
     device: str = "cpu",
     tile: int | None = None,
     progress: Progress | None = None,
-    max_pixels: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode .aeic bytes into an H x W x 3 uint8 image."""
     from .colorfix import apply_colour_fix

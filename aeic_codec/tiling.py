@@ -168,8 +168,8 @@ def _fixed_group_norm(
 ) -> torch.Tensor:
     """GroupNorm of ``x`` with given per-(batch, group) statistics.
 
-    Folded into one per-channel scale and shift, applied in float32 in a single op,
-    so the only full-size temporary is the output.
+    Folded into one per-channel scale and shift and applied in float32 a few
+    channels at a time, so no float32 copy of a bf16 activation is ever made.
     """
     batch, channels = x.shape[:2]
     per_group = channels // norm.num_groups
@@ -180,17 +180,23 @@ def _fixed_group_norm(
         shift = shift * norm.weight.double() + norm.bias.double()
     view = (batch, channels) + (1,) * (x.ndim - 2)
     scale, shift = scale.float().view(view), shift.float().view(view)
-    return torch.addcmul(shift, x, scale).to(x.dtype)
+    out = torch.empty_like(x)
+    for part in range(0, channels, 8):
+        c = slice(part, part + 8)
+        out[:, c] = torch.addcmul(shift[:, c], x[:, c], scale[:, c])
+    return out
 
 
 class _SharedGroupNorms:
-    """Forward hooks on every GroupNorm of a decoder, for tiles that share statistics.
+    """Hooks on every GroupNorm of a decoder, for tiles that share statistics.
 
     While ``core`` is set, each GroupNorm adds its input's moments over that part of
     the current tile to running sums; over a pass whose cores partition the latent
     these are the exact whole-image moments of what that pass computed. While
-    ``fixed`` is set, each GroupNorm's output is replaced by a normalisation with
-    those per-(batch, group) statistics instead of the tile's own.
+    ``fixed`` is set, each GroupNorm normalises with those per-(batch, group)
+    statistics instead of the tile's own: the pre-hook keeps the input and hands the
+    module a one-pixel stand-in (so it neither computes nor holds a full-size output
+    that would be thrown away), and the forward hook returns the real output.
     """
 
     def __init__(self, decoder: nn.Module) -> None:
@@ -199,30 +205,42 @@ class _SharedGroupNorms:
         self.core: Core | None = None
         self.tile_hw = (1, 1)
         self.sums: dict[nn.GroupNorm, torch.Tensor] = {}
+        self.inputs: dict[nn.GroupNorm, torch.Tensor] = {}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> _SharedGroupNorms:
-        self.handles = [norm.register_forward_hook(self._hook) for norm in self.norms]
+        for norm in self.norms:
+            self.handles.append(norm.register_forward_pre_hook(self._before))
+            self.handles.append(norm.register_forward_hook(self._after))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        self.inputs = {}
 
     def accumulate_over(self, core: Core | None, tile_hw: tuple[int, int]) -> None:
         """Accumulate over ``core`` of the next tile (size ``tile_hw``); None stops."""
         self.core, self.tile_hw = core, tile_hw
 
-    def _hook(
-        self, norm: nn.GroupNorm, args: tuple[torch.Tensor, ...], output: torch.Tensor
-    ) -> torch.Tensor | None:
+    def _before(
+        self, norm: nn.GroupNorm, args: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor] | None:
         x = args[0]
         if self.core is not None:
             self._accumulate(norm, x)
         if self.fixed is None:
             return None
-        return _fixed_group_norm(x, norm, *self.fixed[norm])
+        self.inputs[norm] = x
+        return (x.flatten(2)[..., :1],)
+
+    def _after(
+        self, norm: nn.GroupNorm, args: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> torch.Tensor | None:
+        if self.fixed is None:
+            return None
+        return _fixed_group_norm(self.inputs.pop(norm), norm, *self.fixed[norm])
 
     def _accumulate(self, norm: nn.GroupNorm, x: torch.Tensor) -> None:
         th, tw = self.tile_hw

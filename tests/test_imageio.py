@@ -1,0 +1,85 @@
+"""Reading source images: conversions with one warning each, orientation, limits."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aeic_codec.imageio import ImageError, read_image
+
+from .conftest import make_image
+
+
+def _save(img: Image.Image, path: Path, **kw) -> Path:
+    img.save(path, **kw)
+    return path
+
+
+def test_rgb_png_jpeg_webp_tiff(tmp_path: Path):
+    rgb = make_image(20, 30)
+    for fmt in ("png", "jpeg", "webp", "tiff"):
+        path = _save(Image.fromarray(rgb), tmp_path / f"a.{fmt}")
+        arr, notes = read_image(path)
+        assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8 and notes == []
+    assert np.array_equal(read_image(tmp_path / "a.png")[0], rgb)
+
+
+def test_sixteen_bit_grayscale_is_scaled(tmp_path: Path):
+    values = (np.arange(20 * 30).reshape(20, 30) * 100).astype(np.uint16)
+    path = _save(Image.fromarray(values), tmp_path / "g16.png")
+    arr, notes = read_image(path)
+    assert arr.shape == (20, 30, 3)
+    assert arr[-1, -1, 0] == round(values[-1, -1] / 65535 * 255)
+    assert len(notes) == 1 and "16-bit" in notes[0]
+
+
+def test_palette_grayscale_alpha_each_warn_once(tmp_path: Path):
+    rgb = Image.fromarray(make_image(16, 16))
+    cases = {
+        "p.png": (rgb.convert("P"), "palette"),
+        "l.png": (rgb.convert("L"), "grayscale"),
+        "la.png": (rgb.convert("LA"), "alpha"),
+        "rgba.png": (rgb.convert("RGBA"), "alpha"),
+    }
+    for name, (img, word) in cases.items():
+        arr, notes = read_image(_save(img, tmp_path / name))
+        assert arr.shape == (16, 16, 3)
+        assert len(notes) == 1 and word in notes[0], (name, notes)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path):
+    img = Image.fromarray(make_image(10, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = _save(img, tmp_path / "rot.jpg", exif=exif.tobytes())
+    arr, notes = read_image(path)
+    assert arr.shape == (40, 10, 3)
+    assert any("orientation" in n for n in notes)
+
+
+def test_icc_profile_is_noted(tmp_path: Path):
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    path = _save(Image.fromarray(make_image(8, 8)), tmp_path / "icc.png", icc_profile=profile)
+    _, notes = read_image(path)
+    assert any("ICC" in n for n in notes)
+
+
+def test_pixel_limit_refused_before_decoding(tmp_path: Path):
+    path = _save(Image.new("RGB", (300, 200)), tmp_path / "big.png")
+    with pytest.raises(ImageError, match="over the limit"):
+        read_image(path, max_pixels=50_000)
+
+
+def test_garbage_and_bytes_input(tmp_path: Path):
+    with pytest.raises(ImageError, match="not a PNG"):
+        read_image(b"definitely not an image")
+    buf = io.BytesIO()
+    Image.fromarray(make_image(5, 6)).save(buf, format="PNG")
+    arr, _ = read_image(buf.getvalue())
+    assert arr.shape == (5, 6, 3)
