@@ -137,12 +137,12 @@ def test_enough_statistics_passes_make_tiles_exact() -> None:
     torch.manual_seed(0)
     decoder = LiteVAEDecoder(tiny_config(vae_mid_attention=False)).eval()
     passes = sum(isinstance(m, torch.nn.GroupNorm) for m in decoder.modules())
-    l_0 = torch.randn(1, 8, 16, 72)
+    l_0 = torch.randn(1, 8, 8, 64)
     with torch.no_grad():
         full = decoder(l_0)
         one = tiled_vae_decode(decoder, l_0, 48, overlap=24)
         exact = tiled_vae_decode(decoder, l_0, 48, overlap=24, stat_passes=passes)
-    assert (exact - full).abs().max() < 1e-3  # measured 1.6e-4
+    assert (exact - full).abs().max() < 1e-3  # measured 1.5e-4
     assert (one - full).abs().max() > 1e-2  # one pass is an approximation (measured 0.24)
     assert not any(m._forward_hooks for m in decoder.modules())  # hooks removed
 

@@ -172,7 +172,8 @@ def test_model_section_without_preset_lists_missing_fields(tmp_path: Path) -> No
 def test_example_configs_parse() -> None:
     configs = CONFIG.parent
     small = load_train_config(configs / "small-default.toml")
-    assert small.model == PRESETS["aeic-small"] and small.stages[0].crop == 256
+    assert small.model == PRESETS["aeic-small"] and small.stages[0].crop == 192
+    assert [s.lambda_ for s in small.stages] == [4.0, 8.0, 16.0]
     # The published-recipe file starts from a bundle that only exists on a training box.
     data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())
     data["model"] = {"preset": "AEIC-SE"}
