@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,12 @@ if TYPE_CHECKING:
 BUNDLE_FORMAT = "1"
 SUFFIX = ".safetensors"
 ENV_VAR = "AEIC_WEIGHTS"
-PACKAGE_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+# The shipped bundles: weights/ beside the package in a source checkout (or editable
+# install), <prefix>/share/aeic/weights after `pip install .` (pyproject data-files).
+SHIPPED_WEIGHTS = (
+    Path(__file__).resolve().parent.parent / "weights",
+    Path(sys.prefix) / "share" / "aeic" / "weights",
+)
 ENCODER_PARTS = ("g_a.", "h_a.")
 SHARED_PARTS = ("h_s.", "context.", "entropy_bottleneck.")
 DECODER_PARTS = ("g_s.", "denoiser.", "vae.")
@@ -196,6 +202,7 @@ def load_bundle(path: str | os.PathLike[str], encoder: bool = True, decoder: boo
         raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
     model.identity = info.identity
     model.lambda_ = info.lambda_
+    model.provenance = info.provenance
     return model.eval()
 
 
@@ -207,8 +214,8 @@ def search_paths(weights: str | os.PathLike[str] | None = None) -> list[Path]:
     env = os.environ.get(ENV_VAR)
     if env:
         paths.extend(Path(p) for p in env.split(os.pathsep) if p)
-    paths.append(PACKAGE_WEIGHTS)
-    return paths
+    paths.extend(p for p in SHIPPED_WEIGHTS if p.is_dir())
+    return paths or [SHIPPED_WEIGHTS[0]]
 
 
 def iter_bundles(paths: Iterable[Path]) -> Iterator[BundleInfo | BundleError]:

@@ -77,6 +77,7 @@ class AEIC(nn.Module):
         self.y_tables: FreqTables | None = None
         self.identity: str | None = None  # set by bundle save/load
         self.lambda_: float | None = None
+        self.provenance: dict[str, object] = {}
 
     # ------------------------------------------------------------------ tables
     @torch.no_grad()
