@@ -57,6 +57,8 @@ def read_image(
         raise ImageError(f"{name}: not a PNG, JPEG, WebP or TIFF image") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{name}: cannot read image ({exc})") from exc
+    if img.format == "PNG" and img.mode in ("RGB", "RGBA") and _png_depth(source) == 16:
+        notes.append(f"{name}: 16-bit image scaled to 8 bits per channel")
     if img.info.get("icc_profile"):
         notes.append(f"{name}: ICC colour profile ignored (pixels taken as sRGB)")
     transposed = ImageOps.exif_transpose(img)
@@ -64,6 +66,16 @@ def read_image(
         notes.append(f"{name}: EXIF orientation applied")
     img = transposed if transposed is not None else img
     return _to_rgb8(img, name, notes), notes
+
+
+def _png_depth(source: str | os.PathLike[str] | bytes) -> int:
+    """Bit depth from the PNG header (Pillow reads 16-bit RGB as 8-bit RGB silently)."""
+    if isinstance(source, bytes):
+        head = source[:25]
+    else:
+        with open(source, "rb") as fh:
+            head = fh.read(25)
+    return head[24] if len(head) == 25 else 8
 
 
 def _to_rgb8(img: Image.Image, name: str, notes: list[str]) -> np.ndarray:

@@ -157,3 +157,13 @@ def test_info_does_not_import_torch(tmp_path, png_file, tiny_bundle):
         "assert 'numpy' not in sys.modules, 'numpy was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_outputs_get_normal_permissions(tmp_path, png_file, tiny_bundle):
+    import os
+
+    out = tmp_path / "perm.aeic"
+    assert run("encode", str(png_file), "-o", str(out), "--weights", str(tiny_bundle))[0] == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask

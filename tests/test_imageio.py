@@ -83,3 +83,26 @@ def test_garbage_and_bytes_input(tmp_path: Path):
     Image.fromarray(make_image(5, 6)).save(buf, format="PNG")
     arr, _ = read_image(buf.getvalue())
     assert arr.shape == (5, 6, 3)
+
+
+def test_sixteen_bit_rgb_png_is_scaled_with_a_warning():
+    import struct
+    import zlib
+
+    h, w = 4, 5
+    row = b"\x00" + np.full((w, 3), 40000, ">u2").tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * h))
+        + chunk(b"IEND", b"")
+    )
+    arr, notes = read_image(png)
+    assert arr[0, 0, 0] == round(40000 / 65535 * 255)
+    assert len(notes) == 1 and "16-bit" in notes[0]
