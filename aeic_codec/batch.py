@@ -87,8 +87,29 @@ def write_target(target: str, data: bytes, force: bool) -> None:
         raise TaskFailed(f"{target}: cannot write ({exc.strerror or exc})") from None
 
 
+class _Work:
+    """Runs one task, turning the expected failures into a one-line Outcome error."""
+
+    debug: bool
+
+    def __call__(self, task: Task, progress: Progress | None = None) -> Outcome:
+        outcome = Outcome(task)
+        try:
+            outcome.record = self.run(task, outcome, progress)
+        except TaskFailed as exc:
+            outcome.error = str(exc)
+        except EXPECTED as exc:
+            if self.debug:
+                raise
+            outcome.error = f"{task.source}: {exc}"
+        return outcome
+
+    def run(self, task: Task, outcome: Outcome, progress: Progress | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+
 @dataclass
-class EncodeWork:
+class EncodeWork(_Work):
     """Settings of an encode batch; called once per file in whichever process runs it."""
 
     bundle: str
@@ -98,29 +119,19 @@ class EncodeWork:
     debug: bool = False
     _model: Any = None
 
-    def __call__(self, task: Task, progress: Progress | None = None) -> Outcome:
+    def run(self, task: Task, outcome: Outcome, progress: Progress | None) -> dict[str, Any]:
         from . import api
         from .imageio import read_image
 
-        outcome = Outcome(task)
-        try:
-            if self._model is None:
-                self._model = api.load_model(self.bundle, decoder=False)
-            raw = read_source(task.source) if task.source == "-" else task.source
-            image, outcome.warnings = read_image(raw, max_pixels=self.max_pixels)
-            outcome.warnings += preview_warning(self._model)
-            result = api.encode_image(image, self._model, colour_fix=self.colour_fix)
-            write_target(task.target, result.data, self.force)
-        except TaskFailed as exc:
-            outcome.error = str(exc)
-            return outcome
-        except EXPECTED as exc:
-            if self.debug:
-                raise
-            outcome.error = f"{task.source}: {exc}"
-            return outcome
+        if self._model is None:
+            self._model = api.load_model(self.bundle, decoder=False)
+        raw = read_source(task.source) if task.source == "-" else task.source
+        image, outcome.warnings = read_image(raw, max_pixels=self.max_pixels)
+        outcome.warnings += preview_warning(self._model)
+        result = api.encode_image(image, self._model, colour_fix=self.colour_fix)
+        write_target(task.target, result.data, self.force)
         h, w = image.shape[:2]
-        outcome.record = {
+        return {
             "input": task.source,
             "output": task.target,
             "width": w,
@@ -129,11 +140,10 @@ class EncodeWork:
             "bpp": 8 * len(result.data) / (w * h),
             "model": self._model.identity,
         }
-        return outcome
 
 
 @dataclass
-class DecodeWork:
+class DecodeWork(_Work):
     """Settings of a decode batch; models are loaded on first use, one per identity."""
 
     weights: str | None
@@ -145,36 +155,26 @@ class DecodeWork:
     debug: bool = False
     _models: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, task: Task, progress: Progress | None = None) -> Outcome:
+    def run(self, task: Task, outcome: Outcome, progress: Progress | None) -> dict[str, Any]:
         from . import api
         from .imageio import png_bytes
 
-        outcome = Outcome(task)
-        try:
-            data = read_source(task.source)
-            header = api.read_header(data, max_pixels=self.max_pixels)
-            key = header.model_id_hex
-            if key not in self._models:
-                self._models[key] = api.load_model(self.weights, identity=key, encoder=False)
-            image = api.decode(
-                data,
-                self._models[key],
-                precision=self.precision,
-                device=self.device,
-                tile=self.tile,
-                progress=progress,
-            )
-            write_target(task.target, png_bytes(image), self.force)
-            outcome.warnings += preview_warning(self._models[key])
-        except TaskFailed as exc:
-            outcome.error = str(exc)
-            return outcome
-        except EXPECTED as exc:
-            if self.debug:
-                raise
-            outcome.error = f"{task.source}: {exc}"
-            return outcome
-        outcome.record = {
+        data = read_source(task.source)
+        header = api.read_header(data, max_pixels=self.max_pixels)
+        key = header.model_id_hex
+        if key not in self._models:
+            self._models[key] = api.load_model(self.weights, identity=key, encoder=False)
+        image = api.decode(
+            data,
+            self._models[key],
+            precision=self.precision,
+            device=self.device,
+            tile=self.tile,
+            progress=progress,
+        )
+        write_target(task.target, png_bytes(image), self.force)
+        outcome.warnings += preview_warning(self._models[key])
+        return {
             "input": task.source,
             "output": task.target,
             "width": header.width,
@@ -183,7 +183,6 @@ class DecodeWork:
             "bpp": header.bpp,
             "model": key,
         }
-        return outcome
 
 
 _WORK: Any = None

@@ -28,6 +28,11 @@ KEEP_INITIAL = (
 )
 
 
+def manifest(name: str) -> dict[str, list[int]]:
+    """A key -> shape manifest of a published layout."""
+    return json.loads((REFERENCE / name).read_text())
+
+
 def rule_values(key: str, shape: tuple[int, ...], scale: float = 0.05) -> torch.Tensor:
     """w.flatten()[i] = scale * u(key, i) (+1 for 1-D '.weight'), float64 then float32."""
     n = int(np.prod(shape)) if shape else 1

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,14 +10,7 @@ import torch
 from aeic_codec.config import AEIC_SE, tiny_config
 from aeic_codec.denoiser import Denoiser
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
-
-def manifest(name: str) -> dict[str, list[int]]:
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"{path} not available")
-    return json.loads(path.read_text())
+from .published import manifest
 
 
 def test_full_size_layout_equals_pruned_sd_turbo() -> None:
