@@ -167,3 +167,19 @@ def test_outputs_get_normal_permissions(tmp_path, png_file, tiny_bundle):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_encode_over_the_pixel_limit_is_refused(tmp_path, png_file, tiny_bundle):
+    out = tmp_path / "big.aeic"
+    code, _, err = run(
+        "encode",
+        str(png_file),
+        "-o",
+        str(out),
+        "--max-pixels",
+        "1000",
+        "--weights",
+        str(tiny_bundle),
+    )
+    assert code == 1 and "over the limit" in err and len(err.strip().splitlines()) == 2
+    assert not out.exists()
