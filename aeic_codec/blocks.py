@@ -30,15 +30,26 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 class Conv3x3(nn.Conv2d):
-    """Dense 3x3 convolution; at inference nine accumulating matrix products.
+    """Dense 3x3 convolution; at float32 inference, matrix products with a fixed order.
 
     oneDNN's direct convolution rounds differently with 1 and 2 threads, MKL's GEMM in
     strict CNR mode (set in ``aeic_codec/__init__.py``) does not. Inference therefore
-    runs the convolution as ``addmm`` on shifted slices of the flattened, padded NHWC
-    image (rows are padded to w + 2 so every shift is one contiguous slice), in a fixed
-    order. Training and reduced-precision inference (the generative decoder, where
-    bit-exactness is not needed) keep ``F.conv2d``, which computes the same function faster.
+    runs the convolution as GEMMs on the padded NHWC image, in one of two fixed orders:
+
+    - ``shared = True`` (h_s, whose output both sides of the coder compute): nine
+      accumulating ``addmm`` on shifted slices of the flattened image (rows padded to
+      w + 2 so that every shift is one contiguous slice). This order is part of the
+      bitstream: files from format version 1 were coded with it.
+    - ``shared = False`` (g_a and h_a, which only the encoder runs): one GEMM over the
+      nine taps gathered side by side (im2col), in bands of rows to bound the memory.
+      Several times faster on thin inputs and still independent of the thread count.
+
+    Training and reduced-precision inference keep ``F.conv2d``, which computes the same
+    function faster.
     """
+
+    shared = True
+    band_elements = 1 << 22  # im2col buffer size per band, in floats (16 MB)
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1)
@@ -46,6 +57,9 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.dtype != torch.float32:
             return super().forward(x)
+        return self._shifted(x) if self.shared else self._im2col(x)
+
+    def _shifted(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         wp = w + 2
         n = h * wp
@@ -60,6 +74,31 @@ class Conv3x3(nn.Conv2d):
                     out = torch.addmm(out, padded[i, start : start + n], taps[dy, dx])
             outs.append(out.view(h, wp, -1)[:, :w])
         return to_nchw(torch.stack(outs))
+
+    def _im2col(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        padded = to_nhwc(F.pad(x, (1, 1, 1, 1))).contiguous()  # (b, h + 2, w + 2, c)
+        weight = self.weight.permute(2, 3, 1, 0).reshape(9 * c, -1)  # rows: (dy, dx, cin)
+        out = x.new_empty(b, h, w, self.out_channels)
+        band = max(1, self.band_elements // (9 * c * w))
+        for i in range(b):
+            for top in range(0, h, band):
+                rows = min(band, h - top)
+                cols = torch.cat(
+                    [
+                        padded[i, top + dy : top + dy + rows, dx : dx + w]
+                        for dy in range(3)
+                        for dx in range(3)
+                    ],
+                    dim=-1,
+                )
+                torch.addmm(
+                    self.bias,
+                    cols.view(rows * w, 9 * c),
+                    weight,
+                    out=out[i, top : top + rows].view(rows * w, -1),
+                )
+        return to_nchw(out)
 
 
 class LayerNorm2d(nn.LayerNorm):

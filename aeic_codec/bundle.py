@@ -134,11 +134,16 @@ def save_bundle(
     lambda_: float | None = None,
     provenance: dict[str, Any] | None = None,
     decoder_dtype: str = "bf16",
+    encoder_dtype: str = "fp32",
 ) -> str:
     """Write ``model`` (encoder and decoder) as a bundle, atomically; returns its identity.
 
-    ``decoder_dtype`` ("bf16" or "fp32") is the storage type of g_s, eps and D; the
-    encoder and the entropy model are always float32.
+    ``decoder_dtype`` and ``encoder_dtype`` ("bf16" or "fp32") are the storage types of
+    the decoder side (g_s, eps, D) and of the rest (g_a, h_a, h_s, context, z prior).
+    Both sides always compute the entropy parameters in float32 from the stored values,
+    so bf16 storage halves the file without touching bit-exactness; with it, the
+    model's encoder-side weights are rounded in place first, so that the tables built
+    here match the weights in the file.
     """
     import torch
     from safetensors.torch import save_file
@@ -147,13 +152,19 @@ def save_bundle(
 
     if model.g_a is None or model.g_s is None:
         raise BundleError("a bundle needs the whole model (encoder and decoder)")
-    if decoder_dtype not in ("bf16", "fp32"):
-        raise ValueError("decoder_dtype must be bf16 or fp32")
-    compact = torch.bfloat16 if decoder_dtype == "bf16" else torch.float32
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    if decoder_dtype not in dtypes or encoder_dtype not in dtypes:
+        raise ValueError("decoder_dtype and encoder_dtype must be bf16 or fp32")
+    if encoder_dtype == "bf16":
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                if value.is_floating_point() and not key.startswith(DECODER_PARTS):
+                    value.copy_(value.to(torch.bfloat16))
     z_tables, y_tables = model.build_tables()
     tensors: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        dtype = compact if key.startswith(DECODER_PARTS) else torch.float32
+        side = decoder_dtype if key.startswith(DECODER_PARTS) else encoder_dtype
+        dtype = dtypes[side] if value.is_floating_point() else value.dtype
         tensors[key] = value.detach().to(dtype).contiguous().clone()
     config_json = model.cfg.to_json()
     identity = identity_of(config_json, tensors)

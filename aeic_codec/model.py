@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .blocks import Conv3x3
 from .coder import ESCAPE_LIMIT, StreamDecoder, StreamEncoder
 from .config import ModelConfig
 from .context import QuadtreeContext
@@ -61,6 +62,11 @@ class AEIC(nn.Module):
         self.cfg = cfg
         self.g_a = AnalysisTransform(cfg) if encoder else None
         self.h_a = HyperAnalysis(cfg) if encoder else None
+        if self.g_a is not None and self.h_a is not None:
+            # Only the encoder runs these: their rounding need not match the decoder's.
+            for module in [*self.g_a.modules(), *self.h_a.modules()]:
+                if isinstance(module, Conv3x3):
+                    module.shared = False
         self.h_s = HyperSynthesis(cfg)
         self.context = QuadtreeContext(cfg)
         self.entropy_bottleneck = FactorizedPrior(cfg.hyper_channels)

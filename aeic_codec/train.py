@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .blocks import Down
 from .bundle import BundleError, load_bundle, read_info, save_bundle
 from .config import PRESETS, ModelConfig, tiny_config
 from .entropy_models import gaussian_likelihood
@@ -54,6 +55,7 @@ PARTS = ("encoder", "context", "g_s", "denoiser_lora", "denoiser", "vae")
 SCHEDULES = ("constant", "cosine")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 CHECKPOINT = "checkpoint.pt"
+CALIBRATION_STAGE = 1 << 16  # the crops of latent_std calibration come from their own stream
 LOG = "log.jsonl"
 CROP_MULTIPLE = 64  # y (1/32) must have an even size for the 2x2 quadtree cells
 ENCODER_FEATURES = ("y", "z", "base", "y_hat")
@@ -147,6 +149,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0 keeps torch's default
     bf16: bool = False
+    latent_std: float = 0.0  # > 0: scale a fresh g_a so that y starts with this std
+    encoder_dtype: str = "fp32"  # storage of the encoder side in exported bundles
     device: str = "auto"
     workers: int = 1
     log_every: int = 10
@@ -178,6 +182,8 @@ _TOP_KEYS: dict[str, tuple[Any, Any]] = {
     "seed": (int, 0),
     "threads": (int, 0),
     "bf16": (bool, False),
+    "latent_std": (float, 0.0),
+    "encoder_dtype": (str, "fp32"),
     "device": (str, "auto"),
     "workers": (int, 1),
     "log_every": (int, 10),
@@ -255,6 +261,8 @@ def parse_train_config(
         seed=top["seed"],
         threads=top["threads"],
         bf16=top["bf16"],
+        latent_std=top["latent_std"],
+        encoder_dtype=top["encoder_dtype"],
         device=top["device"],
         workers=top["workers"],
         log_every=top["log_every"],
@@ -277,6 +285,10 @@ def validate_config(config: TrainConfig) -> None:
         raise TrainConfigError(f"device must be auto, cpu or cuda[:N], got {config.device!r}")
     if config.workers not in (0, 1):
         raise TrainConfigError("workers must be 0 (load in the main process) or 1")
+    if config.encoder_dtype not in ("bf16", "fp32"):
+        raise TrainConfigError(f"encoder_dtype must be bf16 or fp32, got {config.encoder_dtype!r}")
+    if config.latent_std < 0:
+        raise TrainConfigError("latent_std must be >= 0 (0 leaves the initialisation alone)")
     if config.log_every < 1 or config.lora_rank < 1 or config.disc_width < 1:
         raise TrainConfigError("log_every, [lora] rank and [discriminator] width must be >= 1")
     if config.eval_every and config.eval_dir is None:
@@ -731,6 +743,14 @@ class Trainer:
         if self.lora:
             add_lora(self.model.denoiser, rank=config.lora_rank, alpha=config.lora_alpha)
         self.model.to(self.device).train()
+        self.bf16 = config.bf16 and (
+            self.device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        if config.bf16 and not self.bf16:
+            self.notes.append(
+                "bf16 asked for, but this CPU has no native bf16 (it would run many times "
+                "slower than float32): training in float32"
+            )
         self.disc: PatchDiscriminator | None = None
         self.disc_optimizer: torch.optim.Optimizer | None = None
         if config.uses("adv"):
@@ -813,8 +833,34 @@ class Trainer:
             params += list(self.distiller.parameters())
         self.optimizer = torch.optim.Adam(params, lr=self.stage.lr, foreach=True)
 
+    @torch.no_grad()
+    def calibrate_latent(self, x: torch.Tensor) -> float:
+        """Scale g_a's last stage so that y has ``latent_std`` on ``x``; returns the gain.
+
+        Default initialisation gives y a std near 0.05, far below the quantization step:
+        rounding then erases everything, the decoder learns nothing and the rate term
+        drives y to zero for good. The last Down convolution, the depthwise biases and
+        the output layers of the StarBlocks after it are multiplied by one gain: their
+        LayerNorm makes the residual branches blind to the input's scale, so y scales
+        exactly.
+        """
+        g_a = self.model.g_a
+        if g_a is None:
+            raise ValueError("calibration needs the analysis transform")
+        std = float(g_a(x.to(self.device)).float().std())
+        gain = self.config.latent_std / max(std, 1e-12)
+        layers = list(g_a.analysis_transform)
+        last_down = max(i for i, layer in enumerate(layers) if isinstance(layer, Down))
+        tensors = [*layers[last_down].parameters()]
+        for block in layers[last_down + 1 :]:
+            tensors += [*block.fc2.parameters()]
+            tensors += [conv.bias for conv in block.dwconv.children()]
+        for tensor in tensors:
+            tensor.mul_(gain)
+        return gain
+
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _loss_terms(
         self, out: Forward, x: torch.Tensor, lam: float, teacher: dict[str, torch.Tensor] | None
@@ -990,14 +1036,16 @@ class Trainer:
         lam = stage.export_lambda if stage.export_lambda is not None else stage.lambda_
         model = self.plain_model()
         with torch.random.fork_rng(devices=[]):  # the table builder draws random weights too
-            return save_bundle(path, model, lam, provenance)
+            return save_bundle(
+                path, model, lam, provenance, encoder_dtype=self.config.encoder_dtype
+            )
 
     def evaluate(self, images: Sequence[np.ndarray]) -> dict[str, float]:
         """Real encode -> file bytes -> decode of each image: mean bpp, PSNR and MS-SSIM."""
         from . import api
 
         model = self.plain_model(round_decoder=True)
-        precision = "bf16" if self.config.bf16 else "fp32"
+        precision = "bf16" if self.bf16 else "fp32"
         with torch.random.fork_rng(devices=[]):
             model.build_tables()
         model.identity = "00000000"  # these files never leave this process
@@ -1291,6 +1339,17 @@ class _Run:
         self.saved_at = time.monotonic()
 
     def run(self) -> Path:
+        trainer = self.trainer
+        fresh = trainer.global_step == 0 and self.config.init_bundle is None
+        if fresh and self.config.latent_std > 0:
+            stage = trainer.stage
+            x = CropDataset(
+                self.files, stage.crop, stage.batch, self.config.seed, CALIBRATION_STAGE
+            )[0]
+            gain = trainer.calibrate_latent(x)
+            self.log.note(
+                0, f"g_a scaled by {gain:.4g} so that y starts with std {self.config.latent_std}"
+            )
         with self.stop:
             while not self.trainer.finished:
                 if self.trainer.stage_step < self.trainer.stage.steps:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from aeic_codec import api
 from aeic_codec.bundle import load_bundle, save_bundle
@@ -172,8 +173,9 @@ def test_model_section_without_preset_lists_missing_fields(tmp_path: Path) -> No
 def test_example_configs_parse() -> None:
     configs = CONFIG.parent
     small = load_train_config(configs / "small-default.toml")
-    assert small.model == PRESETS["aeic-small"] and small.stages[0].crop == 192
-    assert [s.lambda_ for s in small.stages] == [4.0, 8.0, 16.0]
+    assert small.model == PRESETS["aeic-small"] and small.stages[0].crop == 128
+    assert [s.lambda_ for s in small.stages] == [30.0, 30.0, 80.0, 200.0]
+    assert small.latent_std == 4.0 and small.encoder_dtype == "bf16"
     # The published-recipe file starts from a bundle that only exists on a training box.
     data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())
     data["model"] = {"preset": "AEIC-SE"}
@@ -200,3 +202,50 @@ def test_ms_ssim_matches_the_reference_and_fits_small_crops() -> None:
     crop = a[..., :64, :64]
     assert float(ms_ssim(crop, crop)) == pytest.approx(1.0)
     assert 0 < float(ms_ssim(crop, b[..., :64, :64])) < 1
+
+
+def test_latent_calibration_scales_y_exactly() -> None:
+    """latent_std rescales a fresh g_a so that y has exactly the asked-for std."""
+    config = dataclasses.replace(tiny(), latent_std=3.0)
+    trainer = Trainer(config)
+    x = torch.from_numpy(make_image(128, 128, seed=3)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        before = trainer.model.g_a(x)
+    gain = trainer.calibrate_latent(x)
+    with torch.no_grad():
+        after = trainer.model.g_a(x)
+    assert after.std().item() == pytest.approx(3.0, rel=1e-3)
+    assert gain > 1
+    torch.testing.assert_close(after, before * gain, rtol=1e-3, atol=1e-3)
+
+
+def test_calibrated_run_notes_the_gain(data_dir: Path, tmp_path: Path) -> None:
+    config = dataclasses.replace(tiny(steps=1, export="cal"), latent_std=2.0)
+    train(config, data_dir, tmp_path / "run", progress=False)
+    notes = [r["note"] for r in rows(tmp_path / "run") if "note" in r]
+    assert any("so that y starts with std 2.0" in n for n in notes)
+
+
+def test_bf16_encoder_storage_is_smaller_and_stays_exact(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    full, compact = tmp_path / "full.safetensors", tmp_path / "compact.safetensors"
+    save_bundle(full, AEIC(tiny_config()), encoder_dtype="fp32")
+    torch.manual_seed(4)
+    save_bundle(compact, AEIC(tiny_config()), encoder_dtype="bf16")
+    with safe_open(str(compact), framework="pt") as fh:
+        names = fh.keys()
+        assert {fh.get_slice(name).get_dtype() for name in names} == {"BF16"}
+    assert compact.stat().st_size < full.stat().st_size
+    encoder, decoder = load_bundle(compact, decoder=False), load_bundle(compact, encoder=False)
+    assert all(p.dtype == torch.float32 for p in encoder.parameters())
+    assert all(torch.equal(p, p.bfloat16().float()) for p in encoder.parameters())
+    x = torch.from_numpy(make_image(128, 128, seed=5)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    out = encoder.compress(x)
+    assert torch.equal(decoder.decompress(out.streams, out.y_hat.shape[-2:]), out.y_hat)
+
+
+def test_bf16_request_falls_back_where_the_cpu_lacks_it() -> None:
+    trainer = Trainer(dataclasses.replace(tiny(), bf16=True))
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert trainer.bf16 == native
+    assert any("no native bf16" in n for n in trainer.notes) != native
