@@ -132,7 +132,7 @@ def synthesize(
     """The generative half: g_s, eps on l_T plus l_res, D; returns (3, H, W) in [-1, 1]."""
     import torch
 
-    from .tiling import tiled_denoise, tiled_vae_decode
+    from .tiling import denoise_steps, tiled_denoise, tiled_vae_decode, vae_steps
 
     if model.g_s is None or model.denoiser is None or model.vae is None:
         raise RuntimeError("this model was loaded without its decoder")
@@ -148,8 +148,22 @@ def synthesize(
     with torch.no_grad():
         y = y_hat.to(device=device, dtype=dtype).contiguous(memory_format=layout)
         l_t, l_res = model.g_s(y)
-        l_0 = tiled_denoise(model.denoiser, l_t, eps_tile, overlap, progress) + l_res
-        x = tiled_vae_decode(model.vae, l_0, vae_tile, progress)
+        # One progress count over both tiled phases, so that a bar never starts over.
+        lh, lw = l_t.shape[-2:]
+        n_eps = denoise_steps(lh, lw, eps_tile, overlap)
+        total = n_eps + vae_steps(lh, lw, vae_tile)
+        eps_progress = vae_progress = None
+        if progress is not None:
+            report = progress
+
+            def eps_progress(done: int, _total: int) -> None:
+                report(done, total)
+
+            def vae_progress(done: int, _total: int) -> None:
+                report(n_eps + done, total)
+
+        l_0 = tiled_denoise(model.denoiser, l_t, eps_tile, overlap, eps_progress) + l_res
+        x = tiled_vae_decode(model.vae, l_0, vae_tile, vae_progress)
     return x[0, :, :height, :width].float().clamp(-1, 1).cpu()
 
 

@@ -143,6 +143,23 @@ def _blend(
     return (out / total).to(dtype)
 
 
+def denoise_steps(height: int, width: int, tile: int, overlap: int) -> int:
+    """How many progress ticks ``tiled_denoise`` gives for a latent of this size."""
+    if height <= tile and width <= tile:
+        return 1
+    return len(_grid(height, width, tile, overlap))
+
+
+def vae_steps(
+    height: int, width: int, tile: int, overlap: int | None = None, stat_passes: int = 1
+) -> int:
+    """How many progress ticks ``tiled_vae_decode`` gives for a latent of this size."""
+    if height <= tile and width <= tile:
+        return 1
+    overlap = tile // 4 if overlap is None else overlap
+    return len(_grid(height, width, tile, overlap)) * (stat_passes + 1)
+
+
 def tiled_denoise(
     eps: Callable[[torch.Tensor], torch.Tensor],
     l_t: torch.Tensor,

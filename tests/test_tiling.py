@@ -156,3 +156,21 @@ def test_tiled_vae_decode_in_bf16() -> None:
     assert out.dtype == torch.bfloat16 and out.shape == reference.shape
     # Measured: max 0.051 (an untiled bf16 decode is 0.052 off the fp32 one as well).
     assert (out.float() - reference).abs().max() < 0.1
+
+
+def test_decode_progress_counts_both_phases_on_one_scale() -> None:
+    """eps and D tiles report into one rising count that ends at its total."""
+    from aeic_codec.api import synthesize
+    from aeic_codec.model import AEIC
+
+    torch.manual_seed(0)
+    model = AEIC(tiny_config(), encoder=False).eval()
+    calls: list[tuple[int, int]] = []
+    y_hat = torch.randn(1, 16, 8, 10)
+    out = synthesize(model, y_hat, 250, 300, tile=12, progress=lambda d, t: calls.append((d, t)))
+    assert out.shape == (3, 250, 300)
+    totals = {t for _, t in calls}
+    assert len(totals) == 1
+    (total,) = totals
+    done = [d for d, _ in calls]
+    assert done == list(range(1, total + 1)) and total > 2  # tiled: more than one call each
