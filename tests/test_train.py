@@ -174,7 +174,7 @@ def test_example_configs_parse() -> None:
     configs = CONFIG.parent
     small = load_train_config(configs / "small-default.toml")
     assert small.model == PRESETS["aeic-small"] and small.stages[0].crop == 128
-    assert [s.lambda_ for s in small.stages] == [30.0, 30.0, 80.0, 200.0]
+    assert [s.lambda_ for s in small.stages] == [48.0, 48.0, 128.0, 400.0]
     assert small.latent_std == 4.0 and small.encoder_dtype == "bf16"
     # The published-recipe file starts from a bundle that only exists on a training box.
     data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())

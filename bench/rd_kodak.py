@@ -1,0 +1,294 @@
+"""Rate-distortion on Kodak: aeic bundles against JPEG, WebP, AVIF and downscale + AVIF.
+
+Every figure comes from real files: an aeic point is the mean over the images of the
+.aeic file's size, and of PSNR (RGB, 8 bit) and MS-SSIM between the source and the decoded
+PNG; an anchor point does the same with Pillow's encoder at its lowest quality setting
+(JPEG 1, WebP 0, AVIF 0) or with "downscale by k, AVIF, upscale bicubic", swept over a few
+AVIF qualities so that it forms a curve over the ultra-low rates.
+
+Usage:
+    python -m bench.rd_kodak                        # shipped bundles, all 24 images
+    python -m bench.rd_kodak --limit 4 --no-anchors
+    python -m bench.rd_kodak --weights run/aeic-small-l48.safetensors --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+KODAK = ROOT.parent / "shared" / "data" / "kodak"
+DOWNSCALE_QUALITIES = (0, 10, 20, 30)
+
+
+@dataclass
+class Point:
+    """One codec setting averaged over the images: the unit of every table and plot."""
+
+    method: str
+    setting: str
+    images: int = 0
+    bpp: float = 0.0
+    psnr: float = 0.0
+    msssim: float = 0.0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    per_image: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, name: str, nbytes: int, src: np.ndarray, out: np.ndarray, enc: float, dec: float):
+        bpp = nbytes * 8 / (src.shape[0] * src.shape[1])
+        row = {"image": name, "bpp": bpp, "psnr": psnr(src, out), "msssim": msssim(src, out)}
+        self.per_image.append(row | {"encode_s": enc, "decode_s": dec})
+
+    def finish(self) -> Point:
+        rows = self.per_image
+        self.images = len(rows)
+        for key in ("bpp", "psnr", "msssim", "encode_s", "decode_s"):
+            setattr(self, key, float(np.mean([r[key] for r in rows])) if rows else 0.0)
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.setting}".strip()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from aeic_codec.train import psnr_u8
+
+    return psnr_u8(a, b)
+
+
+def msssim(a: np.ndarray, b: np.ndarray) -> float:
+    import torch
+
+    from aeic_codec.train import ms_ssim
+
+    def t(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).permute(2, 0, 1)[None].double() / 255.0
+
+    with torch.no_grad():
+        return float(ms_ssim(t(a), t(b)))
+
+
+def kodak_images(directory: Path = KODAK, limit: int | None = None) -> list[Path]:
+    paths = sorted(Path(directory).glob("*.png"))
+    if not paths:
+        raise SystemExit(f"no PNG images in {directory}")
+    return paths[:limit] if limit else paths
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+# --------------------------------------------------------------------------- aeic
+
+
+def measure_bundle(path: Path, images: Iterable[Path], precision: str = "auto") -> Point:
+    """Encode and decode every image with one bundle, timing both (model loaded once)."""
+    from aeic_codec import api
+    from aeic_codec.bundle import load_bundle
+
+    model = load_bundle(path)
+    point = Point("aeic", model_label(path))
+    for image in images:
+        src = load_rgb(image)
+        t0 = time.perf_counter()
+        data = api.encode(src, model)
+        t1 = time.perf_counter()
+        out = api.decode(data, model, precision=precision)
+        t2 = time.perf_counter()
+        point.add(image.stem, len(data), src, out, t1 - t0, t2 - t1)
+    return point.finish()
+
+
+def model_label(path: Path) -> str:
+    from aeic_codec.bundle import read_info
+
+    info = read_info(path)
+    lam = f" λ={info.lambda_:g}" if info.lambda_ is not None else ""
+    return f"{info.config.name}{lam}"
+
+
+# --------------------------------------------------------------------------- anchors
+
+
+Codec = Callable[[Image.Image], tuple[int, Image.Image]]
+
+
+def _pillow(fmt: str, **options: object) -> Codec:
+    def run(img: Image.Image) -> tuple[int, Image.Image]:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **options)
+        size = buf.tell()
+        buf.seek(0)
+        with Image.open(buf) as out:
+            return size, out.convert("RGB")
+
+    return run
+
+
+def _downscaled(factor: int, quality: int) -> Codec:
+    avif = _pillow("AVIF", quality=quality)
+
+    def run(img: Image.Image) -> tuple[int, Image.Image]:
+        w, h = img.size
+        small = img.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.LANCZOS)
+        size, out = avif(small)
+        return size, out.resize((w, h), Image.BICUBIC)
+
+    return run
+
+
+def anchors(downscale_qualities: Iterable[int] = DOWNSCALE_QUALITIES) -> list[tuple[str, str, Codec]]:
+    """(method, setting, codec): the lowest settings, then the downscale sweeps."""
+    out: list[tuple[str, str, Codec]] = [
+        ("JPEG", "q1", _pillow("JPEG", quality=1)),
+        ("WebP", "q0", _pillow("WEBP", quality=0, method=6)),
+        ("AVIF", "q0", _pillow("AVIF", quality=0)),
+    ]
+    for factor in (2, 3, 4):
+        for q in downscale_qualities:
+            out.append((f"x{factor}+AVIF", f"q{q}", _downscaled(factor, q)))
+    return out
+
+
+def measure_anchor(method: str, setting: str, codec: Codec, images: Iterable[Path]) -> Point:
+    point = Point(method, setting)
+    for image in images:
+        src = load_rgb(image)
+        img = Image.fromarray(src)
+        t0 = time.perf_counter()
+        nbytes, out = codec(img)
+        t1 = time.perf_counter()
+        point.add(image.stem, nbytes, src, np.asarray(out), t1 - t0, 0.0)
+    return point.finish()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table(points: list[Point]) -> str:
+    head = "| codec | setting | images | bpp | PSNR dB | MS-SSIM | encode s | decode s |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        dec = f"{p.decode_s:.2f}" if p.method == "aeic" else "-"
+        lines.append(
+            f"| {p.method} | {p.setting} | {p.images} | {p.bpp:.4f} | {p.psnr:.2f} | "
+            f"{p.msssim:.3f} | {p.encode_s:.2f} | {dec} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(points: list[Point], prefix: Path, title: str) -> list[Path]:
+    """Two PNGs (PSNR and MS-SSIM against bpp): one curve per codec, log rate axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        key = p.setting.split(" λ=")[0] if p.method == "aeic" else p.method
+        groups.setdefault(f"aeic {key}" if p.method == "aeic" else key, []).append(p)
+    for metric, ylabel in (("psnr", "PSNR (dB)"), ("msssim", "MS-SSIM")):
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        for name, pts in groups.items():
+            pts = sorted(pts, key=lambda p: p.bpp)
+            style = "o-" if name.startswith("aeic") else ("s--" if "+" in name else "^:")
+            ax.plot([p.bpp for p in pts], [getattr(p, metric) for p in pts], style, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("bits per pixel (real file sizes)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = prefix.with_name(f"{prefix.name}-{metric}.png")
+        fig.savefig(out)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def crops(
+    bundles: list[Path], image: Path, out: Path, box: tuple[int, int, int, int] | None = None
+) -> Path:
+    """Original next to each bundle's decode of one image (a crop, at 1:1), labelled."""
+    from PIL import ImageDraw
+
+    from aeic_codec import api
+    from aeic_codec.bundle import load_bundle
+
+    src = load_rgb(image)
+    h, w = src.shape[:2]
+    box = box or (w // 2 - 160, h // 2 - 160, w // 2 + 160, h // 2 + 160)
+    tiles = [("original", src)]
+    for path in bundles:
+        model = load_bundle(path)
+        data = api.encode(src, model)
+        bpp = len(data) * 8 / (h * w)
+        tiles.append((f"{model_label(path)}: {bpp:.4f} bpp", api.decode(data, model)))
+    cw, ch = box[2] - box[0], box[3] - box[1]
+    sheet = Image.new("RGB", (cw * len(tiles), ch + 18), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (label, pixels) in enumerate(tiles):
+        sheet.paste(Image.fromarray(pixels).crop(box), (i * cw, 18))
+        draw.text((i * cw + 4, 3), label, fill="black")
+    sheet.save(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kodak", type=Path, default=KODAK)
+    p.add_argument("--weights", type=Path, nargs="*", help="bundles (default: weights/*)")
+    p.add_argument("--limit", type=int, help="first N images only")
+    p.add_argument("--no-anchors", action="store_true")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="write every point (and per-image rows) here")
+    p.add_argument("--plot", type=Path, help="write PREFIX-psnr.png and PREFIX-msssim.png")
+    p.add_argument("--crops", type=Path, help="write a crop sheet of the first image here")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from bench._machine import machine_line
+
+    torch.set_num_threads(args.threads)
+    images = kodak_images(args.kodak, args.limit)
+    bundles = args.weights if args.weights is not None else sorted(ROOT.glob("weights/*.safetensors"))
+    machine = machine_line()
+    print(machine)
+    points = []
+    for path in bundles:
+        points.append(measure_bundle(path, images, args.precision))
+        print(table(points[-1:]).splitlines()[-1], flush=True)
+    if not args.no_anchors:
+        for method, setting, codec in anchors():
+            points.append(measure_anchor(method, setting, codec, images))
+            print(table(points[-1:]).splitlines()[-1], flush=True)
+    print(table(points))
+    if args.json:
+        doc = {"machine": machine, "images": len(images), "points": [asdict(q) for q in points]}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    if args.plot:
+        plot(points, args.plot, f"Kodak ({len(images)} images)")
+    if args.crops and bundles:
+        crops(bundles, images[0] if args.limit else args.kodak / "kodim23.png", args.crops)
+
+
+if __name__ == "__main__":
+    main()
