@@ -150,7 +150,7 @@ def _downscaled(factor: int, quality: int) -> Codec:
     return run
 
 
-def anchors(downscale_qualities: Iterable[int] = DOWNSCALE_QUALITIES) -> list[tuple[str, str, Codec]]:
+def anchors(qualities: Iterable[int] = DOWNSCALE_QUALITIES) -> list[tuple[str, str, Codec]]:
     """(method, setting, codec): the lowest settings, then the downscale sweeps."""
     out: list[tuple[str, str, Codec]] = [
         ("JPEG", "q1", _pillow("JPEG", quality=1)),
@@ -158,7 +158,7 @@ def anchors(downscale_qualities: Iterable[int] = DOWNSCALE_QUALITIES) -> list[tu
         ("AVIF", "q0", _pillow("AVIF", quality=0)),
     ]
     for factor in (2, 3, 4):
-        for q in downscale_qualities:
+        for q in qualities:
             out.append((f"x{factor}+AVIF", f"q{q}", _downscaled(factor, q)))
     return out
 
@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     images = kodak_images(args.kodak, args.limit)
-    bundles = args.weights if args.weights is not None else sorted(ROOT.glob("weights/*.safetensors"))
+    shipped = sorted(ROOT.glob("weights/*.safetensors"))
+    bundles = args.weights if args.weights is not None else shipped
     machine = machine_line()
     print(machine)
     points = []
