@@ -68,7 +68,9 @@ def encode_image(image: np.ndarray, model: AEIC, *, colour_fix: bool | None = No
     if model.identity is None:
         raise BundleError("the model has no identity: load it from a bundle or save it first")
     h, w = image.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    # A copy when read-only (Pillow's arrays are): torch warns about non-writable arrays.
+    pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
     x = pad_reflect(x / 127.5 - 1.0, 64)
     result = model.compress(x)
     if colour_fix is None:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .model import AEIC, latent_size
+from .model import AEIC, hyper_size, latent_size
 
 
 def param_count(*modules: nn.Module | None) -> int:
@@ -20,7 +20,7 @@ def encoder_params(model: AEIC) -> int:
 
 def encoder_macs_per_pixel(model: AEIC, height: int = 512, width: int = 768) -> float:
     """Matrix/conv MACs of g_a + h_a + h_s + the 4 context steps, per input pixel."""
-    x = torch.zeros(1, 3, height, width)
+    x = torch.zeros(1, 3, height, width, device=next(model.parameters()).device)
     ctx = model.context
     # Counted with autograd on, where Conv3x3 runs as one F.conv2d (its inference path
     # computes over padded rows and would overcount).
@@ -38,4 +38,32 @@ def synthesis_macs_per_pixel(model: AEIC, height: int = 512, width: int = 768) -
     y = torch.zeros(1, model.cfg.latent_channels, *latent_size(height, width))
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         model.g_s(y)
+    return counter.get_total_flops() / 2 / (height * width)
+
+
+def decoder_params(model: AEIC) -> int:
+    """h_s, the context model, the z prior, g_s, eps and D: what the receiver runs."""
+    return param_count(
+        model.h_s, model.context, model.entropy_bottleneck, model.g_s, model.denoiser, model.vae
+    )
+
+
+def decoder_macs_per_pixel(model: AEIC, height: int = 512, width: int = 768) -> float:
+    """Matrix/conv MACs of h_s + 4 context steps + g_s + eps + D per output pixel.
+
+    Counts one untiled pass; build the model on the "meta" device to count the published
+    shapes without computing anything.
+    """
+    if model.g_s is None or model.denoiser is None or model.vae is None:
+        raise ValueError("the model was built without its decoder")
+    device = next(model.parameters()).device
+    lh, lw = latent_size(height, width)
+    y = torch.zeros(1, model.cfg.latent_channels, lh, lw, device=device)
+    z = torch.zeros(1, model.cfg.hyper_channels, *hyper_size((lh, lw)), device=device)
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        base = model.h_s(z, (lh, lw))
+        for k in range(4):
+            model.context.params(k, base)
+        l_t, l_res = model.g_s(y)
+        model.vae(model.denoiser(l_t) + l_res)
     return counter.get_total_flops() / 2 / (height * width)

@@ -42,7 +42,11 @@ class Compressed:
 
     streams: list[bytes]
     y_hat: torch.Tensor
-    estimated_bits: float
+    stream_bits: list[float]  # the model's information estimate per stream (z, steps 0-3)
+
+    @property
+    def estimated_bits(self) -> float:
+        return sum(self.stream_bits)
 
 
 def latent_size(height: int, width: int) -> tuple[int, int]:
@@ -138,10 +142,9 @@ class AEIC(nn.Module):
         z_sym = torch.round(z - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
         z_hat = z_sym + med
         streams = [_encode_z(z_sym, z_tables)]
-        bits = float(-torch.log2(eb.likelihood(z_hat)).sum())
+        bits = [float(-torch.log2(eb.likelihood(z_hat)).sum())]
 
         def code_step(k: int, mask: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
-            nonlocal bits
             mean, scale = _sanitize(mean, scale)
             coded = mask & (scale >= SKIP_SCALE)
             sym = torch.round(y - mean).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
@@ -151,7 +154,7 @@ class AEIC(nn.Module):
             streams.append(enc.finish())
             y_hat = sym + mean
             p = gaussian_likelihood(y_hat[mask], mean[mask], scale[mask])
-            bits += float(-torch.log2(p).sum())
+            bits.append(float(-torch.log2(p).sum()))
             return y_hat
 
         base = self.h_s(z_hat, y.shape[-2:])

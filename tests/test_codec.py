@@ -62,6 +62,11 @@ def test_file_size_within_one_percent_of_estimate(published, h, w):
     # which only shows on tiny images (1x1: 92 bytes for 88.9 estimated).
     slack = 0 if c.estimated_bits > 8000 else len(c.streams)
     assert payload <= c.estimated_bits / 8 * 1.01 + slack
+    # Per stream, too: each one is within 1 % and a byte or two (its end) of its estimate.
+    assert len(c.stream_bits) == len(c.streams) == 5
+    assert sum(c.stream_bits) == c.estimated_bits
+    for stream, bits in zip(c.streams, c.stream_bits, strict=True):
+        assert len(stream) <= bits / 8 * 1.01 + 2
 
 
 def test_corrupt_stream_never_crashes(published):
