@@ -88,7 +88,7 @@ def kodak_images(directory: Path = KODAK, limit: int | None = None) -> list[Path
 
 def load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.array(img.convert("RGB"))
 
 
 # --------------------------------------------------------------------------- aeic

@@ -2,7 +2,7 @@
 and memory, all measured in the same run on the same machine.
 
     python -m bench.run_all            # everything (about an hour on 2 cores)
-    python -m bench.run_all --quick    # trimmed sizes and 4 Kodak images (under 10 minutes)
+    python -m bench.run_all --quick    # trimmed sizes and models (under 10 minutes)
 
 Full-size AEIC-SE and AEIC-ME run with random weights (speed and memory do not depend on
 the weights); the default model is the shipped bundle set in weights/. Progress goes to
@@ -51,6 +51,7 @@ class Plan:
     threads: int = 2
     anchors: bool = True
     qualities: tuple[int, ...] = rd_kodak.DOWNSCALE_QUALITIES
+    entropy_images: int = 4
     notes: list[str] = field(default_factory=list)
 
 
@@ -278,12 +279,13 @@ def entropy(plan: Plan) -> str:
         return "## Entropy coding\n\nNo shipped bundle: not measured."
     rows = []
     names = ["z", "step 0", "step 1", "step 2", "step 3"]
+    n = min(len(plan.kodak), plan.entropy_images)
     for path in plan.bundles:
         model = load_bundle(path, decoder=False)
         actual = np.zeros(5)
         estimate = np.zeros(5)
         overhead = []
-        for image in plan.kodak:
+        for image in plan.kodak[: plan.entropy_images]:
             src = rd_kodak.load_rgb(image)
             x = torch.from_numpy(src).permute(2, 0, 1)[None].float() / 127.5 - 1
             c = model.compress(pad_reflect(x, 64))
@@ -297,8 +299,8 @@ def entropy(plan: Plan) -> str:
                 [
                     path.stem,
                     name,
-                    f"{actual[i] / len(plan.kodak):.1f}",
-                    f"{estimate[i] / len(plan.kodak):.1f}",
+                    f"{actual[i] / n:.1f}",
+                    f"{estimate[i] / n:.1f}",
                     f"{eff:.3f}",
                 ]
             )
@@ -306,7 +308,7 @@ def entropy(plan: Plan) -> str:
         rows.append([path.stem, "container", f"{over:.1f}", "-", "-"])
     at = 0.005 * 768 * 512 / 8
     return (
-        f"## Entropy coding\n\nMean bytes per image over {len(plan.kodak)} Kodak images: "
+        f"## Entropy coding\n\nMean bytes per image over {n} Kodak images: "
         "each stream's real size against the model's information estimate (sum of -log2 p, in "
         "bytes); 'container' is the file minus its five payloads (magic, version, size, model "
         f"identity, flags, lengths, CRC). A 768x512 file at 0.005 bpp has {at:.0f} bytes, so "
@@ -453,7 +455,7 @@ def run(plan: Plan) -> Path:
 
 
 def plan_for(quick: bool, out: Path, threads: int) -> Plan:
-    kodak = rd_kodak.kodak_images(rd_kodak.KODAK, 4 if quick else None)
+    kodak = rd_kodak.kodak_images(rd_kodak.KODAK)
     bundles = sorted(ROOT.glob("weights/*.safetensors"))
     small, large = (512, 768), (1088, 1920)
     if quick:
