@@ -131,6 +131,9 @@ AEIC_SMALL = AEIC_SE.replace(
     eps_tile=96,
     eps_overlap=32,
     vae_tile=96,
+    # Its pictures come out desaturated; six colour statistics (12 bytes) gave +0.57 dB on
+    # Kodak for 0.00024 bpp, so they go into every file.
+    colorfix_min_pixels=0,
 )
 
 PRESETS: dict[str, ModelConfig] = {"AEIC-SE": AEIC_SE, "AEIC-ME": AEIC_ME, "aeic-small": AEIC_SMALL}
