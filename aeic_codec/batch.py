@@ -42,17 +42,6 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def preview_warning(model: Any) -> list[str]:
-    """Bundles marked as preview snapshots say so with every file they touch."""
-    if model.provenance.get("preview"):
-        step = model.provenance.get("step", "?")
-        return [
-            f"model {model.identity} is a preview snapshot (training step {step}), "
-            "not yet trained to usable quality"
-        ]
-    return []
-
-
 class TaskFailed(Exception):
     """A per-file failure whose message is already a complete line."""
 
@@ -127,7 +116,6 @@ class EncodeWork(_Work):
             self._model = api.load_model(self.bundle, decoder=False)
         raw = read_source(task.source) if task.source == "-" else task.source
         image, outcome.warnings = read_image(raw, max_pixels=self.max_pixels)
-        outcome.warnings += preview_warning(self._model)
         result = api.encode_image(image, self._model, colour_fix=self.colour_fix)
         write_target(task.target, result.data, self.force)
         h, w = image.shape[:2]
@@ -173,7 +161,6 @@ class DecodeWork(_Work):
             progress=progress,
         )
         write_target(task.target, png_bytes(image), self.force)
-        outcome.warnings += preview_warning(self._models[key])
         return {
             "input": task.source,
             "output": task.target,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .model import AEIC, hyper_size, latent_size
+
+T = TypeVar("T")
 
 
 def param_count(*modules: nn.Module | None) -> int:
@@ -34,8 +39,11 @@ def encoder_macs_per_pixel(model: AEIC, height: int = 512, width: int = 768) -> 
 
 
 def synthesis_macs_per_pixel(model: AEIC, height: int = 512, width: int = 768) -> float:
-    """MACs of g_s alone per output pixel."""
-    y = torch.zeros(1, model.cfg.latent_channels, *latent_size(height, width))
+    """MACs of g_s alone per output pixel (works on a model without eps and D)."""
+    if model.g_s is None:
+        raise ValueError("the model was built without g_s")
+    device = next(model.g_s.parameters()).device
+    y = torch.zeros(1, model.cfg.latent_channels, *latent_size(height, width), device=device)
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         model.g_s(y)
     return counter.get_total_flops() / 2 / (height * width)
@@ -48,22 +56,42 @@ def decoder_params(model: AEIC) -> int:
     )
 
 
-def decoder_macs_per_pixel(model: AEIC, height: int = 512, width: int = 768) -> float:
-    """Matrix/conv MACs of h_s + 4 context steps + g_s + eps + D per output pixel.
+def decoder_macs(model: AEIC, height: int = 512, width: int = 768) -> dict[str, float]:
+    """Matrix/conv MACs per output pixel of each decoder part, in the order they run.
 
-    Counts one untiled pass; build the model on the "meta" device to count the published
-    shapes without computing anything.
+    "entropy" is h_s and the four context steps, then g_s, eps and D. Counts one untiled
+    pass (tiling adds its overlaps on top); build the model on the "meta" device to count
+    the published shapes without computing anything.
     """
-    if model.g_s is None or model.denoiser is None or model.vae is None:
+    g_s, eps, vae = model.g_s, model.denoiser, model.vae
+    if g_s is None or eps is None or vae is None:
         raise ValueError("the model was built without its decoder")
     device = next(model.parameters()).device
     lh, lw = latent_size(height, width)
     y = torch.zeros(1, model.cfg.latent_channels, lh, lw, device=device)
     z = torch.zeros(1, model.cfg.hyper_channels, *hyper_size((lh, lw)), device=device)
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+    out: dict[str, float] = {}
+
+    def count(name: str, fn: Callable[[], T]) -> T:
+        # Autograd on, as in encoder_macs_per_pixel: Conv3x3 then runs as one F.conv2d.
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+            result = fn()
+        out[name] = counter.get_total_flops() / 2 / (height * width)
+        return result
+
+    def entropy() -> torch.Tensor:
         base = model.h_s(z, (lh, lw))
         for k in range(4):
             model.context.params(k, base)
-        l_t, l_res = model.g_s(y)
-        model.vae(model.denoiser(l_t) + l_res)
-    return counter.get_total_flops() / 2 / (height * width)
+        return base
+
+    count("entropy", entropy)
+    l_t, l_res = count("g_s", lambda: g_s(y))
+    l_0 = count("eps", lambda: eps(l_t)) + l_res
+    count("D", lambda: vae(l_0))
+    return out
+
+
+def decoder_macs_per_pixel(model: AEIC, height: int = 512, width: int = 768) -> float:
+    """Matrix/conv MACs of h_s + 4 context steps + g_s + eps + D per output pixel."""
+    return sum(decoder_macs(model, height, width).values())

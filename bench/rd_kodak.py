@@ -112,6 +112,14 @@ def measure_bundle(path: Path, images: Iterable[Path], precision: str = "auto") 
     return point.finish()
 
 
+def shipped_bundles() -> list[Path]:
+    """The bundles in weights/, highest rate first (lowest lambda)."""
+    from aeic_codec.bundle import read_info
+
+    paths = ROOT.glob("weights/*.safetensors")
+    return sorted(paths, key=lambda p: (read_info(p).lambda_ or 0.0, p.name))
+
+
 def model_label(path: Path) -> str:
     from aeic_codec.bundle import read_info
 
@@ -171,7 +179,7 @@ def measure_anchor(method: str, setting: str, codec: Codec, images: Iterable[Pat
         t0 = time.perf_counter()
         nbytes, out = codec(img)
         t1 = time.perf_counter()
-        point.add(image.stem, nbytes, src, np.asarray(out), t1 - t0, 0.0)
+        point.add(image.stem, nbytes, src, np.array(out), t1 - t0, 0.0)
     return point.finish()
 
 
@@ -260,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="write every point (and per-image rows) here")
     p.add_argument("--plot", type=Path, help="write PREFIX-psnr.png and PREFIX-msssim.png")
-    p.add_argument("--crops", type=Path, help="write a crop sheet of the first image here")
+    p.add_argument("--crops", type=Path, help="write a crop sheet of kodim23 here")
     args = p.parse_args(argv)
 
     import torch
@@ -269,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     images = kodak_images(args.kodak, args.limit)
-    shipped = sorted(ROOT.glob("weights/*.safetensors"))
+    shipped = shipped_bundles()
     bundles = args.weights if args.weights is not None else shipped
     machine = machine_line()
     print(machine)
@@ -288,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         plot(points, args.plot, f"Kodak ({len(images)} images)")
     if args.crops and bundles:
-        crops(bundles, images[0] if args.limit else args.kodak / "kodim23.png", args.crops)
+        sample = args.kodak / "kodim23.png"
+        crops(bundles, sample if sample.exists() else images[0], args.crops)
 
 
 if __name__ == "__main__":

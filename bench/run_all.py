@@ -1,8 +1,9 @@
 """One benchmark report, docs/benchmarks.md: complexity, speed, entropy coding, rate-distortion
 and memory, all measured in the same run on the same machine.
 
-    python -m bench.run_all            # everything (about an hour on 2 cores)
-    python -m bench.run_all --quick    # trimmed sizes and models (under 10 minutes)
+    python -m bench.run_all              # everything (long: full-size decodes up to 4096x4096)
+    python -m bench.run_all --quick      # trimmed sizes and models (under 10 minutes)
+    python -m bench.run_all --slice DIR  # seconds: every section on a tiny random model
 
 Full-size AEIC-SE and AEIC-ME run with random weights (speed and memory do not depend on
 the weights); the default model is the shipped bundle set in weights/. Progress goes to
@@ -22,17 +23,41 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from bench import rd_kodak
 
+if TYPE_CHECKING:
+    from aeic_codec.config import ModelConfig
+    from aeic_codec.model import AEIC
+
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = {  # ARCHITECTURE.md sections 3 and 5
-    "AEIC-SE": "16.10 M / 46.02 K; decoder side 913.66 M (LoRA unmerged) / about 2.76 M",
-    "AEIC-ME": "55.91 M / 204.26 K",
+STREAMS = ("z", "step 0", "step 1", "step 2", "step 3")
+# The paper's figures (ARCHITECTURE.md sections 3 and 5), by model and table row.
+PAPER: dict[str, dict[str, tuple[str, str]]] = {
+    "AEIC-SE": {
+        "encoder side": ("16.10 M", "46.02 K"),
+        "g_a": ("0.94 M", "-"),
+        "g_s": ("67.3 M", "187 K"),
+        "decoder side, LoRA merged": ("", "about 2.76 M"),
+        "decoder side, LoRA unmerged": ("913.66 M", ""),
+    },
+    "AEIC-ME": {
+        "encoder side": ("55.91 M", "204.26 K"),
+        "g_a": ("3.09 M", "-"),
+        "g_s": ("67.5 M", "187 K"),
+    },
 }
+# Pillow settings of the lowest-quality anchors; the same as rd_kodak.anchors uses.
+ANCHOR_ENCODERS: tuple[tuple[str, str, dict[str, int]], ...] = (
+    ("JPEG q1", "JPEG", {"quality": 1}),
+    ("WebP q0", "WEBP", {"quality": 0, "method": 6}),
+    ("AVIF q0", "AVIF", {"quality": 0}),
+)
+SLOW_DECODE_S = 5.0  # decodes slower than this are timed once, faster ones best of two
 
 
 @dataclass
@@ -40,18 +65,20 @@ class Plan:
     """What one run measures; --quick and the test slice are smaller plans."""
 
     out: Path
-    presets: list[str]  # full-size random-weight models
+    presets: list[ModelConfig]  # full-size random-weight models
     bundles: list[Path]  # the shipped default models (the first one is timed)
     kodak: list[Path]
-    speed_sizes: list[tuple[int, int]]  # (height, width)
+    speed_sizes: list[tuple[int, int]]  # (height, width), for the default model and anchors
     preset_speed_sizes: list[tuple[int, int]]
-    decode_presets: list[str]  # which presets also time a decode
+    decode_presets: list[str]  # names of the presets that also time a decode
     memory_sizes: list[tuple[int, int]]
     preset_memory_sizes: list[tuple[int, int]]
     threads: int = 2
     anchors: bool = True
     qualities: tuple[int, ...] = rd_kodak.DOWNSCALE_QUALITIES
     entropy_images: int = 4
+    crops: bool = True
+    command: str = "python -m bench.run_all"
     notes: list[str] = field(default_factory=list)
 
 
@@ -67,10 +94,30 @@ def section(name: str) -> Iterator[None]:
     log(f"{name}: {time.perf_counter() - t:.0f} s")
 
 
+def heading(title: str) -> str:
+    """A section heading with the machine and date, so a section quoted alone stays dated."""
+    from bench._machine import machine_line
+
+    return f"## {title}\n\n*Measured on: {machine_line()}.*\n"
+
+
 def md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def count(n: float) -> str:
+    """Parameters or MACs in the paper's units (M, K), plain below a thousand."""
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f} K"
+    return f"{n:.0f}"
+
+
+def size_label(h: int, w: int) -> str:
+    return f"{w}x{h}"
 
 
 def photo(path: Path, height: int, width: int) -> np.ndarray:
@@ -79,18 +126,53 @@ def photo(path: Path, height: int, width: int) -> np.ndarray:
         return np.asarray(img.convert("RGB").resize((width, height), Image.BICUBIC))
 
 
-def random_model(preset: str, decoder: bool = True):
-    """A full-size model with seeded random weights and its tables (as a bundle would)."""
+def random_model(cfg: ModelConfig, encoder: bool = True, decoder: bool = True) -> AEIC:
+    """A model with seeded random weights and its tables, as a bundle would have.
+
+    The entropy side and the generative side are seeded separately, so that an encoder-only
+    and a decoder-only build share h_s, the context model and the z prior and can exchange
+    files (the memory test encodes in this process and decodes in a fresh one).
+    """
     import torch
 
-    from aeic_codec.config import PRESETS
+    from aeic_codec.denoiser import Denoiser
     from aeic_codec.model import AEIC
+    from aeic_codec.transforms import SynthesisTransform
+    from aeic_codec.vae import LiteVAEDecoder
 
     torch.manual_seed(0)
-    model = AEIC(PRESETS[preset], decoder=decoder).eval()
+    model = AEIC(cfg, encoder=True, decoder=False)
+    if not encoder:
+        model.g_a = None
+        model.h_a = None
+    if decoder:
+        torch.manual_seed(1)
+        model.g_s = SynthesisTransform(cfg)
+        model.denoiser = Denoiser(cfg)
+        model.vae = LiteVAEDecoder(cfg)
+    model.eval()
     model.build_tables()
     model.identity = "00000000"
     return model
+
+
+def load_model(spec: dict[str, str], encoder: bool = True, decoder: bool = True) -> AEIC:
+    """{"bundle": path} or {"config": json}: a shipped bundle or a random-weight preset."""
+    from aeic_codec.bundle import load_bundle
+    from aeic_codec.config import ModelConfig
+
+    if "bundle" in spec:
+        return load_bundle(spec["bundle"], encoder=encoder, decoder=decoder)
+    return random_model(ModelConfig.from_json(spec["config"]), encoder, decoder)
+
+
+def _best(fn: Callable[[], object], runs: int) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 # --------------------------------------------------------------------------- complexity
@@ -102,132 +184,188 @@ def complexity(plan: Plan) -> str:
 
     from aeic_codec import complexity as cx
     from aeic_codec.bundle import read_info
-    from aeic_codec.config import PRESETS
     from aeic_codec.model import AEIC
 
-    configs = [PRESETS[p] for p in plan.presets]
+    configs = list(plan.presets)
     if plan.bundles:
         configs.append(read_info(plan.bundles[0]).config)
     rows = []
     for cfg in configs:
         with torch.device("meta"):
             model = AEIC(cfg)
-        rows.append(
-            [
-                cfg.name,
-                f"{cx.encoder_params(model) / 1e6:.2f} M",
-                f"{cx.encoder_macs_per_pixel(model) / 1e3:.1f} K",
-                f"{cx.param_count(model.g_a) / 1e6:.2f} M",
-                f"{cx.decoder_params(model) / 1e6:.1f} M",
-                f"{cx.decoder_macs_per_pixel(model) / 1e6:.3f} M",
-                PAPER.get(cfg.name, "-"),
-            ]
-        )
-    head = [
-        "model",
-        "encoder params",
-        "encoder MACs/px",
-        "g_a params",
-        "decoder params",
-        "decoder MACs/px",
-        "paper: encoder params / MACs/px",
-    ]
+        dec = cx.decoder_macs(model)
+        unmerged = _unmerged_decoder_params(model)
+        measured: list[tuple[str, float, float | None]] = [
+            ("encoder side", cx.encoder_params(model), cx.encoder_macs_per_pixel(model)),
+            ("g_a", cx.param_count(model.g_a), None),
+            (
+                "decoder: h_s, context, z prior",
+                cx.param_count(model.h_s, model.context, model.entropy_bottleneck),
+                dec["entropy"],
+            ),
+            ("g_s", cx.param_count(model.g_s), dec["g_s"]),
+            ("eps (LoRA merged)", cx.param_count(model.denoiser), dec["eps"]),
+            ("D", cx.param_count(model.vae), dec["D"]),
+            ("decoder side, LoRA merged", cx.decoder_params(model), sum(dec.values())),
+        ]
+        if unmerged is not None:
+            measured.append(("decoder side, LoRA unmerged", unmerged, None))
+        measured.append(("whole model", cx.param_count(model), None))
+        paper = PAPER.get(cfg.name, {})
+        for part, params, macs in measured:
+            ours = [count(params), count(macs) if macs is not None else "-"]
+            rows.append([cfg.name, part, *ours, *paper.get(part, ("", ""))])
+        log(f"complexity {cfg.name} counted")
     return (
-        "## Complexity\n\nEncoder side: g_a, h_a, h_s, the context model and the z prior; "
-        "decoder side: h_s, the context model, the z prior, g_s, eps (LoRA merged) and D. MACs "
-        "are the convolutions and matrix products (attention included) of one untiled pass "
-        "over a 768x512 image, per pixel.\n\n" + md_table(head, rows)
+        heading("Complexity")
+        + "\nEncoder side: g_a, h_a, h_s, the context model and the z prior (what a sender "
+        "runs); decoder side: h_s, the context model, the z prior, g_s, eps and D. MACs are "
+        "the convolutions and matrix products (attention included) of one untiled pass over "
+        "a 768x512 image, per pixel, counted with torch's FLOP counter on a model built on "
+        "the meta device. The LoRA-unmerged count adds the rank-32 adapters of training "
+        f"(counted with peft; {'present' if _has_peft() else 'not installed, so not counted'}"
+        "); inference runs the merged denoiser. '-': not counted.\n\n"
+        + md_table(["model", "part", "params", "MACs/px", "paper params", "paper MACs/px"], rows)
     )
+
+
+def _has_peft() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None
+
+
+def _unmerged_decoder_params(model: AEIC) -> int | None:
+    """Decoder-side parameters with the LoRA adapters beside eps (None without peft)."""
+    if not _has_peft():
+        return None
+    import copy
+
+    import torch
+
+    from aeic_codec import complexity as cx
+    from aeic_codec.lora import add_lora
+
+    with torch.device("meta"):
+        denoiser = add_lora(copy.deepcopy(model.denoiser))
+    return cx.decoder_params(model) - cx.param_count(model.denoiser) + cx.param_count(denoiser)
 
 
 # --------------------------------------------------------------------------- speed
 
 
-def _time(fn: Callable[[], object], runs: int = 1) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def _precisions() -> list[str]:
+def _bf16() -> bool:
     import torch
 
-    return ["fp32", "bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ["fp32"]
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _model_speed(
-    name: str, model: object, plan: Plan, sizes: list[tuple[int, int]], precisions: list[str]
-) -> list[list[str]]:
+    name: str, model: AEIC, plan: Plan, sizes: list[tuple[int, int]], decode: bool, load_s: float
+) -> tuple[list[list[str]], dict[tuple[int, int], bytes]]:
+    """Encode (and decode) rows of one model, and the files it wrote."""
+    import torch
+
     from aeic_codec import api
 
-    rows = []
+    files, encode_s = {}, {}
     for h, w in sizes:
         img = photo(plan.kodak[0], h, w)
-        data = api.encode(img, model)  # warm-up
-        t_enc = float("inf")
-        for _ in range(2):
-            t = time.perf_counter()
-            data = api.encode(img, model)
-            t_enc = min(t_enc, time.perf_counter() - t)
-        for precision in precisions:
-            t = time.perf_counter()
-            api.decode(data, model, precision=precision)
-            rows.append(
-                [name, f"{w}x{h}", precision, f"{t_enc:.2f}", f"{time.perf_counter() - t:.2f}"]
-            )
-        if not precisions:
-            rows.append([name, f"{w}x{h}", "-", f"{t_enc:.2f}", "not timed"])
-        log(f"speed {name} {w}x{h} done")
-    return rows
+        files[(h, w)] = api.encode(img, model)  # also the warm-up
+        encode_s[(h, w)] = _best(lambda img=img: api.encode(img, model), 2)
+        log(f"speed {name} {size_label(h, w)}: encode {encode_s[(h, w)]:.2f} s")
+    decode_s: dict[tuple[int, int], list[str]] = {hw: [] for hw in sizes}
+    precisions = ("fp32", "bf16") if _bf16() else ("fp32",)
+    for precision in precisions if decode and model.g_s is not None else ():
+        # What a first decode does anyway (cast, channels-last): kept out of the timing.
+        dtype = api.resolve_precision(precision)
+        for part in (model.g_s, model.denoiser, model.vae):
+            part.to(dtype=dtype, memory_format=torch.channels_last)
+        for hw, data in files.items():
+
+            def run(precision: str = precision, data: bytes = data) -> None:
+                api.decode(data, model, precision=precision)
+
+            secs = _best(run, 1)
+            secs = min(secs, _best(run, 1)) if secs < SLOW_DECODE_S else secs
+            decode_s[hw].append(f"{secs:.2f}")
+            log(f"speed {name} {size_label(*hw)}: decode {precision} {secs:.2f} s")
+    rows = []
+    for hw in sizes:
+        cells = decode_s[hw] or ["-"]
+        if len(cells) == 1:
+            cells.append("not timed" if decode_s[hw] else "-")
+        rows.append([name, size_label(*hw), f"{encode_s[hw]:.2f}", *cells, f"{load_s:.1f}"])
+    return rows, files
 
 
 def speed(plan: Plan) -> str:
     from aeic_codec.bundle import load_bundle
 
-    rows = []
-    precisions = _precisions()
-    entries: list[tuple[str, Callable[[], object], list[tuple[int, int]], bool]] = [
-        (p, lambda p=p: random_model(p), plan.preset_speed_sizes, p in plan.decode_presets)
-        for p in plan.presets
-    ]
+    rows: list[list[str]] = []
+    files: dict[tuple[int, int], bytes] = {}
+    for cfg in plan.presets:
+        decode = cfg.name in plan.decode_presets
+        t = time.perf_counter()
+        model = random_model(cfg, decoder=decode)
+        load = time.perf_counter() - t
+        rows += _model_speed(cfg.name, model, plan, plan.preset_speed_sizes, decode, load)[0]
+        del model
     if plan.bundles:
         bundle = plan.bundles[0]
-        entries.append((bundle.stem, lambda: load_bundle(bundle), plan.speed_sizes, True))
-    for name, build, sizes, decode in entries:
         t = time.perf_counter()
-        model = build()
+        model = load_bundle(bundle)
         load = time.perf_counter() - t
-        rows += _model_speed(name, model, plan, sizes, precisions if decode else [])
-        rows[-1][0] += f" (model built/loaded in {load:.1f} s, excluded)"
+        more, files = _model_speed(bundle.stem, model, plan, plan.speed_sizes, True, load)
+        rows += more
         del model
-    out = [
-        "## Speed\n\nBest of two encodes and one decode (after a warm-up encode), seconds "
-        "per image, on Kodak photos resized to each size. bf16 is timed only where the CPU "
-        "has native bf16 (AMX or AVX-512 BF16); elsewhere it runs 10-50x slower than fp32 "
-        "and `--precision auto` picks fp32.\n",
-        md_table(["model", "size", "decode precision", "encode s", "decode s"], rows),
-        "",
-        anchor_speed(plan),
-        "",
-        startup(plan),
-    ]
-    return "\n".join(out)
+    if _bf16():
+        bf16 = "This CPU has native bf16, so decodes are timed in both precisions."
+    else:
+        bf16 = (
+            "This CPU has no native bf16 (oneDNN reports none), so bf16 decoding, which "
+            "would be emulated, is not timed; `--precision auto` decodes in fp32 here."
+        )
+    head = ["model", "size", "encode s", "decode s fp32", "decode s bf16", "build/load s"]
+    return "\n".join(
+        [
+            heading("Speed"),
+            "Seconds per image on a Kodak photo resized to each size, with "
+            f"{plan.threads} torch thread(s): encode is the best of two after a warm-up "
+            f"encode; decode (entropy decoding, g_s, eps, D, all tiled as `aeic decode` "
+            f"tiles) is the best of two where one takes under {SLOW_DECODE_S:.0f} s, else a "
+            "single run. Building or loading the model is timed on its own (last column). "
+            f"{bf16} AEIC-SE and AEIC-ME have random weights; a '-' is not measured in this "
+            "run.\n",
+            md_table(head, rows),
+            "",
+            anchor_speed(plan),
+            "",
+            startup(plan, files),
+        ]
+    )
 
 
 def anchor_speed(plan: Plan) -> str:
+    """Pillow's encode time at the anchors' settings: what a sender pays for JPEG and co."""
+    import io
+
     rows = []
-    codecs = rd_kodak.anchors(())
     for h, w in plan.speed_sizes:
         img = Image.fromarray(photo(plan.kodak[0], h, w))
-        for method, setting, codec in codecs:
-            codec(img)
-            secs = _time(lambda codec=codec, img=img: codec(img), 3)
-            rows.append([f"{method} {setting}", f"{w}x{h}", f"{secs:.3f}"])
-    return "Anchors (Pillow, one thread, best of 3, encode and decode):\n\n" + md_table(
-        ["codec", "size", "seconds"], rows
+        for label, fmt, options in ANCHOR_ENCODERS:
+
+            def encode(
+                fmt: str = fmt, options: dict[str, int] = options, img: Image.Image = img
+            ) -> None:
+                img.save(io.BytesIO(), fmt, **options)
+
+            encode()
+            secs = _best(encode, 3)
+            rows.append([label, size_label(h, w), f"{secs:.3f}", f"{h * w / secs / 1e6:.1f}"])
+    return (
+        "Anchor encoders (Pillow, best of three after a warm-up, encode only, on the same "
+        "images):\n\n" + md_table(["codec", "size", "encode s", "Mpixel/s"], rows)
     )
 
 
@@ -238,29 +376,33 @@ def _cli(*args: str) -> float:
     return time.perf_counter() - t
 
 
-def startup(plan: Plan) -> str:
-    """Wall time of each command on a 16x16 image: imports, model loading, tiny work."""
+def startup(plan: Plan, files: dict[tuple[int, int], bytes]) -> str:
+    """Wall time of each command as a user runs it: interpreter, imports, model, work."""
     if not plan.bundles:
         return "Start-up: no shipped bundle, not measured."
+    weights = str(plan.bundles[0])
     with tempfile.TemporaryDirectory() as tmp:
         src, coded, back = Path(tmp, "s.png"), Path(tmp, "s.aeic"), Path(tmp, "d.png")
         Image.fromarray(photo(plan.kodak[0], 16, 16)).save(src)
-        weights = str(plan.bundles[0])
+        enc = _cli("encode", str(src), "-o", str(coded), "--weights", weights)
+        dec = _cli("decode", str(coded), "-o", str(back), "--weights", weights)
+        info = min(_cli("info", str(coded)) for _ in range(2))
         rows = [
-            [
-                "aeic encode",
-                f"{_cli('encode', str(src), '-o', str(coded), '--weights', weights):.2f}",
-            ],
-            [
-                "aeic decode",
-                f"{_cli('decode', str(coded), '-o', str(back), '--weights', weights):.2f}",
-            ],
-            ["aeic info", f"{_cli('info', str(coded)):.2f}"],
+            ["aeic encode", "16x16 PNG", f"{enc:.2f}"],
+            ["aeic decode", "16x16 file", f"{dec:.2f}"],
+            ["aeic info", "16x16 file", f"{info:.2f}"],
         ]
+        for (h, w), data in files.items():
+            path = Path(tmp, f"{w}x{h}.aeic")
+            path.write_bytes(data)
+            secs = min(_cli("info", str(path)) for _ in range(2))
+            rows.append(["aeic info", f"{size_label(h, w)} file", f"{secs:.2f}"])
     return (
-        "Process start-up (wall seconds of the whole command on a 16x16 image with the "
-        "default model: interpreter, imports, model loading; `aeic info` imports no torch):"
-        "\n\n" + md_table(["command", "seconds"], rows)
+        f"Whole commands (wall seconds of the `aeic` console script, default model "
+        f"{plan.bundles[0].stem}, the CLI's own thread settings): on a 16x16 image they "
+        "measure the start-up cost (interpreter, imports, loading the model); `aeic info` "
+        "reads only the header and bundle metadata (best of two).\n\n"
+        + md_table(["command", "input", "seconds"], rows)
     )
 
 
@@ -273,48 +415,49 @@ def entropy(plan: Plan) -> str:
 
     from aeic_codec import api
     from aeic_codec.bundle import load_bundle
+    from aeic_codec.container import unpack
     from aeic_codec.transforms import pad_reflect
 
     if not plan.bundles:
-        return "## Entropy coding\n\nNo shipped bundle: not measured."
-    rows = []
-    names = ["z", "step 0", "step 1", "step 2", "step 3"]
-    n = min(len(plan.kodak), plan.entropy_images)
+        return heading("Entropy coding") + "\nNo shipped bundle: not measured."
+    images = plan.kodak[: plan.entropy_images]
+    rows, overheads, colours, pixels = [], [], [], []
     for path in plan.bundles:
         model = load_bundle(path, decoder=False)
-        actual = np.zeros(5)
-        estimate = np.zeros(5)
-        overhead = []
-        for image in plan.kodak[: plan.entropy_images]:
+        actual, estimate = np.zeros(5), np.zeros(5)
+        for image in images:
             src = rd_kodak.load_rgb(image)
             x = torch.from_numpy(src).permute(2, 0, 1)[None].float() / 127.5 - 1
             c = model.compress(pad_reflect(x, 64))
+            data = api.encode(src, model)
+            f = unpack(data)
+            if list(f.streams) != c.streams:
+                raise RuntimeError(f"{path.stem}: compress and encode disagree on {image.name}")
             actual += [len(s) for s in c.streams]
             estimate += np.array(c.stream_bits) / 8
-            data = api.encode(src, model)
-            overhead.append(len(data) - sum(len(s) for s in c.streams))
-        for i, name in enumerate(names):
-            eff = actual[i] / estimate[i] if estimate[i] else float("nan")
-            rows.append(
-                [
-                    path.stem,
-                    name,
-                    f"{actual[i] / n:.1f}",
-                    f"{estimate[i] / n:.1f}",
-                    f"{eff:.3f}",
-                ]
-            )
-        over = float(np.mean(overhead))
-        rows.append([path.stem, "container", f"{over:.1f}", "-", "-"])
+            overheads.append(len(data) - sum(len(s) for s in c.streams))
+            colours.append(12 if f.colour is not None else 0)
+            pixels.append(src.shape[0] * src.shape[1])
+        n = len(images)
+        per_stream = [*zip(STREAMS, actual, estimate, strict=True)]
+        for name, a, e in [*per_stream, ("all", actual.sum(), estimate.sum())]:
+            ratio = f"{a / e:.3f}" if e else "-"
+            rows.append([path.stem, name, f"{a / n:.1f}", f"{e / n:.1f}", ratio])
+        log(f"entropy {path.stem} done")
+    over, colour = float(np.mean(overheads)), float(np.mean(colours))
     at = 0.005 * 768 * 512 / 8
     return (
-        f"## Entropy coding\n\nMean bytes per image over {n} Kodak images: "
-        "each stream's real size against the model's information estimate (sum of -log2 p, in "
-        "bytes); 'container' is the file minus its five payloads (magic, version, size, model "
-        f"identity, flags, lengths, CRC). A 768x512 file at 0.005 bpp has {at:.0f} bytes, so "
-        f"{over:.0f} bytes of container are {over * 8 / (768 * 512):.5f} bpp, "
-        f"{100 * over / at:.0f} % of such a file.\n\n"
+        heading("Entropy coding")
+        + f"\nMean bytes per image over {len(images)} Kodak images: each stream's real size "
+        "against the model's information estimate (the sum of -log2 p over its symbols, in "
+        "bytes; 'all' is the payload).\n\n"
         + md_table(["model", "stream", "bytes", "estimate", "ratio"], rows)
+        + f"\n\nContainer overhead (file size minus the five payloads: magic, version, flags, "
+        f"model identity, size, lengths, CRC and, when present, the colour statistics), mean "
+        f"over the {len(overheads)} files above: {over:.1f} bytes, of which {colour:.1f} "
+        f"colour statistics; {over * 8 / float(np.mean(pixels)):.5f} bpp on these images. "
+        f"A 768x512 file at 0.005 bpp has {at:.0f} bytes, so this overhead is "
+        f"{over * 8 / (768 * 512):.5f} bpp there, {100 * over / at:.0f} % of such a file."
     )
 
 
@@ -322,21 +465,27 @@ def entropy(plan: Plan) -> str:
 
 
 def perceptual_note() -> str:
+    missing = []
     for module in ("lpips", "DISTS_pytorch", "piq"):
         try:
             __import__(module)
         except ImportError:
-            continue
-        return f"`{module}` is installed, but its weights are not bundled here: not measured."
-    return "LPIPS and DISTS are not installed here (their weights need a download): not measured."
+            missing.append(f"`{module}`")
+    if len(missing) == 3:
+        return "LPIPS and DISTS: not measured (none of lpips, DISTS_pytorch, piq installed)."
+    return "LPIPS and DISTS: not measured (their network weights are not bundled here)."
 
 
 def rate_distortion(plan: Plan) -> str:
-    points = [rd_kodak.measure_bundle(p, plan.kodak, "auto") for p in plan.bundles]
-    log("rd: aeic done")
+    auto = "bf16" if _bf16() else "fp32"  # what api.resolve_precision("auto") picks
+    points = []
+    for path in plan.bundles:
+        points.append(rd_kodak.measure_bundle(path, plan.kodak, "auto"))
+        log(f"rd {path.stem}: {points[-1].bpp:.4f} bpp, {points[-1].psnr:.2f} dB")
     if plan.anchors:
         for method, setting, codec in rd_kodak.anchors(plan.qualities):
             points.append(rd_kodak.measure_anchor(method, setting, codec, plan.kodak))
+        log("rd anchors done")
     (plan.out / "benchmarks-rd.json").write_text(
         json.dumps(
             [{k: v for k, v in vars(p).items() if k != "per_image"} for p in points], indent=1
@@ -345,86 +494,113 @@ def rate_distortion(plan: Plan) -> str:
     )
     plots = rd_kodak.plot(points, plan.out / "benchmarks-rd", f"Kodak ({len(plan.kodak)} images)")
     links = " ".join(f"![{p.stem}]({p.name})" for p in plots)
+    if plan.crops and plan.bundles:
+        named = [p for p in plan.kodak if p.stem == "kodim23"]
+        sample = (named or plan.kodak)[0]
+        h, w = rd_kodak.load_rgb(sample).shape[:2]
+        side = min(320, h, w)
+        box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+        sheet = rd_kodak.crops(plan.bundles, sample, plan.out / "benchmarks-crops.png", box)
+        links += (
+            f"\n\n{sample.stem}, a {side}x{side} crop at 1:1, original first, then each "
+            f"bundle above:\n\n![crops]({sheet.name})"
+        )
     return (
-        f"## Rate-distortion on Kodak\n\n{len(plan.kodak)} images, real file sizes, PSNR on "
-        "8-bit RGB, MS-SSIM on RGB in [0, 1]. Anchors are Pillow at their lowest setting and "
-        "'downscale by k (Lanczos), AVIF at quality q, upscale bicubic'. "
-        f"{perceptual_note()}\n\n{rd_kodak.table(points)}\n\n{links}"
+        heading("Rate-distortion on Kodak")
+        + f"\n{len(plan.kodak)} images, real file sizes, PSNR on 8-bit RGB, MS-SSIM on RGB "
+        f"in [0, 1], decoded with `--precision auto` ({auto} on this CPU). Anchors are "
+        "Pillow at their lowest setting and 'downscale by k (Lanczos), AVIF at quality q, "
+        f"upscale bicubic'; their encode seconds include decoding. {perceptual_note()}\n\n"
+        f"{rd_kodak.table(points)}\n\n{links}"
     )
 
 
 # --------------------------------------------------------------------------- memory
 
-_CHILD = """
-import json, resource, sys, time
-import torch
-torch.set_num_threads({threads})
-from aeic_codec import api
-from bench.run_all import photo, random_model
-from aeic_codec.bundle import load_bundle
-from pathlib import Path
-model = load_bundle({bundle!r}) if {bundle!r} else random_model({preset!r})
-if {encode}:
-    Path({file!r}).write_bytes(api.encode(photo(Path({image!r}), {h}, {w}), model))
-else:
-    data = Path({file!r}).read_bytes()
+
+def child(job: dict[str, Any]) -> None:
+    """In a fresh interpreter: load the decoder side, decode one file, print peak RSS."""
+    import resource
+
+    import torch
+
+    from aeic_codec import api
+
+    torch.set_num_threads(int(job["threads"]))
+    model = load_model(job["model"], encoder=False)
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    data = Path(str(job["file"])).read_bytes()
     t = time.perf_counter()
     api.decode(data, model, precision="fp32")
     secs = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({{"seconds": secs, "peak_mb": rss}}))
-"""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": secs, "loaded_mb": loaded, "peak_mb": peak}))
 
 
-def decode_peak(plan: Plan, name: str, h: int, w: int) -> dict[str, float]:
-    """Encode in one fresh process, decode in another: the second's peak RSS is the figure."""
-    bundle = name if name.endswith(".safetensors") else ""
-    preset = "" if bundle else name
-    with tempfile.TemporaryDirectory() as tmp:
-        file = str(Path(tmp, "x.aeic"))
-        for encode in (True, False):
-            code = _CHILD.format(
-                threads=plan.threads,
-                bundle=bundle,
-                preset=preset,
-                encode=encode,
-                file=file,
-                image=str(plan.kodak[0]),
-                h=h,
-                w=w,
-            )
-            out = subprocess.run(
-                [sys.executable, "-c", code],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
+def decode_peak(spec: dict[str, str], data: bytes, threads: int, workdir: Path) -> dict[str, float]:
+    """Decode a file in a fresh process (decoder side only, as `aeic decode` loads it)."""
+    file = workdir / "x.aeic"
+    file.write_bytes(data)
+    job = json.dumps({"model": spec, "file": str(file), "threads": threads})
+    code = "import json, sys; from bench.run_all import child; child(json.loads(sys.argv[1]))"
+    out = subprocess.run(
+        [sys.executable, "-c", code, job], cwd=ROOT, check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def memory(plan: Plan) -> str:
+    from aeic_codec import api
+
     rows = []
-    jobs = [(p, plan.preset_memory_sizes) for p in plan.presets[:1]]
+    jobs: list[tuple[str, dict[str, str], list[tuple[int, int]]]] = [
+        (cfg.name, {"config": cfg.to_json()}, plan.preset_memory_sizes) for cfg in plan.presets[:1]
+    ]
     if plan.bundles:
-        jobs.append((str(plan.bundles[0]), plan.memory_sizes))
-    for name, sizes in jobs:
-        for h, w in sizes:
-            r = decode_peak(plan, name, h, w)
-            label = Path(name).stem if name.endswith(".safetensors") else name
-            rows.append([label, f"{w}x{h}", f"{r['peak_mb']:.0f}", f"{r['seconds']:.1f}"])
-            log(f"memory {label} {w}x{h}: {r['peak_mb']:.0f} MB")
+        bundle = plan.bundles[0]
+        jobs.append((bundle.stem, {"bundle": str(bundle.resolve())}, plan.memory_sizes))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, spec, sizes in jobs:
+            if not sizes:
+                continue
+            encoder = load_model(spec, decoder=False)
+            for h, w in sizes:
+                data = api.encode(photo(plan.kodak[0], h, w), encoder)
+                r = decode_peak(spec, data, plan.threads, Path(tmp))
+                rows.append(
+                    [
+                        name,
+                        size_label(h, w),
+                        f"{r['peak_mb']:.0f}",
+                        f"{r['loaded_mb']:.0f}",
+                        f"{r['seconds']:.1f}",
+                    ]
+                )
+                log(f"memory {name} {size_label(h, w)}: {r['peak_mb']:.0f} MB")
+            del encoder
     return (
-        "## Memory\n\nPeak resident memory of a fresh process that loads the model and "
-        "decodes one file (fp32, tiled as `aeic decode` tiles), model included:\n\n"
-        + md_table(["model", "size", "peak MB", "decode s"], rows)
+        heading("Memory")
+        + "\nPeak resident memory of a fresh process that loads the decoder side of the "
+        f"model and decodes one file (fp32, {plan.threads} thread(s), tiled as `aeic decode` "
+        "tiles), next to its peak right after loading the model (interpreter, torch and "
+        "weights). AEIC-SE has random weights.\n\n"
+        + md_table(["model", "size", "peak MB", "after load MB", "decode s"], rows)
     )
 
 
 # --------------------------------------------------------------------------- report
 
+SECTIONS: tuple[tuple[str, Callable[[Plan], str]], ...] = (
+    ("complexity", complexity),
+    ("speed", speed),
+    ("entropy coding", entropy),
+    ("rate-distortion", rate_distortion),
+    ("memory", memory),
+)
+
 
 def run(plan: Plan) -> Path:
+    """Run every section in order and write OUT/benchmarks.md."""
     import torch
 
     from bench._machine import machine_line
@@ -432,22 +608,18 @@ def run(plan: Plan) -> Path:
     torch.set_num_threads(plan.threads)
     plan.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    parts = []
-    for name, fn in (
-        ("complexity", complexity),
-        ("speed", speed),
-        ("entropy coding", entropy),
-        ("rate-distortion", rate_distortion),
-        ("memory", memory),
-    ):
+    parts, timings = [], []
+    for name, fn in SECTIONS:
+        t = time.perf_counter()
         with section(name):
             parts.append(fn(plan))
+        timings.append(f"{name} {time.perf_counter() - t:.0f} s")
     minutes = (time.perf_counter() - started) / 60
+    notes = "".join(f"\n- {n}" for n in plan.notes)
     head = (
-        "# Benchmarks\n\nWritten by `python -m bench.run_all"
-        + (" --quick" if "quick" in plan.notes else "")
-        + f"` in {minutes:.1f} minutes; every figure below comes from this one run.\n\n"
-        f"Machine: {machine_line()}\n"
+        f"# Benchmarks\n\nWritten by `{plan.command}` in {minutes:.1f} minutes "
+        f"({', '.join(timings)}); every figure below comes from this one run, on "
+        f"{machine_line()}.\n{notes}"
     )
     report = plan.out / "benchmarks.md"
     report.write_text("\n\n".join([head, *parts]) + "\n")
@@ -455,44 +627,98 @@ def run(plan: Plan) -> Path:
 
 
 def plan_for(quick: bool, out: Path, threads: int) -> Plan:
+    from aeic_codec.config import PRESETS
+
     kodak = rd_kodak.kodak_images(rd_kodak.KODAK)
     bundles = sorted(ROOT.glob("weights/*.safetensors"))
+    presets = [PRESETS["AEIC-SE"], PRESETS["AEIC-ME"]]
     small, large = (512, 768), (1088, 1920)
+    # AEIC-ME's decoder differs from AEIC-SE's (g_s reads 320 latent channels, eps tiles
+    # at 96 instead of 192), so its decode is timed in --quick too.
+    decoders = ["AEIC-SE", "AEIC-ME"]
     if quick:
         return Plan(
             out,
-            ["AEIC-SE", "AEIC-ME"],
+            presets,
             bundles,
             kodak,
             [small, large],
             [small],
-            ["AEIC-SE"],
-            [small, (2048, 2048), (4096, 4096)],
+            decoders,
+            [small, (2048, 2048)],
             [small],
             threads,
-            notes=["quick"],
+            command="python -m bench.run_all --quick",
+            notes=[
+                "--quick: AEIC-SE and AEIC-ME at 768x512 only; memory up to 2048x2048 for "
+                "the default model and at 768x512 for AEIC-SE; the full run adds 1920x1088 "
+                "for both and 2048x2048 and 4096x4096 for all.",
+            ],
         )
+    huge = [small, (2048, 2048), (4096, 4096)]
     return Plan(
         out,
-        ["AEIC-SE", "AEIC-ME"],
+        presets,
         bundles,
         kodak,
         [small, large],
         [small, large],
-        ["AEIC-SE", "AEIC-ME"],
-        [small, (2048, 2048), (4096, 4096)],
-        [small, (2048, 2048), (4096, 4096)],
+        decoders,
+        huge,
+        huge,
         threads,
+    )
+
+
+def slice_plan(work: Path) -> Plan:
+    """Every section in seconds: a tiny random bundle, a tiny preset and two 64x48 images."""
+    import torch
+
+    from aeic_codec.bundle import save_bundle
+    from aeic_codec.config import tiny_config
+    from aeic_codec.model import AEIC
+
+    (work / "weights").mkdir(parents=True, exist_ok=True)
+    (work / "images").mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    bundle = work / "weights" / "tiny-l16.safetensors"
+    save_bundle(bundle, AEIC(tiny_config()), lambda_=16.0)
+    images = []
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:64].astype(np.float64)
+    for i in range(2):
+        waves = [np.sin(xx / (5 + i + c) + c) * np.cos(yy / (7 + c)) for c in range(3)]
+        img = np.stack(waves, -1) * 90 + 128 + rng.normal(0, 6, (48, 64, 3))
+        images.append(work / "images" / f"img{i}.png")
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(images[-1])
+    preset = tiny_config("tiny-random")
+    return Plan(
+        work / "report",
+        [preset],
+        [bundle],
+        images,
+        [(48, 64)],
+        [(48, 64)],
+        [preset.name],
+        [(48, 64)],
+        [],
+        threads=1,
+        qualities=(0,),
+        entropy_images=2,
+        command="python -m bench.run_all --slice DIR",
+        notes=["--slice: a tiny random-weight model and two generated 64x48 images."],
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="trimmed run, under 10 minutes")
+    p.add_argument("--slice", type=Path, metavar="DIR", help="tiny run into DIR/report")
     p.add_argument("--out", type=Path, default=ROOT / "docs")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
-    print(run(plan_for(args.quick, args.out, args.threads)))
+    plan = slice_plan(args.slice) if args.slice else plan_for(args.quick, args.out, args.threads)
+    print(run(plan))
 
 
 if __name__ == "__main__":

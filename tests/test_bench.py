@@ -4,46 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from PIL import Image
+from bench.run_all import run, slice_plan
 
-from aeic_codec.bundle import save_bundle
-from aeic_codec.config import tiny_config
-from aeic_codec.model import AEIC
-from bench.run_all import Plan, run
-from tests.conftest import make_image
-
-SECTIONS = ("## Complexity", "## Speed", "## Entropy coding", "## Rate-distortion", "## Memory")
+SECTIONS = (
+    "## Complexity",
+    "## Speed",
+    "## Entropy coding",
+    "## Rate-distortion on Kodak",
+    "## Memory",
+)
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_slice_writes_every_section_and_its_plots(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    bundle = tmp_path / "tiny-l16.safetensors"
-    save_bundle(bundle, AEIC(tiny_config()), lambda_=16.0)
-    images = []
-    for i in range(2):
-        images.append(tmp_path / f"img{i}.png")
-        Image.fromarray(make_image(48, 64, seed=i)).save(images[-1])
-    out = tmp_path / "report"
-    plan = Plan(
-        out=out,
-        presets=[],
-        bundles=[bundle],
-        kodak=images,
-        speed_sizes=[(48, 64)],
-        preset_speed_sizes=[],
-        decode_presets=[],
-        memory_sizes=[(48, 64)],
-        preset_memory_sizes=[],
-        threads=1,
-        qualities=(0,),
-    )
+    plan = slice_plan(tmp_path)
     text = run(plan).read_text()
     for heading in SECTIONS:
         assert heading in text
-    assert "| tiny |" in text  # the complexity row of the model
-    assert "| tiny-l16 | 64x48 | fp32 |" in text  # its speed row
-    assert "| aeic | tiny λ=16 | 2 |" in text  # its rate-distortion point over both images
+    assert text.count("*Measured on: ") == len(SECTIONS)  # every section names its machine
+    assert "| tiny | encoder side |" in text  # the bundle's complexity rows
+    assert "| tiny-random | g_s |" in text  # and the random preset's
+    assert "| tiny-l16 | 64x48 |" in text  # speed (and memory) rows of the bundle
+    assert "| tiny-random | 64x48 |" in text  # speed row of the preset
+    assert "| JPEG q1 | 64x48 |" in text  # anchor encode speed
+    assert "| aeic decode | 16x16 file |" in text  # start-up
+    assert "| tiny-l16 | all |" in text  # entropy coding, payload row
+    assert "| aeic | tiny λ=16 | 2 |" in text  # rate-distortion over both images
     assert "| x2+AVIF | q0 | 2 |" in text
-    for name in ("benchmarks-rd-psnr.png", "benchmarks-rd-msssim.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("benchmarks-rd-psnr.png", "benchmarks-rd-msssim.png", "benchmarks-crops.png"):
+        assert (plan.out / name).read_bytes()[:8] == PNG
+        assert f"]({name})" in text  # linked from the report

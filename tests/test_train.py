@@ -176,6 +176,10 @@ def test_example_configs_parse() -> None:
     assert small.model == PRESETS["aeic-small"] and small.stages[0].crop == 128
     assert [s.lambda_ for s in small.stages] == [48.0, 48.0, 128.0, 400.0]
     assert small.latent_std == 4.0 and small.encoder_dtype == "bf16"
+    # Continuing from the shipped highest-rate bundle takes its shape from the bundle.
+    more = load_train_config(configs / "small-continue.toml")
+    assert more.init_bundle is not None and more.init_bundle.name == "aeic-small-l48.safetensors"
+    assert more.model == PRESETS["aeic-small"]
     # The published-recipe file starts from a bundle that only exists on a training box.
     data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())
     data["model"] = {"preset": "AEIC-SE"}

@@ -1,0 +1,47 @@
+"""The shipped default bundles: each one codes a generated image to a recognisable picture.
+
+A broken or swapped weight file fails here: the thresholds sit half a decibel below what
+each bundle measured on this image when it was committed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aeic_codec import api
+from aeic_codec.bundle import find_bundle, load_bundle, read_info
+from aeic_codec.train import psnr_u8
+from tests.conftest import make_image
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))
+# lambda -> (minimum PSNR in dB on make_image(128, 128), maximum bytes of the file)
+# (measured when committed: 16.62 dB / 99 bytes, 16.40 / 82, 16.02 / 62)
+BARS = {48.0: (16.0, 120), 128.0: (15.8, 100), 400.0: (15.5, 80)}
+
+
+def test_three_rate_points_are_shipped_under_60_mb() -> None:
+    lambdas = sorted(read_info(p).lambda_ for p in SHIPPED)
+    assert lambdas == sorted(BARS)
+    assert sum(p.stat().st_size for p in WEIGHTS.iterdir()) < 60e6
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_bundle_codes_a_picture(path: Path) -> None:
+    model = load_bundle(path)
+    image = make_image(128, 128)
+    data = api.encode(image, model)
+    out = api.decode(data, model, precision="fp32")
+    floor, max_bytes = BARS[model.lambda_]
+    assert out.shape == image.shape
+    assert len(data) <= max_bytes
+    assert psnr_u8(image, out) >= floor
+
+
+def test_no_option_picks_the_middle_rate_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AEIC_WEIGHTS", raising=False)
+    info = find_bundle(None)
+    assert info.path.name in {p.name for p in SHIPPED}
+    assert info.lambda_ == sorted(BARS)[1]
