@@ -23,3 +23,22 @@ def machine_line() -> str:
         f"{datetime.date.today().isoformat()} | {cpu} | {os.cpu_count()} cores | "
         f"torch {torch.__version__} | {torch.get_num_threads()} threads"
     )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Reads VmHWM, the high-water mark of the current address space: getrusage's ru_maxrss
+    would also count the parent's memory when the process was forked from a large one and
+    then exec'd (Linux carries the pre-exec peak over).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

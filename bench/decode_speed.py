@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 from aeic_codec import api
 from aeic_codec.config import PRESETS
 from aeic_codec.model import AEIC
-from bench._machine import machine_line
+from bench._machine import machine_line, peak_rss_mb
 
 
 def build(variant: str) -> tuple[AEIC, float]:
@@ -56,13 +55,14 @@ def time_decode(model: AEIC, h: int, w: int, precision: str, runs: int) -> float
 def peak_child(variant: str, h: int, w: int, precision: str) -> dict[str, float]:
     """Decode once in a fresh process and report its peak RSS (MB) and seconds."""
     code = (
-        "import json, time, resource\n"
+        "import json, time\n"
         "from bench.decode_speed import build, image\n"
         "from aeic_codec import api\n"
+        "from bench._machine import peak_rss_mb\n"
         f"m, _ = build({variant!r}); data = api.encode(image({h}, {w}), m)\n"
         f"t = time.perf_counter(); api.decode(data, m, precision={precision!r})\n"
         "print(json.dumps({'seconds': time.perf_counter() - t,"
-        " 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        " 'peak_mb': peak_rss_mb()}))\n"
     )
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
@@ -94,7 +94,7 @@ def main() -> None:
             f"decode {w}x{h} bf16: {r['seconds']:.1f} s, peak RSS {r['peak_mb']:.0f} MB "
             f"(includes the model)"
         )
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(f"this process peak RSS {rss:.0f} MB")
 
 

@@ -9,7 +9,6 @@ Usage: python -m bench.fuzz_decode [--cases 10000] [--seed 0]
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 import zlib
@@ -24,7 +23,7 @@ from aeic_codec.bundle import load_bundle, save_bundle
 from aeic_codec.config import tiny_config
 from aeic_codec.container import AeicFile, FormatError, pack, unpack
 from aeic_codec.model import AEIC
-from bench._machine import machine_line
+from bench._machine import machine_line, peak_rss_mb
 
 
 def mutate(good: bytes, rng: np.random.Generator) -> bytes:
@@ -81,7 +80,7 @@ def main() -> None:
             print("BUG:", type(exc).__name__, exc)
         slowest = max(slowest, time.perf_counter() - t)
     total = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(
         f"{args.cases} cases in {total:.0f} s, slowest {slowest * 1000:.0f} ms, "
         f"peak RSS {rss:.0f} MB"

@@ -520,20 +520,19 @@ def rate_distortion(plan: Plan) -> str:
 
 def child(job: dict[str, Any]) -> None:
     """In a fresh interpreter: load the decoder side, decode one file, print peak RSS."""
-    import resource
-
     import torch
 
     from aeic_codec import api
+    from bench._machine import peak_rss_mb
 
     torch.set_num_threads(int(job["threads"]))
     model = load_model(job["model"], encoder=False)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    loaded = peak_rss_mb()
     data = Path(str(job["file"])).read_bytes()
     t = time.perf_counter()
-    api.decode(data, model, precision="fp32")
+    api.decode(data, model, precision="auto")
     secs = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"seconds": secs, "loaded_mb": loaded, "peak_mb": peak}))
 
 
@@ -581,7 +580,8 @@ def memory(plan: Plan) -> str:
     return (
         heading("Memory")
         + "\nPeak resident memory of a fresh process that loads the decoder side of the "
-        f"model and decodes one file (fp32, {plan.threads} thread(s), tiled as `aeic decode` "
+        f"model and decodes one file (`--precision auto`: {'bf16' if _bf16() else 'fp32'} here; "
+        f"{plan.threads} thread(s), tiled as `aeic decode` "
         "tiles), next to its peak right after loading the model (interpreter, torch and "
         "weights). AEIC-SE has random weights.\n\n"
         + md_table(["model", "size", "peak MB", "after load MB", "decode s"], rows)
