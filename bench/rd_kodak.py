@@ -198,8 +198,17 @@ def table(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
-def plot(points: list[Point], prefix: Path, title: str) -> list[Path]:
-    """Two PNGs (PSNR and MS-SSIM against bpp): one curve per codec, log rate axis."""
+def plot(
+    points: list[Point],
+    prefix: Path,
+    title: str,
+    reference: dict[str, list[tuple[float, float, float]]] | None = None,
+) -> list[Path]:
+    """Two PNGs (PSNR and MS-SSIM against bpp): one curve per codec, log rate axis.
+
+    ``reference`` adds curves that were not measured here (label -> (bpp, PSNR, MS-SSIM)
+    points), drawn grey so that they read as published figures.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,6 +225,9 @@ def plot(points: list[Point], prefix: Path, title: str) -> list[Path]:
             pts = sorted(pts, key=lambda p: p.bpp)
             style = "o-" if name.startswith("aeic") else ("s--" if "+" in name else "^:")
             ax.plot([p.bpp for p in pts], [getattr(p, metric) for p in pts], style, label=name)
+        for name, rows in (reference or {}).items():
+            column = 1 if metric == "psnr" else 2
+            ax.plot([r[0] for r in rows], [r[column] for r in rows], "x-", color="grey", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("bits per pixel (real file sizes)")
         ax.set_ylabel(ylabel)

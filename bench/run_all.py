@@ -51,6 +51,16 @@ PAPER: dict[str, dict[str, tuple[str, str]]] = {
         "g_s": ("67.5 M", "187 K"),
     },
 }
+# The paper's AEIC-SE on Kodak (ARCHITECTURE.md section 8): (bpp, PSNR dB, MS-SSIM).
+PUBLISHED_RD = {
+    "AEIC-SE (paper, not measured here)": [
+        (0.0041, 18.99, 0.583),
+        (0.0079, 20.17, 0.662),
+        (0.0143, 21.30, 0.729),
+        (0.0241, 22.16, 0.781),
+        (0.0370, 22.90, 0.822),
+    ]
+}
 # Pillow settings of the lowest-quality anchors; the same as rd_kodak.anchors uses.
 ANCHOR_ENCODERS: tuple[tuple[str, str, dict[str, int]], ...] = (
     ("JPEG q1", "JPEG", {"quality": 1}),
@@ -66,7 +76,7 @@ class Plan:
 
     out: Path
     presets: list[ModelConfig]  # full-size random-weight models
-    bundles: list[Path]  # the shipped default models (the first one is timed)
+    bundles: list[Path]  # the shipped default models, lowest lambda first
     kodak: list[Path]
     speed_sizes: list[tuple[int, int]]  # (height, width), for the default model and anchors
     preset_speed_sizes: list[tuple[int, int]]
@@ -80,6 +90,11 @@ class Plan:
     crops: bool = True
     command: str = "python -m bench.run_all"
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def default_bundle(self) -> Path:
+        """The bundle `aeic encode` picks without --lambda (the middle lambda): timed alone."""
+        return self.bundles[len(self.bundles) // 2]
 
 
 def log(message: str) -> None:
@@ -188,7 +203,7 @@ def complexity(plan: Plan) -> str:
 
     configs = list(plan.presets)
     if plan.bundles:
-        configs.append(read_info(plan.bundles[0]).config)
+        configs.append(read_info(plan.default_bundle).config)
     rows = []
     for cfg in configs:
         with torch.device("meta"):
@@ -312,7 +327,7 @@ def speed(plan: Plan) -> str:
         rows += _model_speed(cfg.name, model, plan, plan.preset_speed_sizes, decode, load)[0]
         del model
     if plan.bundles:
-        bundle = plan.bundles[0]
+        bundle = plan.default_bundle
         t = time.perf_counter()
         model = load_bundle(bundle)
         load = time.perf_counter() - t
@@ -380,7 +395,7 @@ def startup(plan: Plan, files: dict[tuple[int, int], bytes]) -> str:
     """Wall time of each command as a user runs it: interpreter, imports, model, work."""
     if not plan.bundles:
         return "Start-up: no shipped bundle, not measured."
-    weights = str(plan.bundles[0])
+    weights = str(plan.default_bundle)
     with tempfile.TemporaryDirectory() as tmp:
         src, coded, back = Path(tmp, "s.png"), Path(tmp, "s.aeic"), Path(tmp, "d.png")
         Image.fromarray(photo(plan.kodak[0], 16, 16)).save(src)
@@ -399,7 +414,7 @@ def startup(plan: Plan, files: dict[tuple[int, int], bytes]) -> str:
             rows.append(["aeic info", f"{size_label(h, w)} file", f"{secs:.2f}"])
     return (
         f"Whole commands (wall seconds of the `aeic` console script, default model "
-        f"{plan.bundles[0].stem}, the CLI's own thread settings): on a 16x16 image they "
+        f"{plan.default_bundle.stem}, the CLI's own thread settings): on a 16x16 image they "
         "measure the start-up cost (interpreter, imports, loading the model); `aeic info` "
         "reads only the header and bundle metadata (best of two).\n\n"
         + md_table(["command", "input", "seconds"], rows)
@@ -492,7 +507,9 @@ def rate_distortion(plan: Plan) -> str:
         )
         + "\n"
     )
-    plots = rd_kodak.plot(points, plan.out / "benchmarks-rd", f"Kodak ({len(plan.kodak)} images)")
+    plots = rd_kodak.plot(
+        points, plan.out / "benchmarks-rd", f"Kodak ({len(plan.kodak)} images)", PUBLISHED_RD
+    )
     links = " ".join(f"![{p.stem}]({p.name})" for p in plots)
     if plan.crops and plan.bundles:
         named = [p for p in plan.kodak if p.stem == "kodim23"]
@@ -511,7 +528,20 @@ def rate_distortion(plan: Plan) -> str:
         f"in [0, 1], decoded with `--precision auto` ({auto} on this CPU). Anchors are "
         "Pillow at their lowest setting and 'downscale by k (Lanczos), AVIF at quality q, "
         f"upscale bicubic'; their encode seconds include decoding. {perceptual_note()}\n\n"
-        f"{rd_kodak.table(points)}\n\n{links}"
+        f"{rd_kodak.table(points)}\n\n{published_rd()}\n\n{links}"
+    )
+
+
+def published_rd() -> str:
+    """The paper's AEIC-SE points, for scale: its decoder is the full one-step SD-Turbo UNet."""
+    ((label, rows),) = PUBLISHED_RD.items()
+    table = md_table(
+        ["bpp", "PSNR dB", "MS-SSIM"], [[f"{b:.4f}", f"{p:.2f}", f"{m:.3f}"] for b, p, m in rows]
+    )
+    return (
+        "For scale, the paper's figures for the published AEIC-SE weights on Kodak "
+        f"(checkpoints L = 32 to 2; '{label}' in the plots): the checkpoints are not on this "
+        "machine (`aeic weights import` turns them into a bundle).\n\n" + table
     )
 
 
@@ -556,7 +586,7 @@ def memory(plan: Plan) -> str:
         (cfg.name, {"config": cfg.to_json()}, plan.preset_memory_sizes) for cfg in plan.presets[:1]
     ]
     if plan.bundles:
-        bundle = plan.bundles[0]
+        bundle = plan.default_bundle
         jobs.append((bundle.stem, {"bundle": str(bundle.resolve())}, plan.memory_sizes))
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec, sizes in jobs:
@@ -630,7 +660,7 @@ def plan_for(quick: bool, out: Path, threads: int) -> Plan:
     from aeic_codec.config import PRESETS
 
     kodak = rd_kodak.kodak_images(rd_kodak.KODAK)
-    bundles = sorted(ROOT.glob("weights/*.safetensors"))
+    bundles = rd_kodak.shipped_bundles()
     presets = [PRESETS["AEIC-SE"], PRESETS["AEIC-ME"]]
     small, large = (512, 768), (1088, 1920)
     # AEIC-ME's decoder differs from AEIC-SE's (g_s reads 320 latent channels, eps tiles

@@ -31,6 +31,7 @@ def test_report_slice_writes_every_section_and_its_plots(tmp_path: Path) -> None
     assert "| tiny-l16 | all |" in text  # entropy coding, payload row
     assert "| aeic | tiny λ=16 | 2 |" in text  # rate-distortion over both images
     assert "| x2+AVIF | q0 | 2 |" in text
+    assert "| 0.0241 | 22.16 | 0.781 |" in text  # the paper's AEIC-SE, for scale
     for name in ("benchmarks-rd-psnr.png", "benchmarks-rd-msssim.png", "benchmarks-crops.png"):
         assert (plan.out / name).read_bytes()[:8] == PNG
         assert f"]({name})" in text  # linked from the report
