@@ -265,7 +265,7 @@ def crops(
     draw = ImageDraw.Draw(sheet)
     for i, (label, pixels) in enumerate(tiles):
         sheet.paste(Image.fromarray(pixels).crop(box), (i * cw, 18))
-        draw.text((i * cw + 4, 3), label.replace("λ", "lambda "), fill="black")
+        draw.text((i * cw + 4, 3), label.replace("λ=", "lambda "), fill="black")
     sheet.save(out)
     return out
 
