@@ -33,8 +33,12 @@ class ModelMismatch(BundleError):
 @dataclass
 class EncodeResult:
     data: bytes
-    estimated_bits: float
+    stream_bits: list[float]  # the model's information estimate per stream (z, steps 0-3)
     y_hat: torch.Tensor
+
+    @property
+    def estimated_bits(self) -> float:
+        return sum(self.stream_bits)
 
 
 def load_model(
@@ -77,7 +81,7 @@ def encode_image(image: np.ndarray, model: AEIC, *, colour_fix: bool | None = No
         colour_fix = h * w > model.cfg.colorfix_min_pixels
     colour = source_stats(image) if colour_fix else None
     f = AeicFile(w, h, bytes.fromhex(model.identity), tuple(result.streams), colour)
-    return EncodeResult(pack(f), result.estimated_bits, result.y_hat)
+    return EncodeResult(pack(f), result.stream_bits, result.y_hat)
 
 
 def encode(image: np.ndarray, model: AEIC, *, colour_fix: bool | None = None) -> bytes:

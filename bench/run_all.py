@@ -270,9 +270,12 @@ def _unmerged_decoder_params(model: AEIC) -> int | None:
 
 
 def _bf16() -> bool:
+    """Whether `--precision auto` decodes in bf16 on this machine (the codec's own rule)."""
     import torch
 
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    from aeic_codec import api
+
+    return api.resolve_precision("auto") == torch.bfloat16
 
 
 def _model_speed(
@@ -426,12 +429,9 @@ def startup(plan: Plan, files: dict[tuple[int, int], bytes]) -> str:
 
 def entropy(plan: Plan) -> str:
     """Stream bytes against the model's information estimate, and the container overhead."""
-    import torch
-
     from aeic_codec import api
     from aeic_codec.bundle import load_bundle
     from aeic_codec.container import unpack
-    from aeic_codec.transforms import pad_reflect
 
     if not plan.bundles:
         return heading("Entropy coding") + "\nNo shipped bundle: not measured."
@@ -442,15 +442,11 @@ def entropy(plan: Plan) -> str:
         actual, estimate = np.zeros(5), np.zeros(5)
         for image in images:
             src = rd_kodak.load_rgb(image)
-            x = torch.from_numpy(src).permute(2, 0, 1)[None].float() / 127.5 - 1
-            c = model.compress(pad_reflect(x, 64))
-            data = api.encode(src, model)
-            f = unpack(data)
-            if list(f.streams) != c.streams:
-                raise RuntimeError(f"{path.stem}: compress and encode disagree on {image.name}")
-            actual += [len(s) for s in c.streams]
-            estimate += np.array(c.stream_bits) / 8
-            overheads.append(len(data) - sum(len(s) for s in c.streams))
+            result = api.encode_image(src, model)
+            f = unpack(result.data)
+            actual += [len(s) for s in f.streams]
+            estimate += np.array(result.stream_bits) / 8
+            overheads.append(len(result.data) - sum(len(s) for s in f.streams))
             colours.append(12 if f.colour is not None else 0)
             pixels.append(src.shape[0] * src.shape[1])
         n = len(images)
@@ -492,7 +488,7 @@ def perceptual_note() -> str:
 
 
 def rate_distortion(plan: Plan) -> str:
-    auto = "bf16" if _bf16() else "fp32"  # what api.resolve_precision("auto") picks
+    auto = "bf16" if _bf16() else "fp32"
     points = []
     for path in plan.bundles:
         points.append(rd_kodak.measure_bundle(path, plan.kodak, "auto"))
