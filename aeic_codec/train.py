@@ -434,11 +434,24 @@ def _gaussian_kernel(size: int, sigma: float, like: torch.Tensor) -> torch.Tenso
     return k / k.sum()
 
 
+def _band(size: int, k: torch.Tensor) -> torch.Tensor:
+    """(size, size - len(k) + 1) matrix whose columns are k shifted down by one row each."""
+    n = k.numel()
+    out = torch.zeros(size, size - n + 1, dtype=k.dtype, device=k.device)
+    cols = torch.arange(size - n + 1, device=k.device)
+    for j in range(n):
+        out[cols + j, cols] = k[j]
+    return out
+
+
 def _blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter per channel, 'valid' borders (as in the SSIM paper)."""
-    c = x.shape[1]
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    """Separable Gaussian filter per channel, 'valid' borders (as in the SSIM paper).
+
+    Two matrix products with banded matrices: several times faster on the CPU than a
+    depthwise convolution over three channels, forward and backward.
+    """
+    h, w = x.shape[-2:]
+    return _band(h, k).T @ (x @ _band(w, k))
 
 
 def _ssim_terms(a: torch.Tensor, b: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -742,7 +755,9 @@ class Trainer:
         self.lora = any("denoiser_lora" in s.train for s in config.stages)
         if self.lora:
             add_lora(self.model.denoiser, rank=config.lora_rank, alpha=config.lora_alpha)
-        self.model.to(self.device).train()
+        # channels_last: oneDNN's convolutions on narrow layers run about 10% faster per
+        # step without the layout reorders (bundles are saved contiguous).
+        self.model.to(self.device, memory_format=torch.channels_last).train()
         self.bf16 = config.bf16 and (
             self.device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
         )
@@ -874,7 +889,7 @@ class Trainer:
             terms["psnr"] = -10 * torch.log10(F.mse_loss(xh01.clamp(0, 1), x01).clamp_min(1e-10))
         if w.msssim > 0:
             with torch.autocast(x.device.type, enabled=False):
-                terms["msssim"] = ms_ssim(xh01.clamp(0, 1), x01)
+                terms["msssim"] = ms_ssim(xh01.float().clamp(0, 1), x01.float())
             loss = loss + w.msssim * (1 - terms["msssim"])
         for name, net in self.perceptual.items():
             weight = getattr(w, name)
@@ -923,7 +938,7 @@ class Trainer:
             self.disc_optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {}
         for x in batches:
-            x = x.to(self.device, non_blocking=True)
+            x = x.to(self.device, memory_format=torch.channels_last, non_blocking=True)
             with self._autocast():
                 teacher = self._teacher_features(x)
                 out = forward_train(self.model, x)
