@@ -37,10 +37,11 @@ def atomic_path(path: str | os.PathLike[str]):
     """Yield a temporary path beside ``path`` for a writer that needs a file name."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
-    os.fchmod(fd, _umask_mode())
     os.close(fd)
     try:
         yield Path(tmp)
+        # After the writer: safetensors replaces the file it is given with a new 0600 one.
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

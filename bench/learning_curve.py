@@ -50,7 +50,8 @@ def plot(runs: list[Path], out: Path, window: int = 10) -> Path:
         ax_psnr.plot(steps, smooth([r["psnr"] for r in train], window), label=f"{run.name} (train)")
         if evals:
             es = [e["step"] for e in evals]
-            what = f"{run.name} ({evals[-1].get('images', '?')} Kodak image, real files)"
+            n = evals[-1].get("images", "?")
+            what = f"{run.name} ({n} Kodak image{'' if n == 1 else 's'}, real files)"
             ax_bpp.plot(es, [e["bpp"] for e in evals], "o", label=what)
             ax_psnr.plot(es, [e["psnr"] for e in evals], "o", label=what)
         stage_starts = [r["step"] for a, r in itertools.pairwise(train) if a["stage"] != r["stage"]]

@@ -167,6 +167,8 @@ def test_outputs_get_normal_permissions(tmp_path, png_file, tiny_bundle):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    # Bundles too (save_bundle; safetensors writes its file 0600).
+    assert tiny_bundle.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_encode_over_the_pixel_limit_is_refused(tmp_path, png_file, tiny_bundle):

@@ -178,7 +178,7 @@ def test_example_configs_parse() -> None:
     assert small.latent_std == 4.0 and small.encoder_dtype == "bf16"
     # Continuing from the shipped highest-rate bundle takes its shape from the bundle.
     more = load_train_config(configs / "small-continue.toml")
-    assert more.init_bundle is not None and more.init_bundle.name == "aeic-small-l24.safetensors"
+    assert more.init_bundle is not None and more.init_bundle.name == "aeic-small-l12.safetensors"
     assert more.model == PRESETS["aeic-small"]
     # The published-recipe file starts from a bundle that only exists on a training box.
     data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())
