@@ -444,23 +444,23 @@ def _band(size: int, k: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter per channel, 'valid' borders (as in the SSIM paper).
-
-    Two matrix products with banded matrices: several times faster on the CPU than a
-    depthwise convolution over three channels, forward and backward.
-    """
-    h, w = x.shape[-2:]
-    return _band(h, k).T @ (x @ _band(w, k))
-
-
 def _ssim_terms(a: torch.Tensor, b: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(SSIM, contrast-structure) per image and channel, for data range 1."""
+    """(SSIM, contrast-structure) per image and channel, for data range 1.
+
+    The separable Gaussian filter ('valid' borders, as in the SSIM paper) runs as two
+    products with banded matrices, built once per scale: several times faster on the CPU
+    than a depthwise convolution over three channels, forward and backward.
+    """
+    rows, cols = _band(a.shape[-2], k).T, _band(a.shape[-1], k)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return rows @ (x @ cols)
+
     c1, c2 = 0.01**2, 0.03**2
-    mu_a, mu_b = _blur(a, k), _blur(b, k)
-    var_a = _blur(a * a, k) - mu_a**2
-    var_b = _blur(b * b, k) - mu_b**2
-    cov = _blur(a * b, k) - mu_a * mu_b
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
     cs = (2 * cov + c2) / (var_a + var_b + c2)
     luminance = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
     return (luminance * cs).mean((2, 3)), cs.mean((2, 3))
@@ -889,7 +889,7 @@ class Trainer:
             terms["psnr"] = -10 * torch.log10(F.mse_loss(xh01.clamp(0, 1), x01).clamp_min(1e-10))
         if w.msssim > 0:
             with torch.autocast(x.device.type, enabled=False):
-                terms["msssim"] = ms_ssim(xh01.float().clamp(0, 1), x01.float())
+                terms["msssim"] = ms_ssim(xh01.float().clamp(0, 1), x01)
             loss = loss + w.msssim * (1 - terms["msssim"])
         for name, net in self.perceptual.items():
             weight = getattr(w, name)
