@@ -3,8 +3,11 @@
 A bundle holds the tensors and, in its metadata, the bundle format version, the model
 configuration, variant, lambda, the integer frequency tables, provenance and the model
 identity: the first 4 bytes of a SHA-256 over the configuration and every tensor, which
-each .aeic header carries. Tensors the entropy coder depends on (h_s, context, priors)
-and the encoder stay float32; the generative decoder (g_s, eps, D) is stored bfloat16.
+each .aeic header carries. Each side (encoder and entropy model; generative decoder) is
+stored as float32, bfloat16 or int8. int8 applies to weight matrices and kernels (one
+float32 scale per output channel, under ``int8_scale.<key>``); biases, norms and the z
+prior of an int8 side stay bfloat16. Loading restores float32 values, the same on the
+encoder and the decoder, so any storage type keeps the entropy parameters bit-exact.
 
 Reading the metadata needs no torch (``aeic info`` and ``aeic weights list`` use it),
 and loading never unpickles anything: safetensors holds only raw arrays.
@@ -29,7 +32,11 @@ if TYPE_CHECKING:
 
     from .model import AEIC
 
-BUNDLE_FORMAT = "1"
+# Format 2 added int8 tensors; a bundle without them is still written as format 1, so
+# that older aeic versions keep reading it.
+BUNDLE_FORMATS = ("1", "2")
+STORAGE_DTYPES = ("fp32", "bf16", "int8")
+SCALE_PREFIX = "int8_scale."
 SUFFIX = ".safetensors"
 ENV_VAR = "AEIC_WEIGHTS"
 # The shipped bundles: weights/ beside the package in a source checkout (or editable
@@ -95,10 +102,10 @@ def read_info(path: str | os.PathLike[str]) -> BundleInfo:
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or "aeic_bundle" not in meta:
         raise BundleError(f"{path}: a safetensors file but not an aeic bundle")
-    if meta["aeic_bundle"] != BUNDLE_FORMAT:
+    if meta["aeic_bundle"] not in BUNDLE_FORMATS:
         raise BundleError(
             f"{path}: bundle format {meta['aeic_bundle']} is not supported "
-            f"(this aeic reads {BUNDLE_FORMAT})"
+            f"(this aeic reads formats {', '.join(BUNDLE_FORMATS)}; a newer aeic wrote it?)"
         )
     try:
         config = ModelConfig.from_json(meta["config"])
@@ -128,6 +135,46 @@ def identity_of(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:8]
 
 
+def storage_of(key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype: str) -> str:
+    """How one tensor is stored: "fp32", "bf16", "int8" or "as-is" (integer buffers)."""
+    if not value.is_floating_point():
+        return "as-is"
+    side = decoder_dtype if key.startswith(DECODER_PARTS) else encoder_dtype
+    if side == "int8" and (value.dim() < 2 or key.startswith("entropy_bottleneck.")):
+        return "bf16"
+    return side
+
+
+def quantize_int8(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel (dim 0): value ~= q * scale along dim 0."""
+    import torch
+
+    rows = value.detach().float().flatten(1)
+    peak = rows.abs().amax(dim=1)
+    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.view(value.shape).contiguous(), scale.contiguous()
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (q.float().flatten(1) * scale.float()[:, None]).view(q.shape)
+
+
+def stored_value(
+    key: str, value: torch.Tensor, encoder_dtype: str = "fp32", decoder_dtype: str = "bf16"
+) -> torch.Tensor:
+    """The float32 tensor a bundle gives back for ``value``: what loading will see."""
+    import torch
+
+    kind = storage_of(key, value, encoder_dtype, decoder_dtype)
+    value = value.detach().float()
+    if kind == "bf16":
+        return value.to(torch.bfloat16).float()
+    if kind == "int8":
+        return dequantize_int8(*quantize_int8(value))
+    return value
+
+
 def save_bundle(
     path: str | os.PathLike[str],
     model: AEIC,
@@ -138,10 +185,10 @@ def save_bundle(
 ) -> str:
     """Write ``model`` (encoder and decoder) as a bundle, atomically; returns its identity.
 
-    ``decoder_dtype`` and ``encoder_dtype`` ("bf16" or "fp32") are the storage types of
-    the decoder side (g_s, eps, D) and of the rest (g_a, h_a, h_s, context, z prior).
+    ``decoder_dtype`` and ``encoder_dtype`` (one of STORAGE_DTYPES) are the storage types
+    of the decoder side (g_s, eps, D) and of the rest (g_a, h_a, h_s, context, z prior).
     Both sides always compute the entropy parameters in float32 from the stored values,
-    so bf16 storage halves the file without touching bit-exactness; with it, the
+    so smaller storage shrinks the file without touching bit-exactness; with it, the
     model's encoder-side weights are rounded in place first, so that the tables built
     here match the weights in the file.
     """
@@ -152,24 +199,27 @@ def save_bundle(
 
     if model.g_a is None or model.g_s is None:
         raise BundleError("a bundle needs the whole model (encoder and decoder)")
-    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
-    if decoder_dtype not in dtypes or encoder_dtype not in dtypes:
-        raise ValueError("decoder_dtype and encoder_dtype must be bf16 or fp32")
-    if encoder_dtype == "bf16":
-        with torch.no_grad():
-            for key, value in model.state_dict().items():
-                if value.is_floating_point() and not key.startswith(DECODER_PARTS):
-                    value.copy_(value.to(torch.bfloat16))
+    if decoder_dtype not in STORAGE_DTYPES or encoder_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"decoder_dtype and encoder_dtype must be one of {STORAGE_DTYPES}")
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.is_floating_point() and not key.startswith(DECODER_PARTS):
+                value.copy_(stored_value(key, value, encoder_dtype, decoder_dtype))
     z_tables, y_tables = model.build_tables()
     tensors: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
-        side = decoder_dtype if key.startswith(DECODER_PARTS) else encoder_dtype
-        dtype = dtypes[side] if value.is_floating_point() else value.dtype
-        tensors[key] = value.detach().to(dtype).contiguous().clone()
+        kind = storage_of(key, value, encoder_dtype, decoder_dtype)
+        value = value.detach()
+        if kind == "int8":
+            tensors[key], tensors[SCALE_PREFIX + key] = quantize_int8(value)
+        else:
+            dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(kind, value.dtype)
+            tensors[key] = value.to(dtype).contiguous().clone()
     config_json = model.cfg.to_json()
     identity = identity_of(config_json, tensors)
+    int8 = any(t.dtype == torch.int8 for t in tensors.values())
     metadata = {
-        "aeic_bundle": BUNDLE_FORMAT,
+        "aeic_bundle": BUNDLE_FORMATS[1] if int8 else BUNDLE_FORMATS[0],
         "config": config_json,
         "lambda": "" if lambda_ is None else repr(float(lambda_)),
         "identity": identity,
@@ -185,6 +235,7 @@ def save_bundle(
 
 def load_bundle(path: str | os.PathLike[str], encoder: bool = True, decoder: bool = True) -> AEIC:
     """Build the model a bundle describes and load the tensors the requested side needs."""
+    import torch
     from safetensors import safe_open
 
     from .model import AEIC
@@ -202,9 +253,15 @@ def load_bundle(path: str | os.PathLike[str], encoder: bool = True, decoder: boo
                 raise BundleError(
                     f"{info.path}: bundle lacks {len(missing)} tensors, e.g. {missing[0]}"
                 )
+            expected = model.state_dict()
             for key in wanted:
-                state[key] = fh.get_tensor(key)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+                value = fh.get_tensor(key)
+                if expected[key].is_floating_point() and value.dtype == torch.int8:
+                    if SCALE_PREFIX + key not in present:
+                        raise BundleError(f"{info.path}: int8 tensor {key} has no scale")
+                    value = dequantize_int8(value, fh.get_tensor(SCALE_PREFIX + key))
+                state[key] = value.float() if value.is_floating_point() else value
+        model.load_state_dict(state, strict=True)
         model.z_tables = FreqTables.from_text(info.metadata["z_tables"])
         model.y_tables = FreqTables.from_text(info.metadata["y_tables"])
     except BundleError:

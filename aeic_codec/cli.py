@@ -375,7 +375,7 @@ def weights_list(as_json: bool, where: str | None) -> None:
 @click.option("--lambda", "lambda_", type=float, help="Rate weight (default: from the file name).")
 @click.option(
     "--decoder-dtype",
-    type=click.Choice(["bf16", "fp32"]),
+    type=click.Choice(["bf16", "fp32", "int8"]),
     default="bf16",
     show_default=True,
     help="Storage type of the generative decoder.",

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .blocks import Down
-from .bundle import BundleError, load_bundle, read_info, save_bundle
+from .blocks import BasicBlock, Down, GatedCNN, InceptionNeXt, StarBlock
+from .bundle import STORAGE_DTYPES, BundleError, load_bundle, read_info, save_bundle, stored_value
 from .config import PRESETS, ModelConfig, tiny_config
 from .entropy_models import gaussian_likelihood
 from .files import atomic_path, atomic_write
@@ -151,6 +151,7 @@ class TrainConfig:
     bf16: bool = False
     latent_std: float = 0.0  # > 0: scale a fresh g_a so that y starts with this std
     encoder_dtype: str = "fp32"  # storage of the encoder side in exported bundles
+    decoder_dtype: str = "bf16"  # storage of g_s, eps and D in exported bundles
     device: str = "auto"
     workers: int = 1
     log_every: int = 10
@@ -184,6 +185,7 @@ _TOP_KEYS: dict[str, tuple[Any, Any]] = {
     "bf16": (bool, False),
     "latent_std": (float, 0.0),
     "encoder_dtype": (str, "fp32"),
+    "decoder_dtype": (str, "bf16"),
     "device": (str, "auto"),
     "workers": (int, 1),
     "log_every": (int, 10),
@@ -263,6 +265,7 @@ def parse_train_config(
         bf16=top["bf16"],
         latent_std=top["latent_std"],
         encoder_dtype=top["encoder_dtype"],
+        decoder_dtype=top["decoder_dtype"],
         device=top["device"],
         workers=top["workers"],
         log_every=top["log_every"],
@@ -285,8 +288,11 @@ def validate_config(config: TrainConfig) -> None:
         raise TrainConfigError(f"device must be auto, cpu or cuda[:N], got {config.device!r}")
     if config.workers not in (0, 1):
         raise TrainConfigError("workers must be 0 (load in the main process) or 1")
-    if config.encoder_dtype not in ("bf16", "fp32"):
-        raise TrainConfigError(f"encoder_dtype must be bf16 or fp32, got {config.encoder_dtype!r}")
+    for key in ("encoder_dtype", "decoder_dtype"):
+        if getattr(config, key) not in STORAGE_DTYPES:
+            raise TrainConfigError(
+                f"{key} must be one of {', '.join(STORAGE_DTYPES)}, got {getattr(config, key)!r}"
+            )
     if config.latent_std < 0:
         raise TrainConfigError("latent_std must be >= 0 (0 leaves the initialisation alone)")
     if config.log_every < 1 or config.lora_rank < 1 or config.disc_width < 1:
@@ -355,22 +361,28 @@ def _path(base_dir: Path, value: str | None) -> Path | None:
 
 
 def _model_section(table: Any, base_dir: Path) -> tuple[ModelConfig, Path | None]:
-    """[model]: init_bundle alone, or preset plus overrides, or every ModelConfig field."""
+    """[model]: init_bundle (optionally grown deeper), or preset plus overrides, or every field."""
     if not isinstance(table, dict):
         raise TrainConfigError("[model] must be a table")
     table = dict(table)
     if "init_bundle" in table:
-        others = sorted(set(table) - {"init_bundle"})
+        path = _path(base_dir, _typed("[model]", "init_bundle", table.pop("init_bundle"), str))
+        others = sorted(set(table) - set(GROWABLE))
         if others:
             raise TrainConfigError(
-                "[model]: init_bundle takes the model shape from the bundle; remove "
-                + ", ".join(others)
+                "[model]: init_bundle takes the model shape from the bundle; only "
+                f"{' and '.join(GROWABLE)} may grow it; remove {', '.join(others)}"
             )
-        path = _path(base_dir, _typed("[model]", "init_bundle", table["init_bundle"], str))
         try:
-            return read_info(path).config, path
+            config = read_info(path).config
         except BundleError as exc:
             raise TrainConfigError(f"[model] init_bundle: {exc}") from exc
+        for key, value in table.items():
+            if _typed("[model]", key, value, int) < getattr(config, key):
+                raise TrainConfigError(
+                    f"[model] {key} = {value} would shrink the bundle's {getattr(config, key)}"
+                )
+        return config.replace(**table), path
     presets = {**PRESETS, "tiny": tiny_config()}
     preset = table.pop("preset", None)
     if preset is None:
@@ -735,6 +747,67 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Depths a run may raise over its init_bundle: the blocks they add are residual, so they
+# can start as identities and the grown model computes exactly what the bundle did.
+GROWABLE = ("gs_blocks", "context_depth")
+_RESIDUAL_OUT = {StarBlock: "fc2", GatedCNN: "fc2", InceptionNeXt: "conv2"}
+
+
+def _zero_residuals(block: nn.Module) -> None:
+    """Zero the last layer of every residual branch in ``block``: it then passes x through."""
+    for module in block.modules():
+        name = _RESIDUAL_OUT.get(type(module))
+        if name is not None:
+            nn.init.zeros_(getattr(module, name).weight)
+            nn.init.zeros_(getattr(module, name).bias)
+
+
+def _align(old: nn.Module, new: nn.Module) -> None:
+    """Copy ``old``'s children into ``new``'s in order; extra new blocks become identities.
+
+    Each old child goes to the next new child of the same type and shapes; the new children
+    skipped on the way are the added blocks (residual, so the order does not matter).
+    """
+    fresh = list(new.children())
+    shapes = [[p.shape for p in m.parameters()] for m in fresh]
+    at = 0
+    for child in old.children():
+        want = [p.shape for p in child.parameters()]
+        while at < len(fresh) and (type(fresh[at]) is not type(child) or shapes[at] != want):
+            _added(fresh[at])
+            at += 1
+        if at == len(fresh):
+            raise BundleError(f"cannot place {type(child).__name__} in the grown model")
+        fresh[at].load_state_dict(child.state_dict())
+        at += 1
+    for extra in fresh[at:]:
+        _added(extra)
+
+
+def _added(block: nn.Module) -> None:
+    """Start a block the growth added as an identity; only whole residual blocks qualify."""
+    if not isinstance(block, (StarBlock, BasicBlock)):
+        raise BundleError(f"the grown model differs in more than depth ({type(block).__name__})")
+    _zero_residuals(block)
+
+
+def grown_model(model: AEIC, cfg: ModelConfig) -> AEIC:
+    """``model`` deepened to ``cfg`` (more g_s blocks or context blocks), same function."""
+    grown = AEIC(cfg)
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not k.startswith(("g_s.synthesis_transform.", "context.g_c."))
+    }
+    _, unexpected = grown.load_state_dict(state, strict=False)
+    if unexpected:
+        raise BundleError(f"the grown model has no place for {unexpected[0]}")
+    _align(model.g_s.synthesis_transform, grown.g_s.synthesis_transform)
+    _align(model.context.g_c.block, grown.context.g_c.block)
+    grown.z_tables, grown.y_tables = model.z_tables, model.y_tables
+    return grown.eval()
+
+
 class Trainer:
     """Everything a run holds (model, optimizers, discriminator, teacher), one step at a time.
 
@@ -750,6 +823,8 @@ class Trainer:
         np.random.seed(config.seed)
         if config.init_bundle is not None:
             self.model = load_bundle(config.init_bundle)
+            if self.model.cfg != config.model:
+                self.model = grown_model(self.model, config.model)
         else:
             self.model = AEIC(config.model)
         self.lora = any("denoiser_lora" in s.train for s in config.stages)
@@ -1014,11 +1089,11 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     # ------------------------------------------------------------- export
-    def plain_state(self, round_decoder: bool = False) -> dict[str, torch.Tensor]:
+    def plain_state(self, as_stored: bool = False) -> dict[str, torch.Tensor]:
         """The model's state with LoRA folded in, on the CPU in float32.
 
-        ``round_decoder`` passes the decoder through bfloat16, as a bundle stores it, so
-        that evaluation measures what an exported bundle will do.
+        ``as_stored`` rounds every tensor as an exported bundle stores it (bf16, int8),
+        so that evaluation measures what the bundle will do.
         """
         state = {k: v for k, v in self.model.state_dict().items() if not k.startswith("denoiser.")}
         if self.lora:
@@ -1026,15 +1101,16 @@ class Trainer:
         else:
             denoiser = self.model.denoiser.state_dict()
         state.update({f"denoiser.{k}": v for k, v in denoiser.items()})
+        config = self.config
         out = {}
         for key, value in state.items():
-            value = value.detach().float().cpu()
-            if round_decoder and key.startswith(("g_s.", "denoiser.", "vae.")):
-                value = value.to(torch.bfloat16).float()
-            out[key] = value
+            value = value.detach().cpu()
+            if as_stored:
+                value = stored_value(key, value, config.encoder_dtype, config.decoder_dtype)
+            out[key] = value.float() if value.is_floating_point() else value
         return out
 
-    def plain_model(self, round_decoder: bool = False) -> AEIC:
+    def plain_model(self, as_stored: bool = False) -> AEIC:
         """An inference AEIC (no LoRA, CPU, float32) holding the current weights.
 
         Built once and refilled: at published shapes it is 900 M parameters.
@@ -1042,7 +1118,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # building it draws random initial weights
             if self._plain is None:
                 self._plain = AEIC(self.config.model)
-            self._plain.float().cpu().load_state_dict(self.plain_state(round_decoder))
+            self._plain.float().cpu().load_state_dict(self.plain_state(as_stored))
         return self._plain.eval()
 
     def export(self, path: Path, provenance: dict[str, Any]) -> str:
@@ -1052,14 +1128,19 @@ class Trainer:
         model = self.plain_model()
         with torch.random.fork_rng(devices=[]):  # the table builder draws random weights too
             return save_bundle(
-                path, model, lam, provenance, encoder_dtype=self.config.encoder_dtype
+                path,
+                model,
+                lam,
+                provenance,
+                decoder_dtype=self.config.decoder_dtype,
+                encoder_dtype=self.config.encoder_dtype,
             )
 
     def evaluate(self, images: Sequence[np.ndarray]) -> dict[str, float]:
         """Real encode -> file bytes -> decode of each image: mean bpp, PSNR and MS-SSIM."""
         from . import api
 
-        model = self.plain_model(round_decoder=True)
+        model = self.plain_model(as_stored=True)
         precision = "bf16" if self.bf16 else "fp32"
         with torch.random.fork_rng(devices=[]):
             model.build_tables()

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from aeic_codec import api
-from aeic_codec.bundle import load_bundle, save_bundle
+from aeic_codec.bundle import BundleError, load_bundle, save_bundle, stored_value
 from aeic_codec.config import PRESETS, tiny_config
 from aeic_codec.model import AEIC
 from aeic_codec.train import (
@@ -246,6 +246,109 @@ def test_bf16_encoder_storage_is_smaller_and_stays_exact(tmp_path: Path) -> None
     x = torch.from_numpy(make_image(128, 128, seed=5)).permute(2, 0, 1)[None].float() / 127.5 - 1
     out = encoder.compress(x)
     assert torch.equal(decoder.decompress(out.streams, out.y_hat.shape[-2:]), out.y_hat)
+
+
+def test_int8_storage_is_format_2_smaller_and_exact(tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    model = AEIC(tiny_config())
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    compact, small = tmp_path / "bf16.safetensors", tmp_path / "int8.safetensors"
+    save_bundle(compact, copy_of(model), encoder_dtype="bf16")
+    save_bundle(small, model, encoder_dtype="int8", decoder_dtype="int8")
+    with safe_open(str(small), framework="pt") as fh:
+        assert fh.metadata()["aeic_bundle"] == "2"
+        names = fh.keys()
+        kinds = {name: fh.get_slice(name).get_dtype() for name in names}
+    assert kinds["g_s.synthesis_transform.1.fc1.weight"] == "I8"
+    assert kinds["int8_scale.g_s.synthesis_transform.1.fc1.weight"] == "F32"
+    assert kinds["g_s.synthesis_transform.1.fc1.bias"] == "BF16"
+    assert {v for k, v in kinds.items() if k.startswith("entropy_bottleneck.")} <= {"BF16", "I64"}
+    with safe_open(str(compact), framework="pt") as fh:
+        assert fh.metadata()["aeic_bundle"] == "1"  # older readers still take it
+    assert small.stat().st_size < 0.7 * compact.stat().st_size
+    encoder, decoder = load_bundle(small, decoder=False), load_bundle(small, encoder=False)
+    for key, value in decoder.state_dict().items():
+        expected = stored_value(key, reference[key], "int8", "int8")
+        assert torch.equal(value, expected), key
+        if key.endswith("fc1.weight"):
+            assert (value - reference[key]).abs().max() <= reference[key].abs().max() / 254
+    x = torch.from_numpy(make_image(128, 128, seed=7)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    out = encoder.compress(x)
+    assert torch.equal(decoder.decompress(out.streams, out.y_hat.shape[-2:]), out.y_hat)
+
+
+def test_int8_tensor_without_scale_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "int8.safetensors"
+    save_bundle(path, AEIC(tiny_config()), encoder_dtype="int8", decoder_dtype="int8")
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    tensors = load_file(str(path))
+    del tensors["int8_scale.g_s.synthesis_transform.1.fc1.weight"]
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(BundleError, match=r"fc1\.weight has no scale"):
+        load_bundle(path)
+
+
+def test_unknown_bundle_format_names_the_readable_ones(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "future.safetensors"
+    save_bundle(path, AEIC(tiny_config()))
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = {**fh.metadata(), "aeic_bundle": "3"}
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+    with pytest.raises(BundleError, match=r"format 3 is not supported .*formats 1, 2"):
+        load_bundle(path)
+
+
+def copy_of(model: AEIC) -> AEIC:
+    twin = AEIC(model.cfg)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def grow_config(tmp_path: Path, bundle: Path, extra: str) -> Path:
+    path = tmp_path / "grow.toml"
+    path.write_text(
+        f'[model]\ninit_bundle = "{bundle}"\n{extra}\n'
+        '[[stages]]\nname = "s"\nsteps = 1\nlr = 1e-4\nlambda = 1.0\ncrop = 64\nbatch = 1\n'
+        'train = ["g_s"]\nexport = "out"\n'
+    )
+    return path
+
+
+def test_a_run_grows_its_init_bundle_deeper_without_changing_its_output(tmp_path: Path) -> None:
+    torch.manual_seed(8)
+    bundle = tmp_path / "start.safetensors"
+    save_bundle(bundle, AEIC(tiny_config()))
+    config = load_train_config(grow_config(tmp_path, bundle, "gs_blocks = 3\ncontext_depth = 2"))
+    assert (config.model.gs_blocks, config.model.context_depth) == (3, 2)
+    grown = Trainer(config).plain_model()
+    start = load_bundle(bundle)
+    assert len(grown.g_s.synthesis_transform) == len(start.g_s.synthesis_transform) + 6
+    assert len(grown.context.g_c.block) == 2
+    grown.z_tables, grown.y_tables = start.z_tables, start.y_tables
+    x = torch.from_numpy(make_image(64, 128, seed=9)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    a, b = start.compress(x), grown.compress(x)
+    assert a.streams == b.streams
+    with torch.no_grad():
+        assert torch.equal(start.g_s(a.y_hat)[0], grown.g_s(a.y_hat)[0])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("gs_blocks = 0", "would shrink the bundle's 1"),
+        ("gs_dims = [8, 8, 8]", "only gs_blocks and context_depth may grow it; remove gs_dims"),
+    ],
+)
+def test_growing_only_adds_depth(tmp_path: Path, extra: str, message: str) -> None:
+    bundle = tmp_path / "start.safetensors"
+    save_bundle(bundle, AEIC(tiny_config()))
+    with pytest.raises(TrainConfigError, match=message):
+        load_train_config(grow_config(tmp_path, bundle, extra))
 
 
 def test_bf16_request_falls_back_where_the_cpu_lacks_it() -> None:
