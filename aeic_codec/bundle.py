@@ -157,6 +157,7 @@ def quantize_int8(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32(q) * scale per output channel: the one expansion both coder sides use."""
     return (q.float().flatten(1) * scale.float()[:, None]).view(q.shape)
 
 
@@ -201,20 +202,23 @@ def save_bundle(
         raise BundleError("a bundle needs the whole model (encoder and decoder)")
     if decoder_dtype not in STORAGE_DTYPES or encoder_dtype not in STORAGE_DTYPES:
         raise ValueError(f"decoder_dtype and encoder_dtype must be one of {STORAGE_DTYPES}")
+    # Each tensor is converted once; the encoder side's values are then written back in
+    # place, so that the tables built here come from exactly what the file holds.
+    tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for key, value in model.state_dict().items():
+            kind = storage_of(key, value, encoder_dtype, decoder_dtype)
+            if kind == "int8":
+                q, scale = quantize_int8(value)
+                tensors[key], tensors[SCALE_PREFIX + key] = q, scale
+                restored = dequantize_int8(q, scale)
+            else:
+                dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(kind, value.dtype)
+                tensors[key] = value.detach().to(dtype).contiguous().clone()
+                restored = tensors[key]
             if value.is_floating_point() and not key.startswith(DECODER_PARTS):
-                value.copy_(stored_value(key, value, encoder_dtype, decoder_dtype))
+                value.copy_(restored)
     z_tables, y_tables = model.build_tables()
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        kind = storage_of(key, value, encoder_dtype, decoder_dtype)
-        value = value.detach()
-        if kind == "int8":
-            tensors[key], tensors[SCALE_PREFIX + key] = quantize_int8(value)
-        else:
-            dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(kind, value.dtype)
-            tensors[key] = value.to(dtype).contiguous().clone()
     config_json = model.cfg.to_json()
     identity = identity_of(config_json, tensors)
     int8 = any(t.dtype == torch.int8 for t in tensors.values())

@@ -799,9 +799,11 @@ def grown_model(model: AEIC, cfg: ModelConfig) -> AEIC:
         for k, v in model.state_dict().items()
         if not k.startswith(("g_s.synthesis_transform.", "context.g_c."))
     }
-    _, unexpected = grown.load_state_dict(state, strict=False)
-    if unexpected:
-        raise BundleError(f"the grown model has no place for {unexpected[0]}")
+    missing, unexpected = grown.load_state_dict(state, strict=False)
+    growing = ("g_s.synthesis_transform.", "context.g_c.")
+    stray = unexpected + [k for k in missing if not k.startswith(growing)]
+    if stray:
+        raise BundleError(f"the grown model and the bundle differ beyond depth ({stray[0]})")
     _align(model.g_s.synthesis_transform, grown.g_s.synthesis_transform)
     _align(model.context.g_c.block, grown.context.g_c.block)
     grown.z_tables, grown.y_tables = model.z_tables, model.y_tables

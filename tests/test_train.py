@@ -303,6 +303,20 @@ def test_unknown_bundle_format_names_the_readable_ones(tmp_path: Path) -> None:
         load_bundle(path)
 
 
+@pytest.mark.parametrize("dtypes", [("int8", "int8"), ("bf16", "bf16"), ("fp32", "int8")])
+def test_evaluation_sees_exactly_what_the_export_writes(
+    tmp_path: Path, dtypes: tuple[str, str]
+) -> None:
+    encoder_dtype, decoder_dtype = dtypes
+    config = dataclasses.replace(tiny(), encoder_dtype=encoder_dtype, decoder_dtype=decoder_dtype)
+    trainer = Trainer(config)
+    evaluated = trainer.plain_state(as_stored=True)
+    trainer.export(tmp_path / "out.safetensors", {})
+    exported = load_bundle(tmp_path / "out.safetensors")
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, evaluated[key]), key
+
+
 def copy_of(model: AEIC) -> AEIC:
     twin = AEIC(model.cfg)
     twin.load_state_dict(model.state_dict())
