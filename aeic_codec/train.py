@@ -367,22 +367,27 @@ def _model_section(table: Any, base_dir: Path) -> tuple[ModelConfig, Path | None
     table = dict(table)
     if "init_bundle" in table:
         path = _path(base_dir, _typed("[model]", "init_bundle", table.pop("init_bundle"), str))
-        others = sorted(set(table) - set(GROWABLE))
+        others = sorted(set(table) - set(GROWABLE) - set(TILING))
         if others:
             raise TrainConfigError(
                 "[model]: init_bundle takes the model shape from the bundle; only "
-                f"{' and '.join(GROWABLE)} may grow it; remove {', '.join(others)}"
+                f"{' and '.join(GROWABLE)} may grow it and {', '.join(TILING)} retile it; "
+                f"remove {', '.join(others)}"
             )
         try:
             config = read_info(path).config
         except BundleError as exc:
             raise TrainConfigError(f"[model] init_bundle: {exc}") from exc
         for key, value in table.items():
-            if _typed("[model]", key, value, int) < getattr(config, key):
+            value = _typed("[model]", key, value, int)
+            if key in GROWABLE and value < getattr(config, key):
                 raise TrainConfigError(
                     f"[model] {key} = {value} would shrink the bundle's {getattr(config, key)}"
                 )
-        return config.replace(**table), path
+        try:
+            return config.replace(**table), path
+        except ValueError as exc:
+            raise TrainConfigError(f"[model]: {exc}") from exc
     presets = {**PRESETS, "tiny": tiny_config()}
     preset = table.pop("preset", None)
     if preset is None:
@@ -750,6 +755,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # Depths a run may raise over its init_bundle: the blocks they add are residual, so they
 # can start as identities and the grown model computes exactly what the bundle did.
 GROWABLE = ("gs_blocks", "context_depth")
+# How a decoder tiles: no weight depends on it, so a run may change it freely.
+TILING = ("eps_tile", "eps_overlap", "vae_tile")
 _RESIDUAL_OUT = {StarBlock: "fc2", GatedCNN: "fc2", InceptionNeXt: "conv2"}
 
 

@@ -337,8 +337,10 @@ def test_a_run_grows_its_init_bundle_deeper_without_changing_its_output(tmp_path
     torch.manual_seed(8)
     bundle = tmp_path / "start.safetensors"
     save_bundle(bundle, AEIC(tiny_config()))
-    config = load_train_config(grow_config(tmp_path, bundle, "gs_blocks = 3\ncontext_depth = 2"))
+    extra = "gs_blocks = 3\ncontext_depth = 2\nvae_tile = 40"
+    config = load_train_config(grow_config(tmp_path, bundle, extra))
     assert (config.model.gs_blocks, config.model.context_depth) == (3, 2)
+    assert config.model.vae_tile == 40
     grown = Trainer(config).plain_model()
     start = load_bundle(bundle)
     assert len(grown.g_s.synthesis_transform) == len(start.g_s.synthesis_transform) + 6
@@ -355,10 +357,11 @@ def test_a_run_grows_its_init_bundle_deeper_without_changing_its_output(tmp_path
     ("extra", "message"),
     [
         ("gs_blocks = 0", "would shrink the bundle's 1"),
-        ("gs_dims = [8, 8, 8]", "only gs_blocks and context_depth may grow it; remove gs_dims"),
+        ("gs_dims = [8, 8, 8]", "only gs_blocks and context_depth may grow it.*remove gs_dims"),
+        ("eps_tile = 8", "eps_overlap must be less than half of eps_tile"),
     ],
 )
-def test_growing_only_adds_depth(tmp_path: Path, extra: str, message: str) -> None:
+def test_init_bundle_overrides_are_checked(tmp_path: Path, extra: str, message: str) -> None:
     bundle = tmp_path / "start.safetensors"
     save_bundle(bundle, AEIC(tiny_config()))
     with pytest.raises(TrainConfigError, match=message):
