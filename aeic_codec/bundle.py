@@ -135,7 +135,7 @@ def identity_of(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:8]
 
 
-def storage_of(key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype: str) -> str:
+def _storage_of(key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype: str) -> str:
     """How one tensor is stored: "fp32", "bf16", "int8" or "as-is" (integer buffers)."""
     if not value.is_floating_point():
         return "as-is"
@@ -161,19 +161,26 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (q.float().flatten(1) * scale.float()[:, None]).view(q.shape)
 
 
+def _stored(
+    key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype: str
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The tensors a bundle writes for ``value``, and the value loading gives back."""
+    import torch
+
+    kind = _storage_of(key, value, encoder_dtype, decoder_dtype)
+    if kind == "int8":
+        q, scale = quantize_int8(value)
+        return {key: q, SCALE_PREFIX + key: scale}, dequantize_int8(q, scale)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(kind, value.dtype)
+    kept = value.detach().to(dtype).contiguous().clone()
+    return {key: kept}, kept.float() if kept.is_floating_point() else kept
+
+
 def stored_value(
     key: str, value: torch.Tensor, encoder_dtype: str = "fp32", decoder_dtype: str = "bf16"
 ) -> torch.Tensor:
-    """The float32 tensor a bundle gives back for ``value``: what loading will see."""
-    import torch
-
-    kind = storage_of(key, value, encoder_dtype, decoder_dtype)
-    value = value.detach().float()
-    if kind == "bf16":
-        return value.to(torch.bfloat16).float()
-    if kind == "int8":
-        return dequantize_int8(*quantize_int8(value))
-    return value
+    """The tensor a bundle gives back for ``value`` (float32 if floating): what loading sees."""
+    return _stored(key, value, encoder_dtype, decoder_dtype)[1]
 
 
 def save_bundle(
@@ -207,15 +214,8 @@ def save_bundle(
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for key, value in model.state_dict().items():
-            kind = storage_of(key, value, encoder_dtype, decoder_dtype)
-            if kind == "int8":
-                q, scale = quantize_int8(value)
-                tensors[key], tensors[SCALE_PREFIX + key] = q, scale
-                restored = dequantize_int8(q, scale)
-            else:
-                dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(kind, value.dtype)
-                tensors[key] = value.detach().to(dtype).contiguous().clone()
-                restored = tensors[key]
+            written, restored = _stored(key, value, encoder_dtype, decoder_dtype)
+            tensors.update(written)
             if value.is_floating_point() and not key.startswith(DECODER_PARTS):
                 value.copy_(restored)
     z_tables, y_tables = model.build_tables()

@@ -755,6 +755,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # Depths a run may raise over its init_bundle: the blocks they add are residual, so they
 # can start as identities and the grown model computes exactly what the bundle did.
 GROWABLE = ("gs_blocks", "context_depth")
+_GROWING = ("g_s.synthesis_transform.", "context.g_c.")  # the state they change
 # How a decoder tiles: no weight depends on it, so a run may change it freely.
 TILING = ("eps_tile", "eps_overlap", "vae_tile")
 _RESIDUAL_OUT = {StarBlock: "fc2", GatedCNN: "fc2", InceptionNeXt: "conv2"}
@@ -801,14 +802,9 @@ def _added(block: nn.Module) -> None:
 def grown_model(model: AEIC, cfg: ModelConfig) -> AEIC:
     """``model`` deepened to ``cfg`` (more g_s blocks or context blocks), same function."""
     grown = AEIC(cfg)
-    state = {
-        k: v
-        for k, v in model.state_dict().items()
-        if not k.startswith(("g_s.synthesis_transform.", "context.g_c."))
-    }
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(_GROWING)}
     missing, unexpected = grown.load_state_dict(state, strict=False)
-    growing = ("g_s.synthesis_transform.", "context.g_c.")
-    stray = unexpected + [k for k in missing if not k.startswith(growing)]
+    stray = unexpected + [k for k in missing if not k.startswith(_GROWING)]
     if stray:
         raise BundleError(f"the grown model and the bundle differ beyond depth ({stray[0]})")
     _align(model.g_s.synthesis_transform, grown.g_s.synthesis_transform)
