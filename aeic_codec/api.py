@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .bundle import BundleError, find_bundle, load_bundle
-from .container import AeicFile, FormatError, pack, unpack
+from .container import AeicFile, ColourGrid, FormatError, pack, unpack
 from .imageio import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -60,11 +60,22 @@ def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Aei
     return unpack(data, max_pixels=max_pixels)
 
 
-def encode_image(image: np.ndarray, model: AEIC, *, colour_fix: bool | None = None) -> EncodeResult:
-    """Code an H x W x 3 uint8 image; the colour statistics go in when asked or large."""
+def encode_image(
+    image: np.ndarray,
+    model: AEIC,
+    *,
+    colour_fix: bool | None = None,
+    colour_grid: bool | None = None,
+) -> EncodeResult:
+    """Code an H x W x 3 uint8 image.
+
+    colour_fix and colour_grid default to what the model's configuration asks for (the
+    statistics for images above its threshold, the grid when it names a cell size); True
+    sends the grid with the model's cell and step, or 64 and 4 for a model without one.
+    """
     import torch
 
-    from .colorfix import source_stats
+    from .colorfix import DEFAULT_GRID, encode_grid, grid_levels, source_stats
     from .transforms import pad_reflect
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -80,13 +91,26 @@ def encode_image(image: np.ndarray, model: AEIC, *, colour_fix: bool | None = No
     if colour_fix is None:
         colour_fix = h * w > model.cfg.colorfix_min_pixels
     colour = source_stats(image) if colour_fix else None
-    f = AeicFile(w, h, bytes.fromhex(model.identity), tuple(result.streams), colour)
+    if colour_grid is None:
+        colour_grid = bool(model.cfg.colour_grid)
+    grid = None
+    if colour_grid:
+        cfg = model.cfg
+        cell, step = (cfg.colour_grid, cfg.colour_grid_step) if cfg.colour_grid else DEFAULT_GRID
+        grid = ColourGrid(cell, step, encode_grid(grid_levels(image, cell, step), step))
+    f = AeicFile(w, h, bytes.fromhex(model.identity), tuple(result.streams), colour, grid)
     return EncodeResult(pack(f), result.stream_bits, result.y_hat)
 
 
-def encode(image: np.ndarray, model: AEIC, *, colour_fix: bool | None = None) -> bytes:
-    """Code an H x W x 3 uint8 image into the bytes of an .aeic file."""
-    return encode_image(image, model, colour_fix=colour_fix).data
+def encode(
+    image: np.ndarray,
+    model: AEIC,
+    *,
+    colour_fix: bool | None = None,
+    colour_grid: bool | None = None,
+) -> bytes:
+    """Code an H x W x 3 uint8 image into the bytes of an .aeic file (see encode_image)."""
+    return encode_image(image, model, colour_fix=colour_fix, colour_grid=colour_grid).data
 
 
 def decode_latent(f: AeicFile, model: AEIC) -> torch.Tensor:
@@ -102,6 +126,18 @@ def decode_latent(f: AeicFile, model: AEIC) -> torch.Tensor:
     try:
         return model.decompress(f.streams, latent_size(f.height, f.width))
     except (CodingError, LatentError) as exc:
+        raise FormatError(f"corrupt file: {exc}") from exc
+
+
+def grid_levels(f: AeicFile) -> np.ndarray | None:
+    """The colour grid's levels (3 x rows x columns), None without a grid; no torch needed."""
+    from .colorfix import GridError, decode_grid
+
+    if f.grid is None:
+        return None
+    try:
+        return decode_grid(f.grid.data, f.height, f.width, f.grid.cell, f.grid.step)
+    except GridError as exc:
         raise FormatError(f"corrupt file: {exc}") from exc
 
 
@@ -184,9 +220,10 @@ def decode(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode .aeic bytes into an H x W x 3 uint8 image."""
-    from .colorfix import apply_colour_fix
+    from .colorfix import apply_colour_fix, apply_grid
 
     f = unpack(data, max_pixels=max_pixels)
+    levels = grid_levels(f)  # before the slow part, so that a corrupt grid fails at once
     y_hat = decode_latent(f, model)
     x = synthesize(
         model,
@@ -201,4 +238,6 @@ def decode(
     img = ((x + 1) / 2).permute(1, 2, 0).numpy()
     if f.colour is not None:
         img = apply_colour_fix(img, f.colour)
+    if f.grid is not None and levels is not None:
+        img = apply_grid(img, levels, f.grid.cell, f.grid.step)
     return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)

@@ -105,6 +105,7 @@ class EncodeWork(_Work):
     force: bool
     max_pixels: int
     colour_fix: bool | None = None
+    colour_grid: bool | None = None
     debug: bool = False
     _model: Any = None
 
@@ -116,7 +117,9 @@ class EncodeWork(_Work):
             self._model = api.load_model(self.bundle, decoder=False)
         raw = read_source(task.source) if task.source == "-" else task.source
         image, outcome.warnings = read_image(raw, max_pixels=self.max_pixels)
-        result = api.encode_image(image, self._model, colour_fix=self.colour_fix)
+        result = api.encode_image(
+            image, self._model, colour_fix=self.colour_fix, colour_grid=self.colour_grid
+        )
         write_target(task.target, result.data, self.force)
         h, w = image.shape[:2]
         return {

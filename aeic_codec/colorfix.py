@@ -46,3 +46,179 @@ def apply_colour_fix(img_float01_hwc: np.ndarray, stats: tuple[int, ...]) -> np.
     mean, std = _mean_std(img_float01_hwc)
     out = (img_float01_hwc.astype(np.float64) - mean) / std * target[3:] + target[:3]
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- local grid
+#
+# The global fix above moves six numbers. The small models also miss the image's low
+# frequencies locally (a red region turns orange, a green one grey), so a model may ask
+# for a grid: the encoder sends the source's mean Y, Cb and Cr over cells of ``cell`` x
+# ``cell`` pixels, quantized with ``step``, and the decoder shifts its output so that its
+# own cell means land on them (the shift is interpolated bilinearly between cell centres).
+# Like the global fix it needs only the source on the encoder side (a box average), not
+# a decode. docs/format.md, "Colour grid", is the normative description.
+
+# JPEG's full-range BT.601 RGB -> YCbCr (Cb and Cr offset by 128, all three in 0..255).
+YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+YCC_OFFSET = np.array([0.0, 128.0, 128.0])
+DEFAULT_GRID = (64, 4)  # cell and step when a grid is asked of a model that names none
+RICE_LIMIT = 16  # a unary prefix of this many ones is followed by the value in 9 bits
+_RAW_BITS = 9
+
+
+class GridError(ValueError):
+    """The bytes of a colour grid do not decode (corrupt file)."""
+
+
+def grid_shape(height: int, width: int, cell: int) -> tuple[int, int]:
+    """Rows and columns of cells; the last row and column may be partial."""
+    return -(-height // cell), -(-width // cell)
+
+
+def _cell_means(img_hwc: np.ndarray, cell: int) -> np.ndarray:
+    """Per-channel means over each cell, 3 x gh x gw; a partial cell averages what it has."""
+    h, w = img_hwc.shape[:2]
+    gh, gw = grid_shape(h, w, cell)
+    padded = np.zeros((gh * cell, gw * cell, 3), dtype=np.float64)
+    padded[:h, :w] = img_hwc
+    sums = padded.reshape(gh, cell, gw, cell, 3).sum(axis=(1, 3))
+    rows = np.minimum(cell, h - cell * np.arange(gh))
+    cols = np.minimum(cell, w - cell * np.arange(gw))
+    return (sums / (rows[:, None] * cols[None, :])[..., None]).transpose(2, 0, 1)
+
+
+def _to_ycc(means_rgb255: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,jhw->ihw", YCC, means_rgb255) + YCC_OFFSET[:, None, None]
+
+
+def grid_levels(img_uint8_hwc: np.ndarray, cell: int, step: int) -> np.ndarray:
+    """The levels an encoder sends: round(cell mean of Y, Cb, Cr / step), 3 x gh x gw ints."""
+    means = _to_ycc(_cell_means(img_uint8_hwc.astype(np.float64), cell))
+    return np.clip(np.round(means / step), 0, 255 // step).astype(np.int64)
+
+
+def _interpolation(n: int, cell: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of n pixels: the two cells to interpolate between and the second one's weight.
+
+    Bilinear between cell centres, held constant beyond the outermost ones: the same as
+    resizing the grid by ``cell`` with half-pixel centres (torch's ``align_corners=False``)
+    and cropping to n.
+    """
+    pos = np.clip((np.arange(n) + 0.5) / cell - 0.5, 0, cells - 1)
+    lo = np.floor(pos).astype(np.int64)
+    return lo, np.minimum(lo + 1, cells - 1), pos - lo
+
+
+def interpolate_cells(values: np.ndarray, height: int, width: int, cell: int) -> np.ndarray:
+    """C x gh x gw cell values -> H x W x C, bilinear between cell centres."""
+    lo, hi, f = _interpolation(height, cell, values.shape[1])
+    rows = values[:, lo] * (1 - f)[None, :, None] + values[:, hi] * f[None, :, None]
+    lo, hi, f = _interpolation(width, cell, values.shape[2])
+    out = rows[:, :, lo] * (1 - f) + rows[:, :, hi] * f
+    return out.transpose(1, 2, 0)
+
+
+def apply_grid(img_float01_hwc: np.ndarray, levels: np.ndarray, cell: int, step: int) -> np.ndarray:
+    """Shift the image so that its cell means of Y, Cb, Cr become levels * step; [0, 1] float32."""
+    h, w = img_float01_hwc.shape[:2]
+    gh, gw = grid_shape(h, w, cell)
+    if levels.shape != (3, gh, gw):
+        raise ValueError(f"expected levels of shape (3, {gh}, {gw}), got {levels.shape}")
+    img = img_float01_hwc.astype(np.float64)
+    current = _to_ycc(_cell_means(img * 255.0, cell))
+    shift = np.einsum("ij,jhw->ihw", np.linalg.inv(YCC), levels * step - current) / 255.0
+    return np.clip(img + interpolate_cells(shift, h, w, cell), 0.0, 1.0).astype(np.float32)
+
+
+def _residuals(levels: np.ndarray, mid: int) -> np.ndarray:
+    """Prediction residuals of one channel (raster order, JPEG-LS's median predictor)."""
+    gh, gw = levels.shape
+    out = np.zeros_like(levels)
+    for y in range(gh):
+        for x in range(gw):
+            out[y, x] = levels[y, x] - _predict(levels, y, x, mid)
+    return out
+
+
+def _predict(levels: np.ndarray, y: int, x: int, mid: int) -> int:
+    if y == 0 and x == 0:
+        return mid
+    if y == 0:
+        return int(levels[y, x - 1])
+    if x == 0:
+        return int(levels[y - 1, x])
+    a, b, c = int(levels[y, x - 1]), int(levels[y - 1, x]), int(levels[y - 1, x - 1])
+    if c >= max(a, b):
+        return min(a, b)
+    if c <= min(a, b):
+        return max(a, b)
+    return a + b - c
+
+
+def _rice_bits(u: np.ndarray, k: int) -> int:
+    q = u >> k
+    return int(np.where(q < RICE_LIMIT, q + 1 + k, RICE_LIMIT + _RAW_BITS).sum())
+
+
+def encode_grid(levels: np.ndarray, step: int) -> bytes:
+    """Levels -> bytes: per channel a 3-bit Rice parameter, then Rice codes of the residuals.
+
+    Bits are packed most significant first; the last byte is padded with zeros.
+    """
+    bits: list[int] = []
+
+    def put(value: int, count: int) -> None:
+        bits.extend((value >> (count - 1 - i)) & 1 for i in range(count))
+
+    mid = 128 // step
+    for channel in levels:
+        r = _residuals(channel.astype(np.int64), mid).ravel()
+        u = np.where(r >= 0, 2 * r, -2 * r - 1)
+        k = min(range(8), key=lambda k: _rice_bits(u, k))
+        put(k, 3)
+        for value in u.tolist():
+            q = value >> k
+            if q < RICE_LIMIT:
+                put((1 << (q + 1)) - 2, q + 1)  # q ones, then a zero
+                put(value & ((1 << k) - 1), k)
+            else:
+                put((1 << RICE_LIMIT) - 1, RICE_LIMIT)
+                put(value, _RAW_BITS)
+    bits.extend([0] * (-len(bits) % 8))
+    return np.packbits(np.array(bits, dtype=np.uint8)).tobytes() if bits else b""
+
+
+def decode_grid(data: bytes, height: int, width: int, cell: int, step: int) -> np.ndarray:
+    """Bytes -> levels (3 x gh x gw); GridError for anything encode_grid cannot have written."""
+    gh, gw = grid_shape(height, width, cell)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8)).tolist()
+    pos = 0
+
+    def take(count: int) -> int:
+        nonlocal pos
+        if pos + count > len(bits):
+            raise GridError("colour grid ends early")
+        value = 0
+        for b in bits[pos : pos + count]:
+            value = value << 1 | b
+        pos += count
+        return value
+
+    mid, top = 128 // step, 255 // step
+    levels = np.zeros((3, gh, gw), dtype=np.int64)
+    for channel in levels:
+        k = take(3)
+        for y in range(gh):
+            for x in range(gw):
+                q = 0
+                while q < RICE_LIMIT and take(1):
+                    q += 1
+                value = take(_RAW_BITS) if q == RICE_LIMIT else q << k | take(k)
+                r = value // 2 if value % 2 == 0 else -(value + 1) // 2
+                level = _predict(channel, y, x, mid) + r
+                if not 0 <= level <= top:
+                    raise GridError(f"colour grid level {level} outside 0..{top}")
+                channel[y, x] = level
+    if len(bits) - pos >= 8 or any(bits[pos:]):
+        raise GridError("colour grid has bytes or bits after its last level")
+    return levels

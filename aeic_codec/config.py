@@ -48,6 +48,10 @@ class ModelConfig:
     eps_overlap: int = 64
     vae_tile: int = 160
     colorfix_min_pixels: int = 768 * 768
+    # Colour grid (colorfix.py): cell size in pixels (0: none) and quantization step of the
+    # cell means the encoder sends.
+    colour_grid: int = 0
+    colour_grid_step: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +68,10 @@ class ModelConfig:
             )
         if len(self.vae_widths) != 4:
             raise ValueError("vae_widths needs 4 levels: D upsamples the 1/8 latent by 8")
+        if self.colour_grid and not 8 <= self.colour_grid <= 4096:
+            raise ValueError(f"colour_grid must be 0 or 8..4096 pixels, got {self.colour_grid}")
+        if not 1 <= self.colour_grid_step <= 64:
+            raise ValueError(f"colour_grid_step must be in 1..64, got {self.colour_grid_step}")
         if self.eps_overlap * 2 >= self.eps_tile:
             raise ValueError("eps_overlap must be less than half of eps_tile")
 
@@ -76,7 +84,12 @@ class ModelConfig:
         return self.denoiser_in + self.decoder_latent
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        data = dataclasses.asdict(self)
+        if not self.colour_grid:
+            # Configs without a grid hash as they did before the grid existed, so that a
+            # re-imported checkpoint keeps its identity and still decodes older files.
+            del data["colour_grid"], data["colour_grid_step"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

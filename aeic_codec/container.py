@@ -1,8 +1,9 @@
 """The .aeic container: a small, self-checking wrapper around the five coded streams.
 
-This module is the reference reader and writer of format version 1 (docs/format.md). It
-imports only the standard library because ``aeic info`` parses files with it and must start
-without paying for torch or numpy.
+This module is the reference reader and writer of format versions 1 and 2 (docs/format.md):
+a file is written as version 2 only when it carries a colour grid, so files without one
+stay byte for byte what earlier versions wrote. It imports only the standard library
+because ``aeic info`` parses files with it and must start without paying for torch or numpy.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 MAGIC = b"AEI"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this module reads and writes
+READ_VERSIONS = (1, 2)
 MAX_DIM = 1 << 18
 NUM_STREAMS = 5
 STREAM_NAMES = ("z", "step0", "step1", "step2", "step3")
 MAX_STREAM_BYTES = (1 << 32) - 1
 FLAG_COLOUR = 0x01
+FLAG_GRID = 0x02  # version 2 only
+GRID_CELLS = (8, 4096)  # allowed cell sizes in pixels
+GRID_STEPS = (1, 64)
 
 _MODEL_ID_SIZE = 4
 _CRC_SIZE = 4
@@ -41,7 +46,17 @@ class _Header(NamedTuple):
     height: int
     lengths: tuple[int, ...]
     colour: tuple[int, ...] | None
+    grid: tuple[int, int, int] | None  # cell, step, byte length
     end: int
+
+
+@dataclass(frozen=True)
+class ColourGrid:
+    """Local colour means (colorfix.py): cell size and step, and their coded bytes."""
+
+    cell: int
+    step: int
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -53,11 +68,9 @@ class AeicFile:
     model_id: bytes
     streams: tuple[bytes, ...]
     colour: tuple[int, ...] | None = None
-    version: int = FORMAT_VERSION
+    grid: ColourGrid | None = None
 
     def __post_init__(self) -> None:
-        if self.version != FORMAT_VERSION:
-            raise ValueError(f"this aeic writes format version {FORMAT_VERSION} only")
         for name, value in (("width", self.width), ("height", self.height)):
             if not isinstance(value, int) or not 1 <= value <= MAX_DIM:
                 raise ValueError(f"{name} must be an int in 1..{MAX_DIM}, got {value!r}")
@@ -77,6 +90,25 @@ class AeicFile:
             or not all(isinstance(c, int) and 0 <= c <= 0xFFFF for c in self.colour)
         ):
             raise ValueError("colour must be None or a tuple of six ints in 0..65535")
+        g = self.grid
+        if g is not None and (
+            not isinstance(g, ColourGrid)
+            or not isinstance(g.cell, int)
+            or not GRID_CELLS[0] <= g.cell <= GRID_CELLS[1]
+            or not isinstance(g.step, int)
+            or not GRID_STEPS[0] <= g.step <= GRID_STEPS[1]
+            or not isinstance(g.data, bytes)
+            or len(g.data) > MAX_STREAM_BYTES
+        ):
+            raise ValueError(
+                f"grid must be None or a ColourGrid with cell in {GRID_CELLS[0]}..{GRID_CELLS[1]}"
+                f", step in {GRID_STEPS[0]}..{GRID_STEPS[1]} and bytes data"
+            )
+
+    @property
+    def version(self) -> int:
+        """2 for a file with a colour grid, else 1 (what readers before the grid accept)."""
+        return 2 if self.grid is not None else 1
 
     @property
     def pixels(self) -> int:
@@ -95,23 +127,31 @@ class AeicFile:
         return self.model_id.hex()
 
     def header_bytes(self) -> bytes:
-        """Everything before the payload; the CRC follows the payload."""
+        """Everything before the payload; the CRC follows the payload (and the grid)."""
         flags = FLAG_COLOUR if self.colour is not None else 0
+        flags |= FLAG_GRID if self.grid is not None else 0
         parts = [MAGIC, bytes((self.version, flags)), self.model_id]
         parts += [_varint(v) for v in (self.width, self.height, *self.stream_sizes)]
         if self.colour is not None:
             parts.append(_COLOUR.pack(*self.colour))
+        if self.grid is not None:
+            g = self.grid
+            parts += [_varint(g.cell), bytes((g.step,)), _varint(len(g.data))]
         return b"".join(parts)
 
     @property
+    def grid_size(self) -> int:
+        return len(self.grid.data) if self.grid is not None else 0
+
+    @property
     def overhead(self) -> int:
-        """Bytes spent on anything but the streams: header plus CRC."""
+        """Bytes spent on anything but the streams and the grid: header plus CRC."""
         return len(self.header_bytes()) + _CRC_SIZE
 
     @property
     def size(self) -> int:
         """Size of the packed file; the encoding is canonical, so this is exact."""
-        return self.overhead + self.payload_size
+        return self.overhead + self.payload_size + self.grid_size
 
     @property
     def bpp(self) -> float:
@@ -121,7 +161,7 @@ class AeicFile:
 
 def pack(f: AeicFile) -> bytes:
     """Serialise f; AeicFile validated its fields on construction."""
-    body = f.header_bytes() + b"".join(f.streams)
+    body = f.header_bytes() + b"".join(f.streams) + (f.grid.data if f.grid is not None else b"")
     return body + zlib.crc32(body).to_bytes(_CRC_SIZE, "big")
 
 
@@ -144,7 +184,7 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
             f"above the limit of {max_pixels}"
         )
     payload = body_end - head.end
-    declared = sum(head.lengths)
+    declared = sum(head.lengths) + (head.grid[2] if head.grid is not None else 0)
     if declared > payload:
         raise FormatError("stream lengths exceed the file size")
     if declared < payload:
@@ -154,7 +194,11 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
     for n in head.lengths:
         streams.append(data[pos : pos + n])
         pos += n
-    return AeicFile(head.width, head.height, head.model_id, tuple(streams), head.colour)
+    grid = None
+    if head.grid is not None:
+        cell, step, _n = head.grid
+        grid = ColourGrid(cell, step, data[pos:body_end])
+    return AeicFile(head.width, head.height, head.model_id, tuple(streams), head.colour, grid)
 
 
 def info_dict(data: bytes) -> dict[str, Any]:
@@ -176,6 +220,9 @@ def info_dict(data: bytes) -> dict[str, Any]:
         "payload_bytes": f.payload_size,
         "streams": dict(zip(STREAM_NAMES, f.stream_sizes, strict=True)),
         "colour": colour,
+        "colour_grid": (
+            {"cell": f.grid.cell, "step": f.grid.step, "bytes": f.grid_size} if f.grid else None
+        ),
     }
 
 
@@ -218,19 +265,22 @@ def _check_preamble(data: bytes) -> None:
             f"truncated file: {len(data)} bytes, no .aeic file is shorter than {_MIN_SIZE}"
         )
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         hint = "; upgrade aeic" if version > FORMAT_VERSION else ""
         raise FormatError(
-            f"unsupported format version {version} (this aeic reads version {FORMAT_VERSION})"
-            + hint
+            f"unsupported format version {version} (this aeic reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))})" + hint
         )
 
 
 def _parse_header(data: bytes, end: int) -> _Header:
     """Parse the fields between the version byte and the payload, validating each."""
-    flags = data[len(MAGIC) + 1]
-    if flags & ~FLAG_COLOUR:
+    version, flags = data[len(MAGIC)], data[len(MAGIC) + 1]
+    known = FLAG_COLOUR | (FLAG_GRID if version >= 2 else 0)
+    if flags & ~known:
         raise FormatError(f"reserved flag bits set (flags 0x{flags:02x})")
+    if version == 2 and not flags & FLAG_GRID:
+        raise FormatError("a version 2 file must carry a colour grid (without one it is version 1)")
     model_id = data[len(MAGIC) + 2 : _FIXED_SIZE]
     pos = _FIXED_SIZE
     dims = []
@@ -252,7 +302,24 @@ def _parse_header(data: bytes, end: int) -> _Header:
             raise FormatError("truncated file: header ends early")
         colour = _COLOUR.unpack_from(data, pos)
         pos += _COLOUR.size
-    return _Header(model_id, width, height, tuple(lengths), colour, pos)
+    grid = None
+    if flags & FLAG_GRID:
+        lo, hi = GRID_CELLS
+        cell, pos = _read_varint(data, pos, end, hi, f"colour grid cell above {hi}")
+        if cell < lo:
+            raise FormatError(f"colour grid cell {cell} out of range ({lo}..{hi})")
+        if pos >= end:
+            raise FormatError("truncated file: header ends early")
+        step = data[pos]
+        if not GRID_STEPS[0] <= step <= GRID_STEPS[1]:
+            raise FormatError(
+                f"colour grid step {step} out of range ({GRID_STEPS[0]}..{GRID_STEPS[1]})"
+            )
+        n, pos = _read_varint(
+            data, pos + 1, end, MAX_STREAM_BYTES, f"colour grid length above {MAX_STREAM_BYTES}"
+        )
+        grid = (cell, step, n)
+    return _Header(model_id, width, height, tuple(lengths), colour, grid, pos)
 
 
 def _crc_failure(data: bytes) -> FormatError:
@@ -264,7 +331,7 @@ def _crc_failure(data: bytes) -> FormatError:
         head = _parse_header(data, len(data))
     except FormatError:
         return FormatError("CRC mismatch: file is corrupt")
-    promised = head.end + sum(head.lengths) + _CRC_SIZE
+    promised = head.end + sum(head.lengths) + (head.grid[2] if head.grid else 0) + _CRC_SIZE
     if promised > len(data):
         return FormatError(
             f"CRC mismatch: file is truncated or corrupt (header promises {promised} bytes, "

@@ -44,6 +44,7 @@ from torch import nn
 
 from .blocks import BasicBlock, Down, GatedCNN, InceptionNeXt, StarBlock
 from .bundle import STORAGE_DTYPES, BundleError, load_bundle, read_info, save_bundle, stored_value
+from .colorfix import YCC, YCC_OFFSET
 from .config import PRESETS, ModelConfig, tiny_config
 from .entropy_models import gaussian_likelihood
 from .files import atomic_path, atomic_write
@@ -311,6 +312,9 @@ def validate_config(config: TrainConfig) -> None:
             raise TrainConfigError(f"{where}: steps, batch and accum must be >= 1 and lr > 0")
         if s.crop < CROP_MULTIPLE or s.crop % CROP_MULTIPLE:
             raise TrainConfigError(f"{where}: crop must be a multiple of {CROP_MULTIPLE}")
+        grid = config.model.colour_grid
+        if grid and s.crop % grid:
+            raise TrainConfigError(f"{where}: crop must be a multiple of colour_grid ({grid})")
         if s.schedule not in SCHEDULES:
             raise TrainConfigError(f"{where}: schedule must be one of {', '.join(SCHEDULES)}")
         if not s.train:
@@ -367,12 +371,12 @@ def _model_section(table: Any, base_dir: Path) -> tuple[ModelConfig, Path | None
     table = dict(table)
     if "init_bundle" in table:
         path = _path(base_dir, _typed("[model]", "init_bundle", table.pop("init_bundle"), str))
-        others = sorted(set(table) - set(GROWABLE) - set(TILING))
+        others = sorted(set(table) - set(GROWABLE) - set(TILING) - set(COLOUR_GRID))
         if others:
             raise TrainConfigError(
                 "[model]: init_bundle takes the model shape from the bundle; only "
-                f"{' and '.join(GROWABLE)} may grow it and {', '.join(TILING)} retile it; "
-                f"remove {', '.join(others)}"
+                f"{' and '.join(GROWABLE)} may grow it, {', '.join(TILING)} retile it and "
+                f"{' and '.join(COLOUR_GRID)} set its colour grid; remove {', '.join(others)}"
             )
         try:
             config = read_info(path).config
@@ -514,6 +518,28 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, scales: int | None = None) -> torc
     # Negative terms (anti-correlated patches) have no real power; 1e-6 keeps gradients finite.
     stacked = torch.stack(factors).clamp_min(1e-6)
     return (stacked ** weights.view(-1, 1, 1)).prod(0).mean()
+
+
+def colour_grid_fix(x_hat: torch.Tensor, x: torch.Tensor, cell: int, step: int) -> torch.Tensor:
+    """What the decoder's colour grid does to x_hat (both in [0, 1]), for the training loss.
+
+    The correction is linear in x_hat, so its gradient reaches the model: what the grid
+    carries (cell means) costs the model nothing, and it learns to spend its bits on the
+    rest. Crops are whole cells (validate_config checks), so pooling needs no partial cells.
+    """
+    ycc = torch.tensor(YCC, dtype=torch.float32, device=x.device)
+    to_rgb = torch.linalg.inv(ycc)
+    offset = torch.tensor(YCC_OFFSET, dtype=torch.float32, device=x.device)[:, None, None]
+
+    def means(img: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool2d(img.float() * 255.0, cell)
+        return torch.einsum("ij,bjhw->bihw", ycc, pooled) + offset
+
+    with torch.no_grad():
+        target = torch.clamp(torch.round(means(x) / step), 0, 255 // step) * step
+    shift = torch.einsum("ij,bjhw->bihw", to_rgb, target - means(x_hat)) / 255.0
+    field = F.interpolate(shift, scale_factor=cell, mode="bilinear", align_corners=False)
+    return x_hat + field.to(x_hat.dtype)
 
 
 def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
@@ -758,6 +784,8 @@ GROWABLE = ("gs_blocks", "context_depth")
 _GROWING = ("g_s.synthesis_transform.", "context.g_c.")  # the state they change
 # How a decoder tiles: no weight depends on it, so a run may change it freely.
 TILING = ("eps_tile", "eps_overlap", "vae_tile")
+# What the encoder sends beside the streams: no weight depends on it either.
+COLOUR_GRID = ("colour_grid", "colour_grid_step")
 _RESIDUAL_OUT = {StarBlock: "fc2", GatedCNN: "fc2", InceptionNeXt: "conv2"}
 
 
@@ -963,6 +991,9 @@ class Trainer:
         w = self.stage.loss
         bpp = out.bits / (x.shape[0] * x.shape[2] * x.shape[3])
         x01, xh01 = (x + 1) / 2, (out.x_hat + 1) / 2
+        cfg = self.config.model
+        if cfg.colour_grid:
+            xh01 = colour_grid_fix(xh01, x01, cfg.colour_grid, cfg.colour_grid_step)
         terms = {"bpp": bpp, "mse": F.mse_loss(xh01, x01)}
         loss = lam * bpp + w.mse * terms["mse"]
         with torch.no_grad():

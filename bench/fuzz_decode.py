@@ -1,7 +1,8 @@
 """Fuzz the decoder with many mutated .aeic files (bit flips, truncation, insertion,
-length-field changes), each resealed with a fresh CRC so that it reaches the entropy
-decoder. Every case must end in success or FormatError; anything else is counted and
-printed. Uses a tiny random-weight model so that 10,000 cases take minutes.
+length-field changes, random streams and colour grids), each resealed with a fresh CRC
+so that it reaches the entropy decoder. Every case must end in success or FormatError;
+anything else is counted and printed. Uses a tiny random-weight model so that 10,000
+cases take minutes.
 
 Usage: python -m bench.fuzz_decode [--cases 10000] [--seed 0]
 """
@@ -9,6 +10,7 @@ Usage: python -m bench.fuzz_decode [--cases 10000] [--seed 0]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 import zlib
@@ -38,12 +40,17 @@ def mutate(good: bytes, rng: np.random.Generator) -> bytes:
     elif kind == 2:  # insertion
         pos = int(rng.integers(0, len(data) + 1))
         data[pos:pos] = rng.integers(0, 256, int(rng.integers(1, 32)), dtype=np.uint8).tobytes()
-    else:  # one stream replaced by random bytes, lengths consistent
+    else:  # one stream or the colour grid replaced by random bytes, lengths consistent
         f = unpack(good)
         streams = list(f.streams)
-        i = int(rng.integers(0, 5))
-        streams[i] = rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
-        return pack(AeicFile(f.width, f.height, f.model_id, tuple(streams), f.colour))
+        i = int(rng.integers(0, 6))
+        new = rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
+        grid = f.grid
+        if i == 5 and grid is not None:
+            grid = dataclasses.replace(grid, data=new)
+        else:
+            streams[i % 5] = new
+        return pack(AeicFile(f.width, f.height, f.model_id, tuple(streams), f.colour, grid))
     return bytes(data) + zlib.crc32(bytes(data)).to_bytes(4, "big")
 
 
@@ -60,7 +67,7 @@ def main() -> None:
         model = load_bundle(path, encoder=True, decoder=False)
     rng = np.random.default_rng(args.seed)
     img = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    good = api.encode(img, model)
+    good = api.encode(img, model, colour_grid=True)
     outcomes: Counter[str] = Counter()
     slowest = 0.0
     start = time.perf_counter()
@@ -69,6 +76,7 @@ def main() -> None:
         t = time.perf_counter()
         try:
             f = api.read_header(data, max_pixels=1 << 18)
+            api.grid_levels(f)
             api.decode_latent(f, model)
             outcomes["decoded"] += 1
         except FormatError:

@@ -436,7 +436,7 @@ def entropy(plan: Plan) -> str:
     if not plan.bundles:
         return heading("Entropy coding") + "\nNo shipped bundle: not measured."
     images = plan.kodak[: plan.entropy_images]
-    rows, overheads, colours, pixels = [], [], [], []
+    rows, overheads, colours, grids, pixels = [], [], [], [], []
     for path in plan.bundles:
         model = load_bundle(path, decoder=False)
         actual, estimate = np.zeros(5), np.zeros(5)
@@ -446,8 +446,9 @@ def entropy(plan: Plan) -> str:
             f = unpack(result.data)
             actual += [len(s) for s in f.streams]
             estimate += np.array(result.stream_bits) / 8
-            overheads.append(len(result.data) - sum(len(s) for s in f.streams))
+            overheads.append(len(result.data) - sum(len(s) for s in f.streams) - f.grid_size)
             colours.append(12 if f.colour is not None else 0)
+            grids.append(f.grid_size)
             pixels.append(src.shape[0] * src.shape[1])
         n = len(images)
         per_stream = [*zip(STREAMS, actual, estimate, strict=True)]
@@ -455,7 +456,7 @@ def entropy(plan: Plan) -> str:
             ratio = f"{a / e:.3f}" if e else "-"
             rows.append([path.stem, name, f"{a / n:.1f}", f"{e / n:.1f}", ratio])
         log(f"entropy {path.stem} done")
-    over, colour = float(np.mean(overheads)), float(np.mean(colours))
+    over, colour, grid = float(np.mean(overheads)), float(np.mean(colours)), float(np.mean(grids))
     at = 0.005 * 768 * 512 / 8
     return (
         heading("Entropy coding")
@@ -463,12 +464,15 @@ def entropy(plan: Plan) -> str:
         "against the model's information estimate (the sum of -log2 p over its symbols, in "
         "bytes; 'all' is the payload).\n\n"
         + md_table(["model", "stream", "bytes", "estimate", "ratio"], rows)
-        + f"\n\nContainer overhead (file size minus the five payloads: magic, version, flags, "
-        f"model identity, size, lengths, CRC and, when present, the colour statistics), mean "
+        + f"\n\nContainer overhead (file size minus the five payloads and the colour grid: magic, "
+        f"version, flags, model identity, size, lengths, CRC and, when present, the colour "
+        f"statistics and the grid's three header bytes), mean "
         f"over the {len(overheads)} files above: {over:.1f} bytes, of which {colour:.1f} "
         f"colour statistics; {over * 8 / float(np.mean(pixels)):.5f} bpp on these images. "
         f"A 768x512 file at 0.005 bpp has {at:.0f} bytes, so this overhead is "
-        f"{over * 8 / (768 * 512):.5f} bpp there, {100 * over / at:.0f} % of such a file."
+        f"{over * 8 / (768 * 512):.5f} bpp there, {100 * over / at:.0f} % of such a file. "
+        f"Colour grids (bundles that send one): {grid:.1f} bytes per file on average over all "
+        f"of them, {grid * 8 / float(np.mean(pixels)):.5f} bpp."
     )
 
 

@@ -38,6 +38,24 @@ def test_encode_info_decode(tmp_path: Path, png_file: Path, tiny_bundle: Path):
     assert Image.open(png).size == (65, 63)
 
 
+def test_colour_grid_option_and_info(tmp_path: Path, png_file: Path, tiny_bundle: Path):
+    out = tmp_path / "img.aeic"
+    args = ("encode", str(png_file), "-o", str(out), "--weights", str(tiny_bundle))
+    code, _, err = run(*args, "--colour-grid")
+    assert code == 0, err
+    assert out.read_bytes()[3] == 2  # format version 2
+    code, text, _ = run("info", str(out), "--weights", str(tiny_bundle))
+    assert code == 0 and "format version  2" in text
+    assert "colour grid     64 px cells, step 4," in text
+    png = tmp_path / "out.png"
+    code, _, err = run("decode", str(out), "-o", str(png), "--weights", str(tiny_bundle))
+    assert code == 0, err and Image.open(png).size == (65, 63)
+    code, _, err = run(*args, "--no-colour-grid", "-f")
+    assert code == 0 and out.read_bytes()[3] == 1
+    code, text, _ = run("info", str(out), "--weights", str(tiny_bundle))
+    assert "colour grid     no" in text and "format version  1" in text
+
+
 def test_refuses_to_overwrite_without_force(tmp_path: Path, png_file: Path, tiny_bundle: Path):
     out = tmp_path / "img.aeic"
     out.write_bytes(b"keep me")

@@ -1,4 +1,4 @@
-"""Colour fix: the six transmitted numbers, and the output taking them on."""
+"""Colour fix: the six transmitted numbers, the colour grid, and the output taking them on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aeic_codec.colorfix import apply_colour_fix, source_stats
+from aeic_codec.colorfix import (
+    GridError,
+    apply_colour_fix,
+    apply_grid,
+    decode_grid,
+    encode_grid,
+    grid_levels,
+    grid_shape,
+    source_stats,
+)
+from tests.conftest import make_image
 
 
 def test_source_stats_are_16_bit_mean_and_std() -> None:
@@ -57,3 +67,74 @@ def test_no_torch_import() -> None:
     code = "import sys, aeic_codec.colorfix; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+def test_grid_levels_are_quantized_cell_means_in_ycbcr() -> None:
+    img = np.zeros((70, 130, 3), dtype=np.uint8)
+    img[:64, :64] = (255, 0, 0)  # red cell: Y 76.2, Cb 85.0, Cr 255.5 -> clamped
+    img[64:, 64:128] = (10, 200, 30)  # a partial row of cells: 6 rows of green
+    levels = grid_levels(img, 64, 4)
+    assert levels.shape == (3, 2, 3) == (3, *grid_shape(70, 130, 64))
+    assert levels[:, 0, 0].tolist() == [19, 21, 63]  # round(76.245/4), round(84.97/4), top
+    assert levels[:, 1, 1].tolist() == [31, 19, 12]  # 123.8, 75.1, 46.8 over 6 x 64 pixels
+    assert levels[:, 0, 2].tolist() == [0, 32, 32]  # black, 2 columns wide
+    assert levels.min() >= 0 and levels.max() <= 63
+
+
+def test_grid_coding_matches_the_documented_example() -> None:
+    levels = np.array([[[30, 31]], [[32, 32]], [[32, 33]]])
+    data = encode_grid(levels, 4)
+    assert data == bytes.fromhex("360030")
+    assert decode_grid(data, 64, 128, 64, 4).tolist() == levels.tolist()
+
+
+@pytest.mark.parametrize(
+    "height,width,cell,step", [(512, 768, 64, 4), (37, 50, 16, 1), (1, 1, 64, 4), (300, 9, 8, 64)]
+)
+def test_grid_round_trip(height: int, width: int, cell: int, step: int) -> None:
+    rng = np.random.default_rng(height)
+    levels = grid_levels(make_image(height, width), cell, step)
+    assert np.array_equal(decode_grid(encode_grid(levels, step), height, width, cell, step), levels)
+    # Extreme residuals (0 next to the top level) take the 9-bit escape and come back too.
+    wild = rng.integers(0, 255 // step + 1, size=levels.shape)
+    assert np.array_equal(decode_grid(encode_grid(wild, step), height, width, cell, step), wild)
+
+
+def test_grid_of_a_photo_like_image_is_small() -> None:
+    levels = grid_levels(make_image(512, 768), 64, 4)
+    assert len(encode_grid(levels, 4)) < 3 * 96  # fewer than 8 bits a level
+
+
+def test_corrupt_grids_are_refused() -> None:
+    levels = grid_levels(make_image(128, 192), 64, 4)
+    data = encode_grid(levels, 4)
+    with pytest.raises(GridError, match="ends early"):
+        decode_grid(data[:-2], 128, 192, 64, 4)
+    with pytest.raises(GridError, match="after its last level"):
+        decode_grid(data + b"\x00", 128, 192, 64, 4)
+    with pytest.raises(GridError, match=r"ends early|outside"):
+        decode_grid(data, 192, 192, 64, 4)  # one more row of cells than coded
+    # k = 0, sixteen ones, then u = 200 in 9 bits: level 32 + 100, past the top of step 4.
+    bits = "000" + "1" * 16 + f"{200:09b}" + "0" * 4
+    forged = int(bits, 2).to_bytes(4, "big")
+    with pytest.raises(GridError, match=r"level 132 outside 0\.\.63"):
+        decode_grid(forged, 64, 64, 64, 4)
+
+
+def test_apply_grid_moves_cell_means_onto_the_levels() -> None:
+    rng = np.random.default_rng(3)
+    source = make_image(128, 192, seed=1)
+    levels = grid_levels(source, 64, 4)
+    # A colour cast that a grid of 64 px cells can see: constant plus a slow ramp.
+    yy, xx = np.mgrid[0:128, 0:192] / 192.0
+    cast = np.stack([0.08 + 0.05 * xx, -0.04 + 0.0 * yy, -0.06 + 0.05 * yy], axis=-1)
+    decoded = np.clip(source / 255.0 + cast + rng.normal(0, 0.01, source.shape), 0, 1)
+    fixed = apply_grid(decoded.astype(np.float32), levels, 64, 4)
+    assert fixed.dtype == np.float32 and fixed.min() >= 0 and fixed.max() <= 1
+    err = lambda img: np.abs(img * 255.0 - source).mean()  # noqa: E731
+    assert err(fixed) < 0.25 * err(decoded)
+    # Cell means land within the quantization step of the levels (the image is not clipped
+    # much, and the interpolated shift varies slowly).
+    assert np.abs(grid_levels(np.round(fixed * 255).astype(np.uint8), 64, 4) - levels).max() <= 1
+    with pytest.raises(ValueError, match="shape"):
+        apply_grid(decoded, levels[:, :1], 64, 4)

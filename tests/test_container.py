@@ -18,6 +18,7 @@ from aeic_codec.container import (
     MAX_DIM,
     NUM_STREAMS,
     AeicFile,
+    ColourGrid,
     FormatError,
     info_dict,
     pack,
@@ -30,6 +31,7 @@ DOC_COLOUR = tuple(round(v * 65535) for v in (0.45, 0.425, 0.375, 0.25, 0.24, 0.
 EMPTY = (b"",) * NUM_STREAMS
 # Lengths 0, 1, 127 and 128 (the one- to two-byte varint edge) and 20000 (three bytes).
 VARIED = (b"", b"\x00", bytes(range(127)), bytes(128), bytes(20000))
+DOC_GRID = ColourGrid(64, 4, bytes.fromhex("9c41"))
 
 
 def make(width: int = 768, height: int = 512, **changes: object) -> AeicFile:
@@ -69,13 +71,21 @@ def reject(data: bytes, message: str, **kwargs: object) -> None:
 )
 @pytest.mark.parametrize("colour", [None, (0, 1, 32768, 65534, 65535, 12345)])
 @pytest.mark.parametrize("streams", [EMPTY, DOC_STREAMS, VARIED], ids=["empty", "short", "varied"])
+@pytest.mark.parametrize(
+    "grid", [None, DOC_GRID, ColourGrid(4096, 64, b""), ColourGrid(8, 1, bytes(300))]
+)
 def test_round_trip(
-    width: int, height: int, colour: tuple[int, ...] | None, streams: tuple[bytes, ...]
+    width: int,
+    height: int,
+    colour: tuple[int, ...] | None,
+    streams: tuple[bytes, ...],
+    grid: ColourGrid | None,
 ) -> None:
-    f = AeicFile(width, height, MODEL_ID, streams, colour)
+    f = AeicFile(width, height, MODEL_ID, streams, colour, grid)
     data = pack(f)
     assert unpack(data) == f
-    assert len(data) == f.size == f.overhead + sum(map(len, streams))
+    assert data[3] == f.version == (1 if grid is None else 2)
+    assert len(data) == f.size == f.overhead + sum(map(len, streams)) + f.grid_size
     assert data.startswith(f.header_bytes())
     assert data.endswith(zlib.crc32(data[:-4]).to_bytes(4, "big"))
 
@@ -88,6 +98,8 @@ def test_overhead_of_a_typical_image() -> None:
     # Each stream of 128 bytes or more costs one more length byte.
     assert make(streams=(bytes(300), bytes(200), b"", b"", b"")).overhead == 24
     assert make(colour=DOC_COLOUR).overhead == 34
+    # The grid's header fields: cell 64 (one byte), step, length (one byte below 128).
+    assert make(grid=DOC_GRID).overhead == 25 and make(grid=DOC_GRID).size == 25 + 10 + 2
 
 
 def test_properties() -> None:
@@ -96,7 +108,7 @@ def test_properties() -> None:
     assert f.stream_sizes == (4, 2, 1, 0, 3)
     assert f.payload_size == 10
     assert f.model_id_hex == "a1b2c3d4"
-    assert f.version == FORMAT_VERSION
+    assert f.version == 1 and make(grid=DOC_GRID).version == FORMAT_VERSION == 2
     assert pack(f).startswith(MAGIC) and MAGIC == b"AEI"
     assert f.bpp == pytest.approx(8 * 32 / (768 * 512))
 
@@ -112,6 +124,13 @@ def test_info_dict() -> None:
     assert info["colour"]["mean"] == pytest.approx([0.45, 0.425, 0.375], abs=1e-5)
     assert info["colour"]["std"] == pytest.approx([0.25, 0.24, 0.26], abs=1e-5)
     assert info_dict(pack(make()))["colour"] is None
+    assert info_dict(pack(make()))["colour_grid"] is None
+    assert info_dict(pack(make(grid=DOC_GRID)))["colour_grid"] == {
+        "cell": 64,
+        "step": 4,
+        "bytes": 2,
+    }
+    assert info_dict(pack(make(grid=DOC_GRID)))["format_version"] == 2
 
 
 @pytest.mark.parametrize(
@@ -128,7 +147,12 @@ def test_info_dict() -> None:
         {"colour": (1, 2, 3, 4, 5)},
         {"colour": (0, 0, 0, 0, 0, 65536)},
         {"colour": (0, 0, 0, 0, 0, -1)},
-        {"version": 2},
+        {"grid": (64, 4, b"")},
+        {"grid": ColourGrid(7, 4, b"")},
+        {"grid": ColourGrid(4097, 4, b"")},
+        {"grid": ColourGrid(64, 0, b"")},
+        {"grid": ColourGrid(64, 65, b"")},
+        {"grid": ColourGrid(64, 4, "9c41")},
     ],
 )
 def test_invalid_files_cannot_be_built(changes: dict[str, object]) -> None:
@@ -147,15 +171,34 @@ def test_versions() -> None:
     data = pack(make())
     reject(
         resealed(data, 3, b"\x07"),
-        "unsupported format version 7 (this aeic reads version 1); upgrade aeic",
+        "unsupported format version 7 (this aeic reads versions 1, 2); upgrade aeic",
     )
     reject(data[:3] + b"\x07" + data[4:], "unsupported format version 7")  # checked before the CRC
-    reject(resealed(data, 3, b"\x00"), "unsupported format version 0 (this aeic reads version 1)")
+    reject(
+        resealed(data, 3, b"\x00"), "unsupported format version 0 (this aeic reads versions 1, 2)"
+    )
+    # The grid flag belongs to version 2, and version 2 always has a grid (canonical files).
+    reject(resealed(data, 3, b"\x02"), "a version 2 file must carry a colour grid")
+    gridded = pack(make(grid=DOC_GRID))
+    reject(resealed(gridded, 3, b"\x01"), "reserved flag bits set (flags 0x02)")
 
 
-def test_truncated_at_every_length() -> None:
-    data = pack(make(colour=DOC_COLOUR))
-    header_end = len(make(colour=DOC_COLOUR).header_bytes())
+def test_grid_fields() -> None:
+    data = pack(make(grid=DOC_GRID))  # cell at offset 18, step 19, length 20
+    assert data[18:21] == bytes.fromhex("400402")
+    reject(resealed(data, 18, b"\x07"), "colour grid cell 7 out of range (8..4096)")
+    reject(resealed(data, 18, _varint(4097)), "colour grid cell above 4096")
+    reject(resealed(data, 19, b"\x00"), "colour grid step 0 out of range (1..64)")
+    reject(resealed(data, 19, b"\x41"), "colour grid step 65 out of range (1..64)")
+    reject(resealed(data, 20, b"\x03"), "stream lengths exceed the file size")
+    reject(resealed(data, 20, b"\x01"), "1 unexplained bytes after the streams")
+    reject(resealed(data, 18, b"\x80\x00"), "non-canonical (overlong) varint")
+
+
+@pytest.mark.parametrize("grid", [None, DOC_GRID])
+def test_truncated_at_every_length(grid: ColourGrid | None) -> None:
+    data = pack(make(colour=DOC_COLOUR, grid=grid))
+    header_end = len(make(colour=DOC_COLOUR, grid=grid).header_bytes())
     for n in range(len(data)):
         with pytest.raises(FormatError) as err:
             unpack(data[:n])
@@ -236,8 +279,9 @@ def test_stream_lengths_against_the_file() -> None:
     reject(with_crc(data[:-4] + b"\x00\x00"), "2 unexplained bytes after the streams")
 
 
-def test_every_single_bit_flip_is_caught() -> None:
-    data = pack(make(63, 65, colour=DOC_COLOUR))
+@pytest.mark.parametrize("grid", [None, DOC_GRID])
+def test_every_single_bit_flip_is_caught(grid: ColourGrid | None) -> None:
+    data = pack(make(63, 65, colour=DOC_COLOUR, grid=grid))
     for bit in range(8 * len(data)):
         flipped = bytearray(data)
         flipped[bit // 8] ^= 1 << (bit % 8)
@@ -256,7 +300,11 @@ def test_doc_examples_match_pack() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
     section = doc.split("## Worked examples", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```text\n(.*?)```", section, re.DOTALL)
-    expected = [pack(make()), pack(make(1920, 1080, colour=DOC_COLOUR))]
+    expected = [
+        pack(make()),
+        pack(make(1920, 1080, colour=DOC_COLOUR)),
+        pack(make(1920, 1080, colour=DOC_COLOUR, grid=DOC_GRID)),
+    ]
     for block, data in zip(blocks, expected, strict=True):
         hex_parts = [
             re.split(r"\s{2,}", line.strip(), maxsplit=1)[0] for line in block.splitlines()

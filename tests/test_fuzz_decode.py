@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from aeic_codec import api
 from aeic_codec.bundle import load_bundle
-from aeic_codec.container import AeicFile, FormatError, pack, unpack
+from aeic_codec.container import AeicFile, ColourGrid, FormatError, pack, unpack
 
 from .conftest import make_image
 
@@ -32,7 +32,7 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def model_and_file(tiny_bundle):
     model = load_bundle(tiny_bundle)
-    return model, api.encode(make_image(70, 90), model)
+    return model, api.encode(make_image(70, 90), model, colour_grid=True)
 
 
 def reseal(data: bytes) -> bytes:
@@ -48,6 +48,8 @@ def decode_or_reject(model, data: bytes, full: bool = False) -> None:
             assert out.shape == (f.height, f.width, 3)
         else:
             f = api.read_header(data, max_pixels=1 << 20)
+            levels = api.grid_levels(f)
+            assert levels is None or levels.shape == (3, -(-f.height // 64), -(-f.width // 64))
             y_hat = api.decode_latent(f, model)
             assert np.isfinite(y_hat.numpy()).all()
     except FormatError as err:
@@ -62,8 +64,8 @@ def test_mutated_streams_decode_or_fail_cleanly(model_and_file, data):
     model, good = model_and_file
     f = unpack(good)
     streams = list(f.streams)
-    i = data.draw(st.integers(0, 4))
-    s = bytearray(streams[i])
+    i = data.draw(st.integers(0, 5))  # 5: the colour grid
+    s = bytearray(streams[i] if i < 5 else f.grid.data)
     kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "replace"]))
     if kind == "flip" and s:
         for bit in data.draw(st.lists(st.integers(0, 8 * len(s) - 1), min_size=1, max_size=6)):
@@ -75,8 +77,12 @@ def test_mutated_streams_decode_or_fail_cleanly(model_and_file, data):
         s[at:at] = data.draw(st.binary(min_size=1, max_size=16))
     else:
         s = bytearray(data.draw(st.binary(max_size=64)))
-    streams[i] = bytes(s)
-    mutated = AeicFile(f.width, f.height, f.model_id, tuple(streams), f.colour)
+    grid = f.grid
+    if i < 5:
+        streams[i] = bytes(s)
+    else:
+        grid = ColourGrid(f.grid.cell, f.grid.step, bytes(s))
+    mutated = AeicFile(f.width, f.height, f.model_id, tuple(streams), f.colour, grid)
     decode_or_reject(model, pack(mutated))
 
 
@@ -89,7 +95,7 @@ def test_mutated_streams_decode_or_fail_cleanly(model_and_file, data):
 def test_changed_header_fields_decode_or_fail_cleanly(model_and_file, width, height, colour):
     model, good = model_and_file
     f = unpack(good)
-    decode_or_reject(model, pack(AeicFile(width, height, f.model_id, f.streams, colour)))
+    decode_or_reject(model, pack(AeicFile(width, height, f.model_id, f.streams, colour, f.grid)))
 
 
 def test_full_decode_of_mutated_files(model_and_file):

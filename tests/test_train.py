@@ -17,13 +17,16 @@ from safetensors import safe_open
 
 from aeic_codec import api
 from aeic_codec.bundle import BundleError, load_bundle, save_bundle, stored_value
+from aeic_codec.colorfix import apply_grid, grid_levels
 from aeic_codec.config import PRESETS, tiny_config
+from aeic_codec.container import unpack
 from aeic_codec.model import AEIC
 from aeic_codec.train import (
     TrainConfig,
     TrainConfigError,
     Trainer,
     TrainingStopped,
+    colour_grid_fix,
     load_train_config,
     ms_ssim,
     ms_ssim_scales,
@@ -180,6 +183,12 @@ def test_example_configs_parse() -> None:
     more = load_train_config(configs / "small-continue.toml")
     assert more.init_bundle is not None and more.init_bundle.name == "aeic-small-l12.safetensors"
     assert more.model == PRESETS["aeic-small"]
+    grid = load_train_config(configs / "small-grid.toml")
+    assert grid.init_bundle is not None and grid.init_bundle.name == "aeic-small-l12.safetensors"
+    assert (grid.model.colour_grid, grid.model.colour_grid_step) == (64, 4)
+    assert [(s.lambda_, s.loss.msssim, s.export) for s in grid.stages] == [
+        (15.0, 2.0, "aeic-small-l12")
+    ]
     # The published-recipe file starts from a bundle that only exists on a training box.
     data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())
     data["model"] = {"preset": "AEIC-SE"}
@@ -359,6 +368,9 @@ def test_a_run_grows_its_init_bundle_deeper_without_changing_its_output(tmp_path
         ("gs_blocks = 0", "would shrink the bundle's 1"),
         ("gs_dims = [8, 8, 8]", "only gs_blocks and context_depth may grow it.*remove gs_dims"),
         ("eps_tile = 8", "eps_overlap must be less than half of eps_tile"),
+        ("colour_grid = 4", "colour_grid must be 0 or 8..4096 pixels, got 4"),
+        ("colour_grid = 48", r"crop must be a multiple of colour_grid \(48\)"),
+        ("colour_grid_step = 0", "colour_grid_step must be in 1..64, got 0"),
     ],
 )
 def test_init_bundle_overrides_are_checked(tmp_path: Path, extra: str, message: str) -> None:
@@ -373,3 +385,35 @@ def test_bf16_request_falls_back_where_the_cpu_lacks_it() -> None:
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert trainer.bf16 == native
     assert any("no native bf16" in n for n in trainer.notes) != native
+
+
+def test_the_training_loss_sees_what_the_decoder_grid_does() -> None:
+    rng = np.random.default_rng(4)
+    source = np.stack([make_image(128, 192, seed=i) for i in range(2)])
+    decoded = np.clip(source / 255.0 + rng.normal(0.05, 0.1, source.shape), 0, 1)
+    as_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float()  # noqa: E731
+    x_hat = as_tensor(decoded).requires_grad_()
+    fixed = colour_grid_fix(x_hat, as_tensor(source / 255.0), 64, 4)
+    for i in range(2):
+        expected = apply_grid(decoded[i], grid_levels(source[i], 64, 4), 64, 4)
+        got = fixed[i].detach().clamp(0, 1).permute(1, 2, 0).numpy()
+        assert np.abs(got - expected).max() < 1e-5
+    # The grid pins the output's cell means to the source's: nothing the model does moves
+    # the corrected image's total, so its gradient vanishes (the loss cannot ask for it).
+    fixed.sum().backward()
+    assert x_hat.grad is not None and x_hat.grad.abs().max() < 1e-6
+
+
+def test_a_run_with_a_colour_grid_exports_a_model_that_sends_it(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(9)
+    bundle = tmp_path / "start.safetensors"
+    save_bundle(bundle, AEIC(tiny_config()))
+    config = load_train_config(grow_config(tmp_path, bundle, "colour_grid = 32"))
+    out = train(config, data_dir, tmp_path / "run", progress=False)
+    model = load_bundle(out)
+    assert (model.cfg.colour_grid, model.cfg.colour_grid_step) == (32, 4)
+    f = unpack(api.encode(make_image(40, 70), model))
+    assert f.version == 2 and f.grid is not None and (f.grid.cell, f.grid.step) == (32, 4)
+    assert unpack(api.encode(make_image(40, 70), model, colour_grid=False)).grid is None
