@@ -76,12 +76,18 @@ def grid_shape(height: int, width: int, cell: int) -> tuple[int, int]:
 
 
 def _cell_means(img_hwc: np.ndarray, cell: int) -> np.ndarray:
-    """Per-channel means over each cell, 3 x gh x gw; a partial cell averages what it has."""
+    """Per-channel means over each cell, 3 x gh x gw; a partial cell averages what it has.
+
+    One band of cells at a time, summed in float64, so that a large image needs no
+    float64 copy of itself.
+    """
     h, w = img_hwc.shape[:2]
     gh, gw = grid_shape(h, w, cell)
-    padded = np.zeros((gh * cell, gw * cell, 3), dtype=np.float64)
-    padded[:h, :w] = img_hwc
-    sums = padded.reshape(gh, cell, gw, cell, 3).sum(axis=(1, 3))
+    starts = np.arange(0, w, cell)
+    sums = np.empty((gh, gw, img_hwc.shape[2]))
+    for i in range(gh):
+        band = img_hwc[i * cell : (i + 1) * cell].sum(axis=0, dtype=np.float64)
+        sums[i] = np.add.reduceat(band, starts, axis=0)
     rows = np.minimum(cell, h - cell * np.arange(gh))
     cols = np.minimum(cell, w - cell * np.arange(gw))
     return (sums / (rows[:, None] * cols[None, :])[..., None]).transpose(2, 0, 1)
@@ -93,7 +99,7 @@ def _to_ycc(means_rgb255: np.ndarray) -> np.ndarray:
 
 def grid_levels(img_uint8_hwc: np.ndarray, cell: int, step: int) -> np.ndarray:
     """The levels an encoder sends: round(cell mean of Y, Cb, Cr / step), 3 x gh x gw ints."""
-    means = _to_ycc(_cell_means(img_uint8_hwc.astype(np.float64), cell))
+    means = _to_ycc(_cell_means(img_uint8_hwc, cell))
     return np.clip(np.round(means / step), 0, 255 // step).astype(np.int64)
 
 
@@ -109,25 +115,27 @@ def _interpolation(n: int, cell: int, cells: int) -> tuple[np.ndarray, np.ndarra
     return lo, np.minimum(lo + 1, cells - 1), pos - lo
 
 
-def interpolate_cells(values: np.ndarray, height: int, width: int, cell: int) -> np.ndarray:
-    """C x gh x gw cell values -> H x W x C, bilinear between cell centres."""
-    lo, hi, f = _interpolation(height, cell, values.shape[1])
-    rows = values[:, lo] * (1 - f)[None, :, None] + values[:, hi] * f[None, :, None]
-    lo, hi, f = _interpolation(width, cell, values.shape[2])
-    out = rows[:, :, lo] * (1 - f) + rows[:, :, hi] * f
-    return out.transpose(1, 2, 0)
-
-
 def apply_grid(img_float01_hwc: np.ndarray, levels: np.ndarray, cell: int, step: int) -> np.ndarray:
-    """Shift the image so that its cell means of Y, Cb, Cr become levels * step; [0, 1] float32."""
+    """Shift the image so that its cell means of Y, Cb, Cr become levels * step; [0, 1] float32.
+
+    Works in bands of rows, so that the extra memory stays small next to the image's own.
+    """
     h, w = img_float01_hwc.shape[:2]
     gh, gw = grid_shape(h, w, cell)
     if levels.shape != (3, gh, gw):
         raise ValueError(f"expected levels of shape (3, {gh}, {gw}), got {levels.shape}")
-    img = img_float01_hwc.astype(np.float64)
-    current = _to_ycc(_cell_means(img * 255.0, cell))
+    current = _to_ycc(_cell_means(img_float01_hwc, cell) * 255.0)
     shift = np.einsum("ij,jhw->ihw", np.linalg.inv(YCC), levels * step - current) / 255.0
-    return np.clip(img + interpolate_cells(shift, h, w, cell), 0.0, 1.0).astype(np.float32)
+    row_lo, row_hi, row_f = _interpolation(h, cell, gh)
+    col_lo, col_hi, col_f = _interpolation(w, cell, gw)
+    out = np.empty((h, w, 3), dtype=np.float32)
+    for top in range(0, h, 256):
+        rows = slice(top, min(top + 256, h))
+        f = row_f[rows][None, :, None]
+        band = shift[:, row_lo[rows]] * (1 - f) + shift[:, row_hi[rows]] * f
+        field = band[:, :, col_lo] * (1 - col_f) + band[:, :, col_hi] * col_f
+        out[rows] = np.clip(img_float01_hwc[rows] + field.transpose(1, 2, 0), 0.0, 1.0)
+    return out
 
 
 def _residuals(levels: np.ndarray, mid: int) -> np.ndarray:
