@@ -182,12 +182,12 @@ def test_example_configs_parse() -> None:
     # Continuing from the shipped highest-rate bundle takes its shape from the bundle.
     more = load_train_config(configs / "small-continue.toml")
     assert more.init_bundle is not None and more.init_bundle.name == "aeic-small-l12.safetensors"
-    assert more.model == PRESETS["aeic-small"]
+    assert more.model == PRESETS["aeic-small"].replace(colour_grid=64)  # the bundle's grid
     grid = load_train_config(configs / "small-grid.toml")
     assert grid.init_bundle is not None and grid.init_bundle.name == "aeic-small-l12.safetensors"
     assert (grid.model.colour_grid, grid.model.colour_grid_step) == (64, 4)
     assert [(s.lambda_, s.loss.msssim, s.export) for s in grid.stages] == [
-        (15.0, 2.0, "aeic-small-l12")
+        (12.0, 2.0, "aeic-small-l12")
     ]
     # The published-recipe file starts from a bundle that only exists on a training box.
     data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())
