@@ -129,7 +129,7 @@ def decode_latent(f: AeicFile, model: AEIC) -> torch.Tensor:
         raise FormatError(f"corrupt file: {exc}") from exc
 
 
-def grid_levels(f: AeicFile) -> np.ndarray | None:
+def read_grid(f: AeicFile) -> np.ndarray | None:
     """The colour grid's levels (3 x rows x columns), None without a grid; no torch needed."""
     from .colorfix import GridError, decode_grid
 
@@ -223,7 +223,7 @@ def decode(
     from .colorfix import apply_colour_fix, apply_grid
 
     f = unpack(data, max_pixels=max_pixels)
-    levels = grid_levels(f)  # before the slow part, so that a corrupt grid fails at once
+    levels = read_grid(f)  # before the slow part, so that a corrupt grid fails at once
     y_hat = decode_latent(f, model)
     x = synthesize(
         model,

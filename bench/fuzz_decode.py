@@ -76,7 +76,7 @@ def main() -> None:
         t = time.perf_counter()
         try:
             f = api.read_header(data, max_pixels=1 << 18)
-            api.grid_levels(f)
+            api.read_grid(f)
             api.decode_latent(f, model)
             outcomes["decoded"] += 1
         except FormatError:

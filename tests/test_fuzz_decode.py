@@ -48,7 +48,7 @@ def decode_or_reject(model, data: bytes, full: bool = False) -> None:
             assert out.shape == (f.height, f.width, 3)
         else:
             f = api.read_header(data, max_pixels=1 << 20)
-            levels = api.grid_levels(f)
+            levels = api.read_grid(f)
             assert levels is None or levels.shape == (3, -(-f.height // 64), -(-f.width // 64))
             y_hat = api.decode_latent(f, model)
             assert np.isfinite(y_hat.numpy()).all()
