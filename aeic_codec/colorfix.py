@@ -75,32 +75,51 @@ def grid_shape(height: int, width: int, cell: int) -> tuple[int, int]:
     return -(-height // cell), -(-width // cell)
 
 
-def _cell_means(img_hwc: np.ndarray, cell: int) -> np.ndarray:
-    """Per-channel means over each cell, 3 x gh x gw; a partial cell averages what it has.
+def _cell_sums(img_hwc: np.ndarray, cell: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sums over each cell (gh x gw x 3) and each cell's pixel count (gh x gw).
 
-    One band of cells at a time, summed in float64, so that a large image needs no
-    float64 copy of itself.
+    One band of cells at a time, so that a large image needs no wider copy of itself.
     """
     h, w = img_hwc.shape[:2]
     gh, gw = grid_shape(h, w, cell)
     starts = np.arange(0, w, cell)
-    sums = np.empty((gh, gw, img_hwc.shape[2]))
+    sums = np.empty((gh, gw, img_hwc.shape[2]), dtype=dtype)
     for i in range(gh):
-        band = img_hwc[i * cell : (i + 1) * cell].sum(axis=0, dtype=np.float64)
+        band = img_hwc[i * cell : (i + 1) * cell].sum(axis=0, dtype=dtype)
         sums[i] = np.add.reduceat(band, starts, axis=0)
     rows = np.minimum(cell, h - cell * np.arange(gh))
     cols = np.minimum(cell, w - cell * np.arange(gw))
-    return (sums / (rows[:, None] * cols[None, :])[..., None]).transpose(2, 0, 1)
+    return sums, rows[:, None] * cols[None, :]
 
 
-def _to_ycc(means_rgb255: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,jhw->ihw", YCC, means_rgb255) + YCC_OFFSET[:, None, None]
+def _cell_means_ycc(img01_hwc: np.ndarray, cell: int) -> np.ndarray:
+    """Cell means of Y, Cb, Cr (0..255 scale) of a float image in [0, 1]: 3 x gh x gw."""
+    sums, counts = _cell_sums(img01_hwc, cell, np.float64)
+    means = (sums / counts[..., None]).transpose(2, 0, 1) * 255.0
+    return np.einsum("ij,jhw->ihw", YCC, means) + YCC_OFFSET[:, None, None]
+
+
+# The matrix in integers (Y in thousandths, Cb and Cr in millionths), so that the levels an
+# encoder sends are exact: a mean that lies halfway between two levels rounds to the even
+# one on every machine, whatever order a float library adds in.
+_YCC_INT = np.array(
+    [[299, 587, 114], [-168736, -331264, 500000], [500000, -418688, -81312]], dtype=np.int64
+)
+_YCC_INT_SCALE = np.array([1000, 10**6, 10**6], dtype=np.int64)
 
 
 def grid_levels(img_uint8_hwc: np.ndarray, cell: int, step: int) -> np.ndarray:
-    """The levels an encoder sends: round(cell mean of Y, Cb, Cr / step), 3 x gh x gw ints."""
-    means = _to_ycc(_cell_means(img_uint8_hwc, cell))
-    return np.clip(np.round(means / step), 0, 255 // step).astype(np.int64)
+    """The levels an encoder sends: round(cell mean of Y, Cb, Cr / step), 3 x gh x gw ints.
+
+    Computed exactly in integers, rounding halves to even.
+    """
+    sums, counts = _cell_sums(img_uint8_hwc, cell, np.int64)
+    num = np.einsum("ij,hwj->ihw", _YCC_INT, sums)
+    num += (np.array([0, 128, 128]) * _YCC_INT_SCALE)[:, None, None] * counts
+    den = _YCC_INT_SCALE[:, None, None] * counts * step
+    q, r = np.divmod(num, den)
+    q += (2 * r > den) | ((2 * r == den) & (q % 2 == 1))
+    return np.clip(q, 0, 255 // step)
 
 
 def _interpolation(n: int, cell: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,7 +143,7 @@ def apply_grid(img_float01_hwc: np.ndarray, levels: np.ndarray, cell: int, step:
     gh, gw = grid_shape(h, w, cell)
     if levels.shape != (3, gh, gw):
         raise ValueError(f"expected levels of shape (3, {gh}, {gw}), got {levels.shape}")
-    current = _to_ycc(_cell_means(img_float01_hwc, cell) * 255.0)
+    current = _cell_means_ycc(img_float01_hwc, cell)
     shift = np.einsum("ij,jhw->ihw", np.linalg.inv(YCC), levels * step - current) / 255.0
     row_lo, row_hi, row_f = _interpolation(h, cell, gh)
     col_lo, col_hi, col_f = _interpolation(w, cell, gw)

@@ -81,6 +81,23 @@ def test_grid_levels_are_quantized_cell_means_in_ycbcr() -> None:
     assert levels.min() >= 0 and levels.max() <= 63
 
 
+@pytest.mark.parametrize(
+    "colour,step,plane,level",
+    [
+        ((175, 39, 213), 1, 0, 100),  # Y = 99.5 exactly: to even
+        ((1, 139, 172), 1, 0, 102),  # Y = 101.5
+        ((158, 170, 170), 4, 2, 30),  # Cr = 122 = 30.5 steps
+        ((10, 140, 95), 64, 0, 2),  # Y = 96 = 1.5 steps
+    ],
+)
+def test_grid_levels_round_exact_ties_to_even(
+    colour: tuple[int, int, int], step: int, plane: int, level: int
+) -> None:
+    # Float sums of the matrix land on either side of these ties (review of session 7).
+    img = np.full((9, 13, 3), colour, dtype=np.uint8)
+    assert (grid_levels(img, 8, step)[plane] == level).all()
+
+
 def test_grid_coding_matches_the_documented_example() -> None:
     levels = np.array([[[30, 31]], [[32, 32]], [[32, 33]]])
     data = encode_grid(levels, 4)
