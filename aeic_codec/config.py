@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .container import GRID_CELLS, GRID_STEPS
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -68,10 +70,15 @@ class ModelConfig:
             )
         if len(self.vae_widths) != 4:
             raise ValueError("vae_widths needs 4 levels: D upsamples the 1/8 latent by 8")
-        if self.colour_grid and not 8 <= self.colour_grid <= 4096:
-            raise ValueError(f"colour_grid must be 0 or 8..4096 pixels, got {self.colour_grid}")
-        if not 1 <= self.colour_grid_step <= 64:
-            raise ValueError(f"colour_grid_step must be in 1..64, got {self.colour_grid_step}")
+        (cell_lo, cell_hi), (step_lo, step_hi) = GRID_CELLS, GRID_STEPS  # what files can hold
+        if self.colour_grid and not cell_lo <= self.colour_grid <= cell_hi:
+            raise ValueError(
+                f"colour_grid must be 0 or {cell_lo}..{cell_hi} pixels, got {self.colour_grid}"
+            )
+        if not step_lo <= self.colour_grid_step <= step_hi:
+            raise ValueError(
+                f"colour_grid_step must be in {step_lo}..{step_hi}, got {self.colour_grid_step}"
+            )
         if self.eps_overlap * 2 >= self.eps_tile:
             raise ValueError("eps_overlap must be less than half of eps_tile")
 

@@ -49,6 +49,11 @@ class _Header(NamedTuple):
     grid: tuple[int, int, int] | None  # cell, step, byte length
     end: int
 
+    @property
+    def declared(self) -> int:
+        """Bytes the header promises between itself and the CRC: the streams and the grid."""
+        return sum(self.lengths) + (self.grid[2] if self.grid is not None else 0)
+
 
 @dataclass(frozen=True)
 class ColourGrid:
@@ -184,7 +189,7 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
             f"above the limit of {max_pixels}"
         )
     payload = body_end - head.end
-    declared = sum(head.lengths) + (head.grid[2] if head.grid is not None else 0)
+    declared = head.declared
     if declared > payload:
         raise FormatError("stream lengths exceed the file size")
     if declared < payload:
@@ -196,8 +201,7 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
         pos += n
     grid = None
     if head.grid is not None:
-        cell, step, _n = head.grid
-        grid = ColourGrid(cell, step, data[pos:body_end])
+        grid = ColourGrid(head.grid[0], head.grid[1], data[pos:body_end])
     return AeicFile(head.width, head.height, head.model_id, tuple(streams), head.colour, grid)
 
 
@@ -331,7 +335,7 @@ def _crc_failure(data: bytes) -> FormatError:
         head = _parse_header(data, len(data))
     except FormatError:
         return FormatError("CRC mismatch: file is corrupt")
-    promised = head.end + sum(head.lengths) + (head.grid[2] if head.grid else 0) + _CRC_SIZE
+    promised = head.end + head.declared + _CRC_SIZE
     if promised > len(data):
         return FormatError(
             f"CRC mismatch: file is truncated or corrupt (header promises {promised} bytes, "
