@@ -237,6 +237,42 @@ def save_bundle(
     return identity
 
 
+def set_colour_grid(
+    path: str | os.PathLike[str], output: str | os.PathLike[str], cell: int, step: int = 4
+) -> str:
+    """Write a copy of a bundle whose encoder sends another colour grid; returns its identity.
+
+    The grid is the encoder's choice and every file carries its own cell and step, so the
+    tensors and tables are copied byte for byte and decoding is untouched. ``cell`` 0 turns
+    the grid off. The identity still changes (it covers the configuration): files already
+    coded with the old bundle decode only with the old one.
+    """
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    from .files import atomic_path
+
+    info = read_info(path)
+    config = replace(info.config, colour_grid=cell, colour_grid_step=step)  # validates
+    try:
+        tensors = load_file(str(info.path))
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
+    config_json = config.to_json()
+    identity = identity_of(config_json, tensors)
+    provenance = dict(info.provenance, colour_grid_set_on=info.identity)
+    metadata = dict(
+        info.metadata,
+        config=config_json,
+        identity=identity,
+        provenance=json.dumps(provenance, sort_keys=True),
+    )
+    with atomic_path(output) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return identity
+
+
 def load_bundle(path: str | os.PathLike[str], encoder: bool = True, decoder: bool = True) -> AEIC:
     """Build the model a bundle describes and load the tensors the requested side needs."""
     import torch

@@ -335,6 +335,15 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
 
 
 # ------------------------------------------------------------------ weights
+_bundle_output = click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The bundle to write (.safetensors).",
+)
+
+
 @main.group()
 def weights() -> None:
     """Manage weight bundles."""
@@ -379,13 +388,7 @@ def weights_list(as_json: bool, where: str | None) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="halfDecoder.ckpt.",
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="The bundle to write (.safetensors).",
-)
+@_bundle_output
 @click.option("--lambda", "lambda_", type=float, help="Rate weight (default: from the file name).")
 @click.option(
     "--decoder-dtype",
@@ -421,6 +424,34 @@ def weights_import(
         identity = import_published(
             aeic_pkl, sd_turbo, vae_decoder, output, lambda_, progress, decoder_dtype
         )
+    except (BundleError, OSError, ValueError) as exc:
+        _fail_hard(exc, debug)
+    click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+
+
+@weights.command("set-grid")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_bundle_output
+@click.option(
+    "--cell", required=True, type=int, help="Cell size in pixels (8-4096); 0 sends no grid."
+)
+@click.option("--step", default=4, show_default=True, help="Quantization step of the cell means.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
+@_debug_option
+def weights_set_grid(
+    bundle: str, output: str, cell: int, step: int, force: bool, debug: bool
+) -> None:
+    """Copy a bundle with another colour grid for its encoder to send.
+
+    The weights are copied unchanged; the copy gets a new identity, so files coded with
+    the original still need the original to decode.
+    """
+    from .bundle import set_colour_grid
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    try:
+        identity = set_colour_grid(bundle, output, cell, step)
     except (BundleError, OSError, ValueError) as exc:
         _fail_hard(exc, debug)
     click.echo(f"aeic: wrote {output} (identity {identity})", err=True)

@@ -203,3 +203,62 @@ def test_encode_over_the_pixel_limit_is_refused(tmp_path, png_file, tiny_bundle)
     )
     assert code == 1 and "over the limit" in err and len(err.strip().splitlines()) == 2
     assert not out.exists()
+
+
+def test_weights_set_grid_copies_the_weights(tmp_path, png_file, tiny_bundle):
+    from safetensors import safe_open
+
+    from aeic_codec.api import read_header
+    from aeic_codec.bundle import read_info
+
+    new = tmp_path / "grid.safetensors"
+    args = ("weights", "set-grid", str(tiny_bundle), "-o", str(new))
+    code, _, err = run(*args, "--cell", "16", "--step", "5")
+    assert code == 0, err
+    old_info, new_info = read_info(tiny_bundle), read_info(new)
+    assert (new_info.config.colour_grid, new_info.config.colour_grid_step) == (16, 5)
+    assert new_info.identity != old_info.identity and new_info.identity in err
+    assert new_info.provenance == dict(old_info.provenance, colour_grid_set_on=old_info.identity)
+    with safe_open(str(tiny_bundle), "pt") as a, safe_open(str(new), "pt") as b:
+        keys = sorted(a.keys())
+        assert keys == sorted(b.keys())
+        for key in keys:
+            x, y = a.get_tensor(key), b.get_tensor(key)
+            assert x.dtype == y.dtype and x.shape == y.shape and x.view(-1).equal(y.view(-1))
+    for key in ("z_tables", "y_tables", "lambda"):
+        assert new_info.metadata[key] == old_info.metadata[key]
+
+    # Same latent streams, now with the grid; the copy decodes its own files.
+    files = {}
+    for name, weights in (("old", tiny_bundle), ("new", new)):
+        files[name] = tmp_path / f"{name}.aeic"
+        args = ("encode", str(png_file), "-o", str(files[name]), "--weights", str(weights))
+        assert run(*args)[0] == 0
+    old_file, new_file = (read_header(files[n].read_bytes()) for n in ("old", "new"))
+    assert old_file.streams == new_file.streams and old_file.grid is None
+    assert (new_file.grid.cell, new_file.grid.step) == (16, 5)
+    png = tmp_path / "new.png"
+    assert run("decode", str(files["new"]), "-o", str(png), "--weights", str(new))[0] == 0
+    assert Image.open(png).size == (65, 63)
+
+    # Off again: the original configuration, hence the original identity.
+    back = tmp_path / "back.safetensors"
+    assert run("weights", "set-grid", str(new), "-o", str(back), "--cell", "0")[0] == 0
+    assert read_info(back).identity == old_info.identity
+
+
+def test_weights_set_grid_refuses_bad_settings(tmp_path, tiny_bundle):
+    out = tmp_path / "bad.safetensors"
+    args = ("weights", "set-grid", str(tiny_bundle), "-o", str(out))
+    code, _, err = run(*args, "--cell", "5")
+    assert code == 1 and "colour_grid must be 0 or 8..4096" in err and not out.exists()
+    code, _, err = run(*args, "--cell", "64", "--step", "0")
+    assert code == 1 and "colour_grid_step must be in 1..64" in err and not out.exists()
+    out.write_bytes(b"keep")
+    code, _, err = run(*args, "--cell", "64")
+    assert code == 1 and "exists" in err and out.read_bytes() == b"keep"
+    not_bundle = tmp_path / "x.safetensors"
+    not_bundle.write_bytes(b"\x00" * 16)
+    args = ("weights", "set-grid", str(not_bundle), "-o", str(tmp_path / "y"), "--cell", "64")
+    code, _, err = run(*args)
+    assert code == 1 and "not a safetensors file" in err

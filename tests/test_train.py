@@ -182,13 +182,16 @@ def test_example_configs_parse() -> None:
     # Continuing from the shipped highest-rate bundle takes its shape from the bundle.
     more = load_train_config(configs / "small-continue.toml")
     assert more.init_bundle is not None and more.init_bundle.name == "aeic-small-l12.safetensors"
-    assert more.model == PRESETS["aeic-small"].replace(colour_grid=64)  # the bundle's grid
+    assert more.model == PRESETS["aeic-small"].replace(colour_grid=64)
     grid = load_train_config(configs / "small-grid.toml")
     assert grid.init_bundle is not None and grid.init_bundle.name == "aeic-small-l12.safetensors"
     assert (grid.model.colour_grid, grid.model.colour_grid_step) == (64, 4)
     assert [(s.lambda_, s.loss.msssim, s.export) for s in grid.stages] == [
         (12.0, 2.0, "aeic-small-l12")
     ]
+    finer = load_train_config(configs / "small-grid48.toml")
+    assert (finer.model.colour_grid, finer.model.colour_grid_step) == (48, 4)
+    assert [(s.lambda_, s.crop, s.batch) for s in finer.stages] == [(13.0, 192, 12)]
     # The published-recipe file starts from a bundle that only exists on a training box.
     data = tomllib.loads((configs / "aeic-se-stage1.toml").read_text())
     data["model"] = {"preset": "AEIC-SE"}
