@@ -220,7 +220,7 @@ def save_bundle(
                 value.copy_(restored)
     z_tables, y_tables = model.build_tables()
     config_json = model.cfg.to_json()
-    identity = identity_of(config_json, tensors)
+    identity = identity_of(model.cfg.identity_json(), tensors)
     int8 = any(t.dtype == torch.int8 for t in tensors.values())
     metadata = {
         "aeic_bundle": BUNDLE_FORMATS[1] if int8 else BUNDLE_FORMATS[0],
@@ -238,33 +238,35 @@ def save_bundle(
 
 
 def set_colour_grid(
-    path: str | os.PathLike[str], output: str | os.PathLike[str], cell: int, step: int = 4
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    cell: int,
+    step: int | None = None,
 ) -> str:
     """Write a copy of a bundle whose encoder sends another colour grid; returns its identity.
 
     The grid is the encoder's choice and every file carries its own cell and step, so the
-    tensors and tables are copied byte for byte and decoding is untouched. ``cell`` 0 turns
-    the grid off. The identity still changes (it covers the configuration): files already
-    coded with the old bundle decode only with the old one.
+    tensors, tables and identity stay as they were and the copy decodes the original's
+    files. ``cell`` 0 turns the grid off; ``step`` None keeps the bundle's.
     """
-    from dataclasses import replace
-
     from safetensors.torch import load_file, save_file
 
     from .files import atomic_path
 
     info = read_info(path)
-    config = replace(info.config, colour_grid=cell, colour_grid_step=step)  # validates
+    old = info.config
+    step = old.colour_grid_step if step is None else step
+    config = old.replace(colour_grid=cell, colour_grid_step=step if cell else 4)  # validates
     try:
         tensors = load_file(str(info.path))
     except Exception as exc:  # safetensors raises its own error types for bad files
         raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
-    config_json = config.to_json()
-    identity = identity_of(config_json, tensors)
-    provenance = dict(info.provenance, colour_grid_set_on=info.identity)
+    identity = identity_of(config.identity_json(), tensors)
+    provenance = dict(info.provenance)
+    provenance.setdefault("trained_colour_grid", [old.colour_grid, old.colour_grid_step])
     metadata = dict(
         info.metadata,
-        config=config_json,
+        config=config.to_json(),
         identity=identity,
         provenance=json.dumps(provenance, sort_keys=True),
     )

@@ -435,16 +435,17 @@ def weights_import(
 @click.option(
     "--cell", required=True, type=int, help="Cell size in pixels (8-4096); 0 sends no grid."
 )
-@click.option("--step", default=4, show_default=True, help="Quantization step of the cell means.")
+@click.option(
+    "--step", type=int, help="Quantization step of the cell means (default: the bundle's)."
+)
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
 @_debug_option
 def weights_set_grid(
-    bundle: str, output: str, cell: int, step: int, force: bool, debug: bool
+    bundle: str, output: str, cell: int, step: int | None, force: bool, debug: bool
 ) -> None:
     """Copy a bundle with another colour grid for its encoder to send.
 
-    The weights are copied unchanged; the copy gets a new identity, so files coded with
-    the original still need the original to decode.
+    The weights and the identity are kept: the copy decodes the original's files too.
     """
     from .bundle import set_colour_grid
 
@@ -452,7 +453,7 @@ def weights_set_grid(
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
     try:
         identity = set_colour_grid(bundle, output, cell, step)
-    except (BundleError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # BundleError is a ValueError
         _fail_hard(exc, debug)
     click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
 

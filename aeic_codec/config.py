@@ -98,6 +98,14 @@ class ModelConfig:
             del data["colour_grid"], data["colour_grid_step"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
+    def identity_json(self) -> str:
+        """The configuration a bundle's identity covers: all but the colour grid.
+
+        Each file carries its own grid cell and step, so bundles that differ only in the
+        grid their encoder sends decode the same files and keep one identity.
+        """
+        return self.replace(colour_grid=0, colour_grid_step=4).to_json()
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}

@@ -15,10 +15,17 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in ``path``'s folder; a missing folder is named plainly."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+    fd, tmp = _temp_beside(path)
     try:
         os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as fh:
@@ -36,7 +43,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_path(path: str | os.PathLike[str]):
     """Yield a temporary path beside ``path`` for a writer that needs a file name."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -217,8 +217,8 @@ def test_weights_set_grid_copies_the_weights(tmp_path, png_file, tiny_bundle):
     assert code == 0, err
     old_info, new_info = read_info(tiny_bundle), read_info(new)
     assert (new_info.config.colour_grid, new_info.config.colour_grid_step) == (16, 5)
-    assert new_info.identity != old_info.identity and new_info.identity in err
-    assert new_info.provenance == dict(old_info.provenance, colour_grid_set_on=old_info.identity)
+    assert new_info.identity == old_info.identity and new_info.identity in err
+    assert new_info.provenance == dict(old_info.provenance, trained_colour_grid=[0, 4])
     with safe_open(str(tiny_bundle), "pt") as a, safe_open(str(new), "pt") as b:
         keys = sorted(a.keys())
         assert keys == sorted(b.keys())
@@ -228,7 +228,7 @@ def test_weights_set_grid_copies_the_weights(tmp_path, png_file, tiny_bundle):
     for key in ("z_tables", "y_tables", "lambda"):
         assert new_info.metadata[key] == old_info.metadata[key]
 
-    # Same latent streams, now with the grid; the copy decodes its own files.
+    # Same latent streams, now with the grid; the copy decodes the original's files too.
     files = {}
     for name, weights in (("old", tiny_bundle), ("new", new)):
         files[name] = tmp_path / f"{name}.aeic"
@@ -237,14 +237,17 @@ def test_weights_set_grid_copies_the_weights(tmp_path, png_file, tiny_bundle):
     old_file, new_file = (read_header(files[n].read_bytes()) for n in ("old", "new"))
     assert old_file.streams == new_file.streams and old_file.grid is None
     assert (new_file.grid.cell, new_file.grid.step) == (16, 5)
-    png = tmp_path / "new.png"
-    assert run("decode", str(files["new"]), "-o", str(png), "--weights", str(new))[0] == 0
-    assert Image.open(png).size == (65, 63)
+    for name in ("old", "new"):
+        png = tmp_path / f"{name}.png"
+        assert run("decode", str(files[name]), "-o", str(png), "--weights", str(new))[0] == 0
+        assert Image.open(png).size == (65, 63)
 
-    # Off again: the original configuration, hence the original identity.
-    back = tmp_path / "back.safetensors"
-    assert run("weights", "set-grid", str(new), "-o", str(back), "--cell", "0")[0] == 0
-    assert read_info(back).identity == old_info.identity
+    # Without --step the bundle's step stays; the provenance keeps the trained grid.
+    again = tmp_path / "again.safetensors"
+    assert run("weights", "set-grid", str(new), "-o", str(again), "--cell", "24")[0] == 0
+    info = read_info(again)
+    assert (info.config.colour_grid, info.config.colour_grid_step) == (24, 5)
+    assert info.provenance["trained_colour_grid"] == [0, 4]
 
 
 def test_weights_set_grid_refuses_bad_settings(tmp_path, tiny_bundle):
@@ -262,3 +265,6 @@ def test_weights_set_grid_refuses_bad_settings(tmp_path, tiny_bundle):
     args = ("weights", "set-grid", str(not_bundle), "-o", str(tmp_path / "y"), "--cell", "64")
     code, _, err = run(*args)
     assert code == 1 and "not a safetensors file" in err
+    nowhere = tmp_path / "no" / "g.safetensors"
+    code, _, err = run("weights", "set-grid", str(tiny_bundle), "-o", str(nowhere), "--cell", "64")
+    assert code == 1 and f"folder {nowhere.parent} does not exist" in err and ".part" not in err

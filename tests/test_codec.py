@@ -199,6 +199,8 @@ def test_configs_without_a_grid_hash_as_before():
     assert '"colour_grid":64' in gridded.to_json()
     assert type(AEIC_SE).from_json(gridded.to_json()) == gridded
     assert type(AEIC_SE).from_json(AEIC_SE.to_json()) == AEIC_SE
+    # Identities leave the grid out: files carry it, decoding needs nothing else of it.
+    assert gridded.identity_json() == AEIC_SE.identity_json() == AEIC_SE.to_json()
 
 
 def test_pad_reflect_matches_torch_reflect_when_legal():
