@@ -256,7 +256,8 @@ def set_colour_grid(
     info = read_info(path)
     old = info.config
     step = old.colour_grid_step if step is None else step
-    config = old.replace(colour_grid=cell, colour_grid_step=step if cell else 4)  # validates
+    # Without a grid the step is not stored: an unused --step is not checked.
+    config = old.replace(colour_grid=cell, colour_grid_step=step if cell else old.colour_grid_step)
     try:
         tensors = load_file(str(info.path))
     except Exception as exc:  # safetensors raises its own error types for bad files

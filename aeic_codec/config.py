@@ -91,20 +91,23 @@ class ModelConfig:
         return self.denoiser_in + self.decoder_latent
 
     def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        if not self.colour_grid:
-            # Configs without a grid hash as they did before the grid existed, so that a
-            # re-imported checkpoint keeps its identity and still decodes older files.
-            del data["colour_grid"], data["colour_grid_step"]
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+        """The configuration a bundle stores; without a grid, as aeic wrote it before grids."""
+        return self._json(grid=bool(self.colour_grid))
 
     def identity_json(self) -> str:
         """The configuration a bundle's identity covers: all but the colour grid.
 
         Each file carries its own grid cell and step, so bundles that differ only in the
-        grid their encoder sends decode the same files and keep one identity.
+        grid their encoder sends decode the same files and keep one identity; configs
+        without a grid hash as before grids existed (re-imported checkpoints keep theirs).
         """
-        return self.replace(colour_grid=0, colour_grid_step=4).to_json()
+        return self._json(grid=False)
+
+    def _json(self, grid: bool) -> str:
+        data = dataclasses.asdict(self)
+        if not grid:
+            del data["colour_grid"], data["colour_grid_step"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
