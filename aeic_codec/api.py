@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from .model import AEIC
+    from .realism import RealismDecoder
 
 Progress = Callable[[int, int], None]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -49,10 +50,40 @@ def load_model(
     variant: str | None = None,
     encoder: bool = True,
     decoder: bool = True,
+    realism: bool = False,
 ) -> AEIC:
-    """Find a bundle (see ``bundle.find_bundle``) and load the parts a side needs."""
+    """Find a bundle (see ``bundle.find_bundle``) and load the parts a side needs.
+
+    ``decoder`` is the bundle's own (fidelity) decoder, ``realism`` its realism decoder.
+    """
     info = find_bundle(weights, lambda_=lambda_, identity=identity, variant=variant)
-    return load_bundle(info.path, encoder=encoder, decoder=decoder)
+    return load_bundle(info.path, encoder=encoder, decoder=decoder, realism=realism)
+
+
+def resolve_realism(realism: float | None, available: bool) -> float:
+    """The realism setting to use: None means 1 where a realism decoder exists, else 0.
+
+    1 is the default because its pictures look more like photographs at 1:1 (drawn
+    texture instead of blur; README "Default models").
+    """
+    if realism is None:
+        return 1.0 if available else 0.0
+    if not 0.0 <= realism <= 1.0:
+        raise ValueError(f"realism must be between 0 and 1, got {realism:g}")
+    return realism
+
+
+def load_decoder(
+    weights: str | os.PathLike[str] | None, identity: str, realism: float | None = None
+) -> AEIC:
+    """The decoder side of the bundle a file names, with the decoders ``realism`` needs."""
+    info = find_bundle(weights, identity=identity)
+    r = resolve_realism(realism, info.realism is not None)
+    if r > 0 and info.realism is None:
+        raise BundleError(
+            f"{info.path}: this bundle has no realism decoder; decode with --realism 0"
+        )
+    return load_bundle(info.path, encoder=False, decoder=r < 1, realism=r > 0)
 
 
 def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> AeicFile:
@@ -161,7 +192,7 @@ def resolve_precision(precision: str, device: str = "cpu") -> torch.dtype:
 
 
 def synthesize(
-    model: AEIC,
+    model: AEIC | RealismDecoder,
     y_hat: torch.Tensor,
     height: int,
     width: int,
@@ -171,7 +202,10 @@ def synthesize(
     tile: int | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """The generative half: g_s, eps on l_T plus l_res, D; returns (3, H, W) in [-1, 1]."""
+    """The generative half: g_s, eps on l_T plus l_res, D; returns (3, H, W) in [-1, 1].
+
+    ``model`` is a whole model (its own decoder) or a realism decoder: both have these parts.
+    """
     import torch
 
     from .tiling import denoise_steps, tiled_denoise, tiled_vae_decode, vae_steps
@@ -218,23 +252,41 @@ def decode(
     tile: int | None = None,
     progress: Progress | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    realism: float | None = None,
 ) -> np.ndarray:
-    """Decode .aeic bytes into an H x W x 3 uint8 image."""
+    """Decode .aeic bytes into an H x W x 3 uint8 image.
+
+    ``realism`` 0 renders with the bundle's own (fidelity) decoder, 1 with its realism
+    decoder, values between blend the two pictures (both decoders run); None: 1 when the
+    model was loaded with a realism decoder, else 0.
+    """
     from .colorfix import apply_colour_fix, apply_grid
 
+    r = resolve_realism(realism, model.realism is not None)
+    if r > 0 and model.realism is None:
+        raise ValueError("realism > 0 needs a model loaded with its realism decoder")
+    if r < 1 and model.g_s is None:
+        raise ValueError("realism < 1 needs a model loaded with its own decoder")
     f = unpack(data, max_pixels=max_pixels)
     levels = read_grid(f)  # before the slow part, so that a corrupt grid fails at once
     y_hat = decode_latent(f, model)
-    x = synthesize(
-        model,
-        y_hat,
-        f.height,
-        f.width,
-        dtype=resolve_precision(precision, device),
-        device=device,
-        tile=tile,
-        progress=progress,
-    )
+    parts = [(1 - r, model), (r, model.realism)]
+    pictures = [
+        weight
+        * synthesize(
+            decoder,
+            y_hat,
+            f.height,
+            f.width,
+            dtype=resolve_precision(precision, device),
+            device=device,
+            tile=tile,
+            progress=progress,
+        )
+        for weight, decoder in parts
+        if weight > 0
+    ]
+    x = pictures[0] if len(pictures) == 1 else pictures[0] + pictures[1]
     img = ((x + 1) / 2).permute(1, 2, 0).numpy()
     if f.colour is not None:
         img = apply_colour_fix(img, f.colour)

@@ -143,6 +143,7 @@ class DecodeWork(_Work):
     precision: str = "auto"
     device: str = "cpu"
     tile: int | None = None
+    realism: float | None = None  # None: 1 where the bundle has a realism decoder, else 0
     debug: bool = False
     _models: dict[str, Any] = field(default_factory=dict)
 
@@ -154,14 +155,17 @@ class DecodeWork(_Work):
         header = api.read_header(data, max_pixels=self.max_pixels)
         key = header.model_id_hex
         if key not in self._models:
-            self._models[key] = api.load_model(self.weights, identity=key, encoder=False)
+            self._models[key] = api.load_decoder(self.weights, key, self.realism)
+        model = self._models[key]
+        realism = api.resolve_realism(self.realism, model.realism is not None)
         image = api.decode(
             data,
-            self._models[key],
+            model,
             precision=self.precision,
             device=self.device,
             tile=self.tile,
             progress=progress,
+            realism=realism,
         )
         write_target(task.target, png_bytes(image), self.force)
         return {
@@ -172,6 +176,7 @@ class DecodeWork(_Work):
             "bytes": len(data),
             "bpp": header.bpp,
             "model": key,
+            "realism": realism,
         }
 
 

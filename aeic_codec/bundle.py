@@ -2,12 +2,13 @@
 
 A bundle holds the tensors and, in its metadata, the bundle format version, the model
 configuration, variant, lambda, the integer frequency tables, provenance and the model
-identity: the first 4 bytes of a SHA-256 over the configuration and every tensor, which
-each .aeic header carries. Each side (encoder and entropy model; generative decoder) is
-stored as float32, bfloat16 or int8. int8 applies to weight matrices and kernels (one
-float32 scale per output channel, under ``int8_scale.<key>``); biases, norms and the z
-prior of an int8 side stay bfloat16. Loading restores float32 values, the same on the
-encoder and the decoder, so any storage type keeps the entropy parameters bit-exact.
+identity: the first 4 bytes of a SHA-256 over the configuration and every tensor (but
+an optional realism decoder's, see realism.py), which each .aeic header carries. Each
+side (encoder and entropy model; generative decoder) is stored as float32, bfloat16 or
+int8. int8 applies to weight matrices and kernels (one float32 scale per output channel,
+under ``int8_scale.<key>``); biases, norms and the z prior of an int8 side stay
+bfloat16. Loading restores float32 values, the same on the encoder and the decoder, so
+any storage type keeps the entropy parameters bit-exact.
 
 Reading the metadata needs no torch (``aeic info`` and ``aeic weights list`` use it),
 and loading never unpickles anything: safetensors holds only raw arrays.
@@ -47,7 +48,8 @@ SHIPPED_WEIGHTS = (
 )
 ENCODER_PARTS = ("g_a.", "h_a.")
 SHARED_PARTS = ("h_s.", "context.", "entropy_bottleneck.")
-DECODER_PARTS = ("g_s.", "denoiser.", "vae.")
+REALISM_PREFIX = "realism."  # the optional realism decoder (realism.py), outside the identity
+DECODER_PARTS = ("g_s.", "denoiser.", "vae.", REALISM_PREFIX)
 _MAX_HEADER = 64 << 20
 
 
@@ -66,6 +68,7 @@ class BundleInfo:
     provenance: dict[str, Any]
     size: int
     metadata: dict[str, str]
+    realism: ModelConfig | None = None  # the realism decoder's configuration, if it has one
 
     @property
     def variant(self) -> str:
@@ -78,6 +81,7 @@ class BundleInfo:
             "variant": self.variant,
             "lambda": self.lambda_,
             "size_bytes": self.size,
+            "realism": self.realism is not None,
             "provenance": self.provenance,
         }
 
@@ -109,6 +113,7 @@ def read_info(path: str | os.PathLike[str]) -> BundleInfo:
         )
     try:
         config = ModelConfig.from_json(meta["config"])
+        realism = meta.get("realism_config")
         lam = meta.get("lambda")
         return BundleInfo(
             path=path,
@@ -118,17 +123,27 @@ def read_info(path: str | os.PathLike[str]) -> BundleInfo:
             provenance=json.loads(meta.get("provenance", "{}")),
             size=size,
             metadata=meta,
+            realism=ModelConfig.from_json(realism) if realism else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise BundleError(f"{path}: malformed aeic bundle metadata ({exc})") from exc
 
 
+def is_realism_key(key: str) -> bool:
+    """A tensor of the realism decoder (or the int8 scale of one)."""
+    return key.removeprefix(SCALE_PREFIX).startswith(REALISM_PREFIX)
+
+
 def identity_of(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
-    """First 4 bytes (8 hex digits) of SHA-256 over the config and every tensor."""
+    """First 4 bytes (8 hex digits) of SHA-256 over the config and every tensor.
+
+    A realism decoder's tensors are left out: files never depend on it, so adding or
+    retraining one keeps every file of the bundle decodable.
+    """
     import torch
 
     h = hashlib.sha256(config_json.encode())
-    for key in sorted(tensors):
+    for key in sorted(k for k in tensors if not is_realism_key(k)):
         t = tensors[key].contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
@@ -231,10 +246,51 @@ def save_bundle(
         "y_tables": y_tables.to_text(),
         "provenance": json.dumps(provenance or {}, sort_keys=True),
     }
+    if model.realism is not None:
+        metadata["realism_config"] = model.realism.cfg.to_json()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     model.identity = identity
     return identity
+
+
+def attach_realism(
+    path: str | os.PathLike[str],
+    decoder: torch.nn.Module,
+    output: str | os.PathLike[str],
+    decoder_dtype: str = "int8",
+    provenance: dict[str, Any] | None = None,
+) -> str:
+    """Write a copy of a bundle carrying ``decoder`` (a RealismDecoder) as its realism decoder.
+
+    Every other tensor and the identity stay as they were (a realism decoder already in
+    the bundle is replaced), so the copy decodes every file the original made.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from .files import atomic_path
+
+    info = read_info(path)
+    try:
+        tensors = {k: v for k, v in load_file(str(info.path)).items() if not is_realism_key(k)}
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
+    for key, value in decoder.state_dict().items():
+        tensors.update(_stored(REALISM_PREFIX + key, value, "fp32", decoder_dtype)[0])
+    identity = identity_of(info.config.identity_json(), tensors)
+    if identity != info.identity:
+        raise BundleError(f"{info.path}: its tensors do not give its identity {info.identity}")
+    meta = dict(info.metadata, realism_config=decoder.cfg.to_json())
+    meta["provenance"] = json.dumps(
+        dict(info.provenance, realism=provenance or {}), sort_keys=True
+    )
+    if any(t.dtype == torch.int8 for t in tensors.values()):
+        meta["aeic_bundle"] = BUNDLE_FORMATS[1]
+    with atomic_path(output) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return identity
+
 
 
 def set_colour_grid(
@@ -276,8 +332,17 @@ def set_colour_grid(
     return identity
 
 
-def load_bundle(path: str | os.PathLike[str], encoder: bool = True, decoder: bool = True) -> AEIC:
-    """Build the model a bundle describes and load the tensors the requested side needs."""
+def load_bundle(
+    path: str | os.PathLike[str],
+    encoder: bool = True,
+    decoder: bool = True,
+    realism: bool = False,
+) -> AEIC:
+    """Build the model a bundle describes and load the tensors the requested side needs.
+
+    ``decoder`` loads the bundle's own (fidelity) decoder, ``realism`` its realism
+    decoder, which a bundle without one refuses with a BundleError.
+    """
     import torch
     from safetensors import safe_open
 
@@ -285,7 +350,13 @@ def load_bundle(path: str | os.PathLike[str], encoder: bool = True, decoder: boo
     from .tables import FreqTables
 
     info = read_info(path)
+    if realism and info.realism is None:
+        raise BundleError(f"{info.path}: this bundle has no realism decoder (use realism 0)")
     model = AEIC(info.config, encoder=encoder, decoder=decoder)
+    if realism and info.realism is not None:
+        from .realism import RealismDecoder
+
+        model.realism = RealismDecoder(info.realism)
     wanted = set(model.state_dict())
     state: dict[str, torch.Tensor] = {}
     try:

@@ -255,6 +255,13 @@ def encode(
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--tile", type=click.IntRange(min=8), help="Latent tile size (default: the model's).")
+@click.option(
+    "--realism",
+    type=click.FloatRange(0.0, 1.0),
+    help="0: the faithful but smooth fidelity decoder; 1: the realism decoder, which draws "
+    "texture; between: a blend of both pictures. Default: 1 where the bundle has a "
+    "realism decoder, else 0.",
+)
 def decode(
     inputs: tuple[str, ...],
     output: str | None,
@@ -268,12 +275,13 @@ def decode(
     precision: str,
     device: str,
     tile: int | None,
+    realism: float | None,
 ) -> None:
     """Decompress .aeic files to PNG."""
     report = _Reporter(quiet, as_json, output == "-")
     todo = _todo(_plan(inputs, output, ".png", {".aeic"}), force, report)
     if todo:
-        work = batch.DecodeWork(weights, force, max_pixels, precision, device, tile)
+        work = batch.DecodeWork(weights, force, max_pixels, precision, device, tile, realism)
         _run(work, todo, jobs, report, debug, _progress_bar(quiet) if jobs == 1 else None)
     report.finish("decoded")
 
@@ -363,8 +371,10 @@ def weights_list(as_json: bool, where: str | None) -> None:
             click.echo(json.dumps(b.to_dict()))
         else:
             lam = f"{b.lambda_:g}" if b.lambda_ is not None else "-"
+            realism = "realism" if b.realism is not None else "-"
             click.echo(
-                f"{b.identity}  {b.variant:<12} lambda {lam:<6} {b.size / 1e6:8.1f} MB  {b.path}"
+                f"{b.identity}  {b.variant:<12} lambda {lam:<6} {realism:<7} "
+                f"{b.size / 1e6:8.1f} MB  {b.path}"
             )
 
 

@@ -45,6 +45,14 @@ class ModelConfig:
     vae_layers: int = 2
     vae_norm_groups: int = 32
     vae_mid_attention: bool = True
+    # D's family: "sd" (the diffusers Decoder above) or "tiny" (tiny_vae.TinyDecoder, the
+    # TAEF2 layout: every level vae_widths[0] wide, vae_blocks residual blocks per level
+    # from the latent side, the first vae_pooled levels with a GroupNorm side branch of
+    # vae_norm_groups groups). The three fields are left out of the stored JSON while they
+    # hold their defaults, so bundles written before they existed keep their identities.
+    vae_kind: str = "sd"
+    vae_blocks: tuple[int, ...] = ()
+    vae_pooled: int = 0
     # Tiling in latent (1/8 resolution) units and the colour-fix threshold.
     eps_tile: int = 192
     eps_overlap: int = 64
@@ -70,6 +78,14 @@ class ModelConfig:
             )
         if len(self.vae_widths) != 4:
             raise ValueError("vae_widths needs 4 levels: D upsamples the 1/8 latent by 8")
+        if self.vae_kind not in VAE_KINDS:
+            raise ValueError(f"vae_kind must be one of {', '.join(VAE_KINDS)}, got {self.vae_kind}")
+        if self.vae_kind == "tiny" and (
+            len(self.vae_blocks) != 4 or len(set(self.vae_widths)) != 1 or self.vae_pooled > 4
+        ):
+            raise ValueError(
+                "a tiny D needs 4 vae_blocks, equal vae_widths and at most 4 pooled levels"
+            )
         (cell_lo, cell_hi), (step_lo, step_hi) = GRID_CELLS, GRID_STEPS  # what files can hold
         if self.colour_grid and not cell_lo <= self.colour_grid <= cell_hi:
             raise ValueError(
@@ -107,6 +123,9 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         if not grid:
             del data["colour_grid"], data["colour_grid_step"]
+        for key, default in _LATER_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -127,6 +146,10 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+
+VAE_KINDS = ("sd", "tiny")
+# Fields added after bundles were first written: left out of the JSON at these values.
+_LATER_DEFAULTS: dict[str, Any] = {"vae_kind": "sd", "vae_blocks": (), "vae_pooled": 0}
 
 AEIC_SE = ModelConfig()
 
@@ -169,7 +192,25 @@ AEIC_SMALL = AEIC_SE.replace(
     colorfix_min_pixels=0,
 )
 
-PRESETS: dict[str, ModelConfig] = {"AEIC-SE": AEIC_SE, "AEIC-ME": AEIC_ME, "aeic-small": AEIC_SMALL}
+# The realism decoder of the shipped models: aeic-small's g_s and eps feeding TAEF2's
+# pretrained decoder (tiny_vae.py) through its 32-channel latent. Only its decoder-side
+# fields are used; a bundle carries it beside the fidelity decoder (docs/format.md).
+AEIC_SMALL_TAEF2 = AEIC_SMALL.replace(
+    name="aeic-small-taef2",
+    decoder_latent=32,
+    vae_kind="tiny",
+    vae_widths=(64, 64, 64, 64),
+    vae_blocks=(3, 3, 3, 1),
+    vae_pooled=1,
+    vae_norm_groups=4,
+)
+
+PRESETS: dict[str, ModelConfig] = {
+    "AEIC-SE": AEIC_SE,
+    "AEIC-ME": AEIC_ME,
+    "aeic-small": AEIC_SMALL,
+    "aeic-small-taef2": AEIC_SMALL_TAEF2,
+}
 
 
 def tiny_config(name: str = "tiny", **changes: Any) -> ModelConfig:

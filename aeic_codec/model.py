@@ -79,10 +79,11 @@ class AEIC(nn.Module):
         self.vae: nn.Module | None = None
         if decoder:
             from .denoiser import Denoiser
-            from .vae import LiteVAEDecoder
+            from .vae import build_vae
 
             self.denoiser = Denoiser(cfg)
-            self.vae = LiteVAEDecoder(cfg)
+            self.vae = build_vae(cfg)
+        self.realism: nn.Module | None = None  # an optional RealismDecoder (realism.py)
         self.z_tables: FreqTables | None = None
         self.y_tables: FreqTables | None = None
         self.identity: str | None = None  # set by bundle save/load

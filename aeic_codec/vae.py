@@ -35,3 +35,12 @@ class LiteVAEDecoder(Decoder):
     def forward(self, l_0: torch.Tensor) -> torch.Tensor:
         """Decode l_0 as is into an image in roughly [-1, 1] (the caller clamps)."""
         return super().forward(l_0)
+
+
+def build_vae(cfg: ModelConfig) -> torch.nn.Module:
+    """D of the family ``cfg.vae_kind`` names: the SD-style decoder or the tiny one."""
+    if cfg.vae_kind == "tiny":
+        from .tiny_vae import TinyDecoder
+
+        return TinyDecoder(cfg)
+    return LiteVAEDecoder(cfg)

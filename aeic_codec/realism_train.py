@@ -1,0 +1,448 @@
+"""Realism training: a realism decoder for a trained bundle, its encoder side frozen.
+
+The bundle's g_a, hyperprior and context stay as they are, so every file it made decodes
+with the new decoder. The realism decoder's D is TAEF2's pretrained decoder, which renders
+sharp texture from latents like its encoder's and a grid from anything else (blurred
+latents). So the training happens where that matters, in D's latent space, with targets
+that need nothing downloaded:
+
+- latent distillation: l_0 should be E(x), TAEF2's encoding of the original;
+- a low-pass latent term (4x4 means of l_0 against E(x)'s) that holds layout and colour;
+- a hinge adversarial term from a critic that sees l_0 or E(x) beside a projection of
+  y_hat (HiFiC's conditioning): it pushes l_0 towards latents D knows, for this content,
+  which is what removes the grid and brings texture back.
+
+D itself stays frozen. Both y_hat (exactly as files carry it) and E(x) are computed once
+per training image and cached in the run folder, so a step costs only g_s, eps and the
+critic at 1/8 resolution: hundreds of times less than decoding crops through D and E.
+Evaluation decodes whole Kodak images through D and reports PSNR and the luma power kept
+per frequency band.
+
+Run: ``python -m aeic_codec.realism_train --config configs/realism-l12.toml --data DIR
+--out RUN [--resume]``. The run folder holds the caches, ``log.jsonl`` and a resumable
+``checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bundle import load_bundle, read_info
+from .config import PRESETS
+from .imageio import read_image
+from .model import AEIC, PAD
+from .realism import RealismDecoder
+from .tiny_vae import TinyEncoder, read_taef2
+from .train import StopSignals, colour_grid_fix, find_images
+from .transforms import pad_reflect
+
+LATENT_SCALE = 8  # D's latent is at 1/8 of the image size, y at 1/32
+
+
+@dataclass(frozen=True)
+class RealismConfig:
+    """One realism run; every field is a top-level key of the TOML file."""
+
+    base_bundle: str = ""
+    taef2: str = ""  # folder with taef2_encoder.safetensors and taef2_decoder.safetensors
+    preset: str = "aeic-small-taef2"
+    init: str = ""  # a checkpoint.pt of another realism run to start from (else the base's g_s)
+    seed: int = 0
+    threads: int = 2
+    steps: int = 3000
+    crop: int = 256  # pixels; a multiple of 64 (crops start on y's 2x2 quadtree cells)
+    batch: int = 8
+    lr: float = 2e-4
+    lr_min: float = 2e-5
+    warmup: int = 50
+    disc_lr: float = 2e-4
+    disc_width: int = 64
+    adv_start: int = 300  # steps of distillation alone (the critic trains from step 0)
+    adv_ramp: int = 300
+    latent: float = 1.0
+    lowpass: float = 4.0
+    adv: float = 0.1
+    grid_cell: int = 64  # the colour grid applied to evaluation decodes
+    grid_step: int = 4
+    eval_dir: str = ""
+    eval_images: int = 4
+    eval_every: int = 250
+    max_pixels: int = 250_000  # larger training photos are downscaled for the caches
+    checkpoint_minutes: float = 5.0
+    log_every: int = 20
+
+
+def load_config(path: str | Path) -> RealismConfig:
+    """Read a TOML file; relative paths are taken from its folder."""
+    path = Path(path)
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    known = {f.name for f in fields(RealismConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {', '.join(unknown)}")
+    for key in ("base_bundle", "taef2", "init", "eval_dir"):
+        if data.get(key):
+            data[key] = str((path.parent / data[key]).resolve())
+    cfg = RealismConfig(**data)
+    if cfg.crop % PAD:
+        raise ValueError(f"{path}: crop must be a multiple of {PAD}")
+    return cfg
+
+
+class LatentCritic(nn.Module):
+    """PatchGAN (spectral norm, hinge loss) on a D latent and a projection of y_hat."""
+
+    def __init__(self, latent: int, y_channels: int, width: int, cond: int = 16) -> None:
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.project = nn.Conv2d(y_channels, cond, 1)
+        self.net = nn.Sequential(
+            sn(nn.Conv2d(latent + cond, width, 3, padding=1)),
+            nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)),
+            nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * width, 2 * width, 3, padding=1)),
+            nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * width, 1, 3, padding=1)),
+        )
+
+    def forward(self, latent: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        cond = F.interpolate(self.project(y_hat), scale_factor=4, mode="nearest")
+        return self.net(torch.cat((latent, cond), 1))
+
+
+def padded_input(image: np.ndarray) -> torch.Tensor:
+    """(1, 3, H', W') in [-1, 1], padded as the encoder pads (reflect, to a multiple of 64)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    return pad_reflect(x / 127.5 - 1.0, PAD)
+
+
+def training_image(path: Path, max_pixels: int) -> np.ndarray:
+    """A training photo, downscaled (area filter) to at most ``max_pixels``.
+
+    Caching E(x) costs about a second per 0.1 megapixel on two cores; smaller photos also
+    carry more detail per pixel, which is what the realism decoder has to learn to draw.
+    """
+    from PIL import Image
+
+    image = read_image(path)[0]
+    h, w = image.shape[:2]
+    if h * w <= max_pixels:
+        return image
+    f = math.sqrt(max_pixels / (h * w))
+    size = (max(64, round(w * f)), max(64, round(h * f)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
+@torch.no_grad()
+def build_cache(
+    images: list[np.ndarray], base: AEIC, encoder: TinyEncoder, y_path: Path, latent_path: Path
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """y_hat of every image (as its file would carry it) and E(x), each cached once."""
+    ys = torch.load(y_path, weights_only=True) if y_path.exists() else None
+    lats = torch.load(latent_path, weights_only=True) if latent_path.exists() else None
+    if ys is None or lats is None:
+        new_ys, new_lats = [], []
+        for i, image in enumerate(images):
+            x = padded_input(image)
+            if ys is None:
+                new_ys.append(base.compress(x).y_hat[0].half())
+            if lats is None:
+                new_lats.append(encoder((x + 1) / 2)[0].half())
+            print(f"cache {i + 1}/{len(images)}", flush=True)
+        if ys is None:
+            ys = new_ys
+            torch.save(ys, y_path)
+        if lats is None:
+            lats = new_lats
+            torch.save(lats, latent_path)
+    return ys, lats
+
+
+def crops(
+    ys: list[torch.Tensor], lats: list[torch.Tensor], crop: int, batch: int, seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``step``'s batch: crops drawn from (seed, step) alone, so resuming is exact."""
+    rng = np.random.default_rng((seed, step))
+    cy, cl = crop // 32, crop // LATENT_SCALE
+    y_out, l_out = [], []
+    for _ in range(batch):
+        i = int(rng.integers(len(ys)))
+        y, lat = ys[i], lats[i]
+        rows, cols = y.shape[1] // 2 - cy // 2, y.shape[2] // 2 - cy // 2
+        top = 2 * int(rng.integers(max(rows, 0) + 1))
+        left = 2 * int(rng.integers(max(cols, 0) + 1))
+        y_crop = _fit(y[:, top : top + cy, left : left + cy], cy)
+        k = 32 // LATENT_SCALE
+        l_crop = _fit(lat[:, k * top : k * top + cl, k * left : k * left + cl], cl)
+        y_out.append(y_crop)
+        l_out.append(l_crop)
+    return torch.stack(y_out).float(), torch.stack(l_out).float()
+
+
+def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad a crop of a small image (edge replication) to the full crop size."""
+    ph, pw = size - t.shape[1], size - t.shape[2]
+    if ph or pw:
+        t = F.pad(t[None], (0, pw, 0, ph), mode="replicate")[0]
+    return t
+
+
+def luma_bands(decoded: np.ndarray, original: np.ndarray) -> list[float]:
+    """Luma power kept per octave band, 1/64 to 1/2 cycles per pixel, in dB (0 = kept)."""
+    weights = np.array([0.299, 0.587, 0.114])
+
+    def power(img: np.ndarray) -> np.ndarray:
+        y = img.astype(np.float64) @ weights
+        y = y - y.mean()
+        win = np.outer(np.hanning(y.shape[0]), np.hanning(y.shape[1]))
+        return np.abs(np.fft.fft2(y * win)) ** 2
+
+    fy = np.fft.fftfreq(decoded.shape[0])[:, None]
+    fx = np.fft.fftfreq(decoded.shape[1])[None, :]
+    radius = np.sqrt(fy**2 + fx**2)
+    pd, po = power(decoded), power(original)
+    out = []
+    for lo in (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4):
+        band = (radius >= lo) & (radius < 2 * lo)
+        out.append(float(10 * np.log10(pd[band].sum() / po[band].sum())))
+    return out
+
+
+class RealismTrainer:
+    """Owns the realism decoder, the latent critic and their optimizers."""
+
+    def __init__(self, cfg: RealismConfig) -> None:
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        info = read_info(cfg.base_bundle)
+        dcfg = PRESETS[cfg.preset].replace(latent_channels=info.config.latent_channels)
+        self.decoder = RealismDecoder(dcfg)
+        self.decoder.vae.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_decoder.safetensors"))
+        self.decoder.vae.requires_grad_(False).eval()
+        self.critic = LatentCritic(dcfg.decoder_latent, dcfg.latent_channels, cfg.disc_width)
+        self.warm_started = 0
+        if cfg.init:
+            state = torch.load(cfg.init, map_location="cpu", weights_only=True)
+            self.decoder.load_state_dict(state["decoder"])
+            self.critic.load_state_dict(state["critic"])
+        else:
+            self._warm_start(load_bundle(cfg.base_bundle, encoder=False))
+        body = [p for n, p in self.decoder.named_parameters() if not n.startswith("vae.")]
+        self.opt = torch.optim.AdamW(body, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+        self.disc_opt = torch.optim.AdamW(
+            self.critic.parameters(), lr=cfg.disc_lr, weight_decay=0.0, betas=(0.5, 0.9)
+        )
+        self.step = 0
+
+    def _warm_start(self, fidelity: AEIC) -> None:
+        """Copy every g_s and eps tensor whose name and shape match the fidelity decoder's."""
+        ours = self.decoder.state_dict()
+        copied = {
+            k: v
+            for k, v in fidelity.state_dict().items()
+            if k.startswith(("g_s.", "denoiser.")) and k in ours and ours[k].shape == v.shape
+        }
+        self.decoder.load_state_dict(copied, strict=False)
+        self.warm_started = len(copied)
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup:
+            return c.lr * (step + 1) / c.warmup
+        t = (step - c.warmup) / max(1, c.steps - c.warmup)
+        return c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    def adv_at(self, step: int) -> float:
+        c = self.cfg
+        if step < c.adv_start:
+            return 0.0
+        return c.adv * min(1.0, (step - c.adv_start + 1) / max(1, c.adv_ramp))
+
+    def train_step(self, y_hat: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        c = self.cfg
+        lr = self.lr_at(self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        l_t, l_res = self.decoder.g_s(y_hat)
+        l_0 = self.decoder.denoiser(l_t) + l_res
+        terms = {
+            "latent": F.mse_loss(l_0, target),
+            "lowpass": F.mse_loss(F.avg_pool2d(l_0, 4), F.avg_pool2d(target, 4)),
+        }
+        loss = c.latent * terms["latent"] + c.lowpass * terms["lowpass"]
+        adv_w = self.adv_at(self.step)
+        if adv_w > 0:
+            self.critic.requires_grad_(False)
+            terms["adv"] = -self.critic(l_0, y_hat).mean()
+            loss = loss + adv_w * terms["adv"]
+            self.critic.requires_grad_(True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], 1.0)
+        self.opt.step()
+        real = self.critic(target, y_hat)
+        fake = self.critic(l_0.detach(), y_hat)
+        disc = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        self.disc_opt.zero_grad(set_to_none=True)
+        disc.backward()
+        self.disc_opt.step()
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out.update(loss=float(loss.detach()), disc=float(disc.detach()), grad=float(grad))
+        out.update(lr=lr, adv_w=adv_w, real=float(real.mean().detach()))
+        return out
+
+    @torch.no_grad()
+    def decode(self, y_hat: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Whole-image decode (3, H', W') in [0, 1], the colour grid taken from ``source``."""
+        self.decoder.eval()
+        x_hat, _ = self.decoder(y_hat)
+        self.decoder.train()
+        self.decoder.vae.eval()
+        cell = math.gcd(self.cfg.grid_cell, math.gcd(*x_hat.shape[-2:]))
+        return colour_grid_fix((x_hat + 1) / 2, source, cell, self.cfg.grid_step)[0].clamp(0, 1)
+
+    def evaluate(self, images: list[tuple[np.ndarray, torch.Tensor]]) -> dict[str, float]:
+        """PSNR and luma bands of whole images, decoded untiled with the colour grid."""
+        psnrs, bands = [], []
+        for image, y_hat in images:
+            h, w = image.shape[:2]
+            fixed = self.decode(y_hat, (padded_input(image) + 1) / 2)
+            out = np.round(fixed[:, :h, :w].permute(1, 2, 0).numpy() * 255)
+            mse = np.mean((out - image.astype(np.float64)) ** 2)
+            psnrs.append(10 * np.log10(255**2 / mse))
+            bands.append(luma_bands(out, image.astype(np.float64)))
+        row = {"eval_psnr": float(np.mean(psnrs))}
+        row.update({f"eval_band{i}": float(b) for i, b in enumerate(np.mean(bands, axis=0))})
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "decoder": self.decoder.state_dict(),
+            "critic": self.critic.state_dict(),
+            "opt": self.opt.state_dict(),
+            "disc_opt": self.disc_opt.state_dict(),
+            "step": self.step,
+            "decoder_config": self.decoder.cfg.to_json(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decoder.load_state_dict(state["decoder"])
+        self.critic.load_state_dict(state["critic"])
+        self.opt.load_state_dict(state["opt"])
+        self.disc_opt.load_state_dict(state["disc_opt"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"])
+
+
+def _save(trainer: RealismTrainer, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(trainer.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
+    """Train to cfg.steps, checkpointing every few minutes and on Ctrl-C."""
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not resume:
+        raise SystemExit(f"{ckpt} exists: pass --resume or use another folder")
+    trainer = RealismTrainer(cfg)
+    if resume and ckpt.exists():
+        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    base = load_bundle(cfg.base_bundle, decoder=False)
+    encoder = TinyEncoder()
+    encoder.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_encoder.safetensors"))
+    ys, lats = build_cache(
+        [training_image(p, cfg.max_pixels) for p in find_images(data)],
+        base,
+        encoder.eval(),
+        out / f"cache-y-{base.identity}.pt",
+        out / "cache-taef2.pt",
+    )
+    evals = []
+    if cfg.eval_dir and cfg.eval_every:
+        with torch.no_grad():
+            for path in find_images(cfg.eval_dir)[: cfg.eval_images]:
+                image = read_image(path)[0]
+                evals.append((image, base.compress(padded_input(image)).y_hat))
+    log = (out / "log.jsonl").open("a", encoding="utf-8")
+    sums: dict[str, float] = {}
+    last_save, started = time.monotonic(), time.monotonic()
+    with StopSignals() as stop:
+        while trainer.step < cfg.steps:
+            y_hat, target = crops(ys, lats, cfg.crop, cfg.batch, cfg.seed, trainer.step)
+            for k, v in trainer.train_step(y_hat, target).items():
+                sums[k] = sums.get(k, 0.0) + v
+            step = trainer.step
+            if step % cfg.log_every == 0:
+                row = {k: v / cfg.log_every for k, v in sums.items()}
+                row.update(step=step, seconds=round(time.monotonic() - started, 1))
+                log.write(json.dumps(row, sort_keys=True) + "\n")
+                log.flush()
+                sums = {}
+            if evals and (step % cfg.eval_every == 0 or step == cfg.steps):
+                log.write(json.dumps({"step": step, **trainer.evaluate(evals)}) + "\n")
+                log.flush()
+            if stop.requested or time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                _save(trainer, ckpt)
+                last_save = time.monotonic()
+                if stop.requested:
+                    raise SystemExit(130)
+    _save(trainer, ckpt)
+    log.close()
+    return ckpt
+
+
+def export(cfg: RealismConfig, checkpoint: Path, output: Path, config_name: str) -> str:
+    """Write the base bundle with the checkpoint's realism decoder attached (int8)."""
+    from .bundle import attach_realism
+    from .config import ModelConfig
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    decoder = RealismDecoder(ModelConfig.from_json(state["decoder_config"]))
+    decoder.load_state_dict(state["decoder"])
+    provenance = {"config": config_name, "steps": int(state["step"]), "seed": cfg.seed}
+    return attach_realism(cfg.base_bundle, decoder, output, "int8", provenance)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--data", help="training images (a folder)")
+    parser.add_argument("--out", required=True, help="the run folder")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--export", metavar="BUNDLE", help="write the bundle from the run's checkpoint"
+    )
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    if args.export:
+        name = Path(args.config).name
+        print(export(cfg, Path(args.out) / "checkpoint.pt", Path(args.export), name))
+    elif not args.data:
+        parser.error("--data is needed to train")
+    else:
+        run(cfg, Path(args.data), Path(args.out), args.resume)
+
+
+if __name__ == "__main__":
+    main()
