@@ -50,7 +50,7 @@ class ModelConfig:
     eps_overlap: int = 64
     vae_tile: int = 160
     colorfix_min_pixels: int = 768 * 768
-    # Colour grid (colorfix.py): cell size in pixels (0: none) and quantization step of the
+    # Colour grid (colour.py): cell size in pixels (0: none) and quantization step of the
     # cell means the encoder sends.
     colour_grid: int = 0
     colour_grid_step: int = 4

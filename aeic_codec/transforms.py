@@ -10,6 +10,11 @@ from .blocks import Adapter, Down, StarBlock, Up
 from .config import ModelConfig
 
 
+def from_pixels(x: torch.Tensor) -> torch.Tensor:
+    """8-bit pixel values (0..255, any dtype) to the [-1, 1] float the networks take."""
+    return x.float() / 127.5 - 1.0
+
+
 def pad_reflect(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad bottom/right to a multiple by mirroring; works for any size, even 1 pixel.
 

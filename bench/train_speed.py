@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from aeic_codec.train import Trainer, load_train_config
+from aeic_codec.training import Trainer, load_train_config
 from bench._machine import machine_line
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "small-default.toml"
