@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -97,9 +98,10 @@ class Group:
             return module
         ddp = nn.parallel.DistributedDataParallel
         ddp._set_params_and_buffers_to_ignore_for_model(module, list(ignore))
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # Buffers change only with the weights (spectral norms), identically everywhere.
-        return ddp(module, device_ids=ids, broadcast_buffers=False)
+        # 1x1 convolution weights in channels_last have strides that DDP's gradient
+        # buckets take for another layout; it copies instead of aliasing, which is harmless.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+        return ddp(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     @staticmethod
     def accumulating(modules: Iterable[nn.Module], more: bool) -> contextlib.ExitStack:
@@ -113,10 +115,15 @@ class Group:
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto: a GPU when there is one, else the CPU."""
+    """auto: a GPU when there is one, else the CPU; a device that is not here is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainConfigError(f"device {name}: this machine has no CUDA GPU that torch can use")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainConfigError(f"device {name}: this machine has no MPS device that torch can use")
+    return device
 
 
 def is_main_process() -> bool:
