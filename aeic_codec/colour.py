@@ -1,5 +1,5 @@
 """Colour fix and colour grid: what the encoder measures of the source's colours, and
-the decoder's output taking it on (docs/architecture.md, "Colour"), numpy only.
+the decoder's output taking it on (docs/architecture.md section 6), numpy only.
 
 Tiled decoding of a large image can drift in global colour. The encoder sends the
 source's per-channel mean and standard deviation as six 16-bit numbers, and the

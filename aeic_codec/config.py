@@ -18,7 +18,7 @@ from .container import GRID_CELLS, GRID_STEPS
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Widths, depths and tiling of one AEIC model (ARCHITECTURE.md sections 1-6)."""
+    """Widths, depths and tiling of one AEIC model (docs/architecture.md sections 1-6)."""
 
     name: str = "AEIC-SE"
     # Encoder side: analysis transform g_a, hyperprior and quadtree context model.

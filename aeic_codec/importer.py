@@ -1,6 +1,6 @@
 """Import the published AEIC checkpoints into one self-contained bundle.
 
-Inputs (ARCHITECTURE.md section 7): ``AEIC_{SE,ME}_ft{L}.pkl`` (codec state and the
+Inputs (docs/architecture.md section 7): ``AEIC_{SE,ME}_ft{L}.pkl`` (codec state and the
 denoiser's LoRA plus its new conv_in/conv_out), SD-Turbo in diffusers layout (every
 other denoiser weight) and ``halfDecoder.ckpt`` (the lite VAE decoder with a 4-channel
 conv_in). Everything is read with safetensors or ``torch.load(weights_only=True)``:

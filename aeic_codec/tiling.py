@@ -1,4 +1,4 @@
-"""Tiled inference for large images (ARCHITECTURE.md section 6).
+"""Tiled inference for large images (docs/architecture.md section 6).
 
 eps runs on overlapping latent tiles blended with a separable Gaussian weight
 (variance 0.01 * tile**2); it is a single plain call when the latent fits one tile.

@@ -1,4 +1,8 @@
-"""Analysis, hyper-analysis, hyper-synthesis and synthesis transforms (ARCHITECTURE.md s. 3)."""
+"""Analysis, hyper-analysis, hyper-synthesis and synthesis transforms.
+
+docs/architecture.md section 3 describes them; the image enters them through
+``from_pixels`` and ``pad_reflect``.
+"""
 
 from __future__ import annotations
 
