@@ -7,7 +7,6 @@ imported inside the functions that need them, so ``read_header`` stays cheap.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,8 +20,8 @@ if TYPE_CHECKING:
     import torch
 
     from .model import AEIC
+    from .tiling import Progress
 
-Progress = Callable[[int, int], None]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 

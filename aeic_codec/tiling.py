@@ -50,7 +50,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]  # told (done, total) as work units finish
 Core = tuple[int, int, int, int]  # tile-local y0, y1, x0, x1 in latent pixels
 
 
