@@ -45,7 +45,8 @@ class ModelConfig:
     vae_layers: int = 2
     vae_norm_groups: int = 32
     vae_mid_attention: bool = True
-    # Tiling in latent (1/8 resolution) units and the colour-fix threshold.
+    # Tiling in latent (1/8 resolution) units and the colour-fix threshold (its key keeps
+    # the old spelling: every bundle stores it, and bundle identities hash it).
     eps_tile: int = 192
     eps_overlap: int = 64
     vae_tile: int = 160
