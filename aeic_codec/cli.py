@@ -481,7 +481,7 @@ def weights_set_grid(
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    help="Train here instead of the config's device (cuda, mps: bf16 where supported).",
+    help="Train on this device instead of the config's (its bf16 = true: where supported).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_debug_option
