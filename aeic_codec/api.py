@@ -7,7 +7,6 @@ imported inside the functions that need them, so ``read_header`` stays cheap.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,8 +21,8 @@ if TYPE_CHECKING:
 
     from .model import AEIC
     from .realism import RealismDecoder
+    from .tiling import Progress
 
-Progress = Callable[[int, int], None]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -106,8 +105,10 @@ def encode_image(
     """
     import torch
 
-    from .colorfix import DEFAULT_GRID, encode_grid, grid_levels, source_stats
-    from .transforms import pad_reflect
+    from .colour import DEFAULT_GRID, grid_levels, source_stats
+    from .grid_coder import encode_grid
+    from .model import PAD
+    from .transforms import from_pixels, pad_reflect
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError("image must be an H x W x 3 uint8 array")
@@ -116,8 +117,8 @@ def encode_image(
     h, w = image.shape[:2]
     # A copy when read-only (Pillow's arrays are): torch warns about non-writable arrays.
     pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
-    x = pad_reflect(x / 127.5 - 1.0, 64)
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    x = pad_reflect(from_pixels(x), PAD)
     result = model.compress(x)
     if colour_fix is None:
         colour_fix = h * w > model.cfg.colorfix_min_pixels
@@ -162,7 +163,7 @@ def decode_latent(f: AeicFile, model: AEIC) -> torch.Tensor:
 
 def read_grid(f: AeicFile) -> np.ndarray | None:
     """The colour grid's levels (3 x rows x columns), None without a grid; no torch needed."""
-    from .colorfix import GridError, decode_grid
+    from .grid_coder import GridError, decode_grid
 
     if f.grid is None:
         return None
@@ -260,7 +261,7 @@ def decode(
     decoder, values between blend the two pictures (both decoders run); None: 1 when the
     model was loaded with a realism decoder, else 0.
     """
-    from .colorfix import apply_colour_fix, apply_grid
+    from .colour import apply_colour_fix, apply_grid
 
     r = resolve_realism(realism, model.realism is not None)
     if r > 0 and model.realism is None:

@@ -14,14 +14,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bundle import BundleError
 from .container import FormatError
 from .imageio import ImageError
 
+if TYPE_CHECKING:
+    from .tiling import Progress
+
 EXPECTED = (BundleError, FormatError, ImageError, OSError, ValueError)
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The convolutional building blocks of AEIC (ARCHITECTURE.md section 2).
+"""The convolutional building blocks of AEIC (docs/architecture.md section 2).
 
 Pointwise (1x1) convolutions run as ``F.linear`` on channels-last views: on this CPU
 that is faster than oneDNN's 1x1 convolution and, unlike it, gives the same bits

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,9 +21,7 @@ from . import batch
 from .batch import Outcome, Task, TaskFailed, read_source
 from .bundle import BundleError
 from .container import FormatError
-from .imageio import DEFAULT_MAX_PIXELS
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
+from .imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 
 
 def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,7 +68,9 @@ def main() -> None:
 
 
 # ------------------------------------------------------------------ helpers
-def _plan(inputs: tuple[str, ...], output: str | None, suffix: str, accept: set[str]) -> list[Task]:
+def _plan(
+    inputs: tuple[str, ...], output: str | None, suffix: str, accept: AbstractSet[str]
+) -> list[Task]:
     """Map inputs (files, directories, '-') to outputs, mirroring directory layouts."""
     if not inputs:
         raise click.UsageError("no input given")
@@ -487,25 +488,47 @@ def weights_set_grid(
     "--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<config name>)."
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    help="Train on this device instead of the config's (its bf16 = true: where supported).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_debug_option
 def train(
-    config_path: str, data: str, out: str | None, resume: bool, quiet: bool, debug: bool
+    config_path: str,
+    data: str,
+    out: str | None,
+    resume: bool,
+    device: str | None,
+    quiet: bool,
+    debug: bool,
 ) -> None:
-    """Train or fine-tune a model; every stage ends in a bundle in the run folder."""
-    from .train import TrainConfigError, TrainingStopped, load_train_config
-    from .train import train as run_training
+    """Train or fine-tune a model; every stage ends in a bundle in the run folder.
 
+    Under torchrun (torchrun --nproc_per_node N -m aeic_codec.cli train ...) N processes
+    share every batch; rank 0 writes the run folder and alone reports.
+    """
+    import dataclasses
+
+    from .training import TrainConfigError, TrainingStopped, is_main_process, load_train_config
+    from .training import train as run_training
+
+    talk = is_main_process()
     try:
         config = load_train_config(config_path)
+        if device:
+            config = dataclasses.replace(config, device=device)
         run = Path(out) if out else Path("runs") / config.name
         bundle = run_training(config, data, run, resume=resume, progress=not quiet)
     except TrainingStopped as exc:
-        click.echo(f"aeic: {exc}", err=True)
+        if talk:
+            click.echo(f"aeic: {exc}", err=True)
         sys.exit(130)
     except (TrainConfigError, BundleError, OSError, ValueError) as exc:
         _fail_hard(exc, debug)
-    click.echo(f"aeic: training done; bundle {bundle}", err=True)
+    if talk:
+        click.echo(f"aeic: training done; bundle {bundle}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

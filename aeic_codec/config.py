@@ -18,7 +18,7 @@ from .container import GRID_CELLS, GRID_STEPS
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Widths, depths and tiling of one AEIC model (ARCHITECTURE.md sections 1-6)."""
+    """Widths, depths and tiling of one AEIC model (docs/architecture.md sections 1-6)."""
 
     name: str = "AEIC-SE"
     # Encoder side: analysis transform g_a, hyperprior and quadtree context model.
@@ -53,12 +53,13 @@ class ModelConfig:
     vae_kind: str = "sd"
     vae_blocks: tuple[int, ...] = ()
     vae_pooled: int = 0
-    # Tiling in latent (1/8 resolution) units and the colour-fix threshold.
+    # Tiling in latent (1/8 resolution) units and the colour-fix threshold (its key keeps
+    # the old spelling: every bundle stores it, and bundle identities hash it).
     eps_tile: int = 192
     eps_overlap: int = 64
     vae_tile: int = 160
     colorfix_min_pixels: int = 768 * 768
-    # Colour grid (colorfix.py): cell size in pixels (0: none) and quantization step of the
+    # Colour grid (colour.py): cell size in pixels (0: none) and quantization step of the
     # cell means the encoder sends.
     colour_grid: int = 0
     colour_grid_step: int = 4

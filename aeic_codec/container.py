@@ -57,7 +57,7 @@ class _Header(NamedTuple):
 
 @dataclass(frozen=True)
 class ColourGrid:
-    """Local colour means (colorfix.py): cell size and step, and their coded bytes."""
+    """Local colour means (colour.py): cell size and step, and their bytes (grid_coder.py)."""
 
     cell: int
     step: int

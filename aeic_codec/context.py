@@ -1,4 +1,4 @@
-"""The four-step quadtree context model (ARCHITECTURE.md section 4).
+"""The four-step quadtree context model (docs/architecture.md section 4).
 
 Training, encoding and decoding all run through ``QuadtreeContext.run``: the only
 thing that differs is the ``code_step`` callback that turns (mean, scale) into the

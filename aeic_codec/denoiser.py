@@ -1,4 +1,4 @@
-"""The one-step unconditional denoiser eps (ARCHITECTURE.md section 5).
+"""The one-step unconditional denoiser eps (docs/architecture.md section 5).
 
 eps is SD-Turbo's UNet with the time embedding, the resnets' time projections and
 the transformers' cross-attention removed. diffusers' own blocks built with

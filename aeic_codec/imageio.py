@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_MAX_PIXELS = 100_000_000
-FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
+# The formats read, each with the file name suffixes that pick it out in a folder.
+_SUFFIXES = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg"),
+    "WEBP": (".webp",),
+    "TIFF": (".tif", ".tiff"),
+}
+FORMATS = tuple(_SUFFIXES)
+IMAGE_SUFFIXES = frozenset(s for suffixes in _SUFFIXES.values() for s in suffixes)
 
 
 class ImageError(ValueError):
@@ -66,6 +74,19 @@ def read_image(
         notes.append(f"{name}: EXIF orientation applied")
     img = transposed if transposed is not None else img
     return _to_rgb8(img, name, notes), notes
+
+
+def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of the array ``read_image`` returns, read from the header alone.
+
+    EXIF orientations that turn the picture by a quarter swap the two.
+    """
+    from PIL import ExifTags, Image
+
+    with Image.open(path, formats=FORMATS) as img:
+        w, h = img.size
+        turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return (w, h) if turned else (h, w)
 
 
 def _png_depth(source: str | os.PathLike[str] | bytes) -> int:

@@ -1,6 +1,6 @@
 """Import the published AEIC checkpoints into one self-contained bundle.
 
-Inputs (ARCHITECTURE.md section 7): ``AEIC_{SE,ME}_ft{L}.pkl`` (codec state and the
+Inputs (docs/architecture.md section 7): ``AEIC_{SE,ME}_ft{L}.pkl`` (codec state and the
 denoiser's LoRA plus its new conv_in/conv_out), SD-Turbo in diffusers layout (every
 other denoiser weight) and ``halfDecoder.ckpt`` (the lite VAE decoder with a 4-channel
 conv_in). Everything is read with safetensors or ``torch.load(weights_only=True)``:
@@ -25,7 +25,7 @@ from .config import AEIC_ME, AEIC_SE, ModelConfig
 from .lora import merge_lora_state
 from .model import AEIC
 
-Progress = Callable[[str], None]
+Report = Callable[[str], None]  # told, in words, what the import is doing
 LORA_SCALE = 8 / 32  # lora_alpha / rank of the published denoiser adapter
 # Buffers the published codec stores that are derived state here (rebuilt, never trusted).
 DERIVED = (
@@ -144,10 +144,10 @@ def build_model(
     aeic_pkl: str | os.PathLike[str],
     sd_turbo: str | os.PathLike[str],
     vae_decoder: str | os.PathLike[str],
-    progress: Progress | None = None,
+    report: Report | None = None,
 ) -> AEIC:
     """The published pieces as one AEIC model (LoRA merged, D.conv_in derived)."""
-    say = progress or (lambda _msg: None)
+    say = report or (lambda _msg: None)
     say(f"reading {aeic_pkl}")
     ckpt = _load_torch(Path(aeic_pkl))
     if not isinstance(ckpt, dict) or not {"state_dict_codec", "state_dict_unet"} <= set(ckpt):
@@ -232,13 +232,13 @@ def import_published(
     vae_decoder: str | os.PathLike[str],
     out: str | os.PathLike[str],
     lambda_: float | None = None,
-    progress: Progress | None = None,
+    report: Report | None = None,
     decoder_dtype: str = "bf16",
 ) -> str:
     """Build the model from the published files and write it as a bundle; returns its identity."""
-    model = build_model(aeic_pkl, sd_turbo, vae_decoder, progress)
+    model = build_model(aeic_pkl, sd_turbo, vae_decoder, report)
     lam = lambda_ if lambda_ is not None else lambda_from_name(aeic_pkl)
-    (progress or (lambda _m: None))(f"writing {out}")
+    (report or (lambda _m: None))(f"writing {out}")
     provenance = {
         "imported_from": [Path(aeic_pkl).name, Path(sd_turbo).name, Path(vae_decoder).name],
         "lora_scale": LORA_SCALE,

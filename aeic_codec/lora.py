@@ -1,6 +1,6 @@
 """LoRA on the denoiser eps: peft for training, plain torch for folding it in.
 
-Training adapts eps with peft LoRA (rank 32, alpha 8, ARCHITECTURE.md section 5),
+Training adapts eps with peft LoRA (rank 32, alpha 8, docs/architecture.md section 5),
 injected in place so that the adapter keys carry the published checkpoints' names
 (``<module>.lora_A.<adapter>.weight``). Inference only ever needs the merged weights,
 so ``merge_lora_state`` folds A/B pairs into plain tensors without peft, and peft is

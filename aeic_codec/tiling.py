@@ -1,4 +1,4 @@
-"""Tiled inference for large images (ARCHITECTURE.md section 6).
+"""Tiled inference for large images (docs/architecture.md section 6).
 
 eps runs on overlapping latent tiles blended with a separable Gaussian weight
 (variance 0.01 * tile**2); it is a single plain call when the latent fits one tile.
@@ -50,7 +50,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]  # told (done, total) as work units finish
 Core = tuple[int, int, int, int]  # tile-local y0, y1, x0, x1 in latent pixels
 
 

@@ -1,4 +1,8 @@
-"""Analysis, hyper-analysis, hyper-synthesis and synthesis transforms (ARCHITECTURE.md s. 3)."""
+"""Analysis, hyper-analysis, hyper-synthesis and synthesis transforms.
+
+docs/architecture.md section 3 describes them; the image enters them through
+``from_pixels`` and ``pad_reflect``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,11 @@ from torch import nn
 
 from .blocks import Adapter, Down, StarBlock, Up
 from .config import ModelConfig
+
+
+def from_pixels(x: torch.Tensor) -> torch.Tensor:
+    """8-bit pixel values (0..255, any dtype) to the [-1, 1] float the networks take."""
+    return x.float() / 127.5 - 1.0
 
 
 def pad_reflect(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The lite VAE decoder D (ARCHITECTURE.md section 5).
+"""The lite VAE decoder D (docs/architecture.md section 5).
 
 D is AdcSR's 50%-channel SD VAE decoder, i.e. diffusers' ``Decoder`` with smaller
 widths, whose conv_in takes the 256-channel l_0 directly. It adds nothing to the

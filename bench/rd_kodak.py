@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from aeic_codec.metrics import ms_ssim_u8, psnr_u8
+
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 DOWNSCALE_QUALITIES = (0, 10, 20, 30)
@@ -46,7 +48,7 @@ class Point:
 
     def add(self, name: str, nbytes: int, src: np.ndarray, out: np.ndarray, enc: float, dec: float):
         bpp = nbytes * 8 / (src.shape[0] * src.shape[1])
-        row = {"image": name, "bpp": bpp, "psnr": psnr(src, out), "msssim": msssim(src, out)}
+        row = {"image": name, "bpp": bpp, "psnr": psnr_u8(src, out), "msssim": ms_ssim_u8(src, out)}
         self.per_image.append(row | {"encode_s": enc, "decode_s": dec})
 
     def finish(self) -> Point:
@@ -59,24 +61,6 @@ class Point:
     @property
     def label(self) -> str:
         return f"{self.method} {self.setting}".strip()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    from aeic_codec.train import psnr_u8
-
-    return psnr_u8(a, b)
-
-
-def msssim(a: np.ndarray, b: np.ndarray) -> float:
-    import torch
-
-    from aeic_codec.train import ms_ssim
-
-    def t(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(x).permute(2, 0, 1)[None].double() / 255.0
-
-    with torch.no_grad():
-        return float(ms_ssim(t(a), t(b)))
 
 
 def kodak_images(directory: Path = KODAK, limit: int | None = None) -> list[Path]:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMS = ("z", "step 0", "step 1", "step 2", "step 3")
-# The paper's figures (ARCHITECTURE.md sections 3 and 5), by model and table row.
+# The paper's figures (docs/architecture.md section 8), by model and table row.
 PAPER: dict[str, dict[str, tuple[str, str]]] = {
     "AEIC-SE": {
         "encoder side": ("16.10 M", "46.02 K"),
@@ -51,7 +51,7 @@ PAPER: dict[str, dict[str, tuple[str, str]]] = {
         "g_s": ("67.5 M", "187 K"),
     },
 }
-# The paper's AEIC-SE on Kodak (ARCHITECTURE.md section 8): (bpp, PSNR dB, MS-SSIM).
+# The paper's AEIC-SE on Kodak (docs/architecture.md section 8): (bpp, PSNR dB, MS-SSIM).
 PUBLISHED_RD = {
     "AEIC-SE (paper, not measured here)": [
         (0.0041, 18.99, 0.583),

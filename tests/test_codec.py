@@ -10,7 +10,7 @@ import torch
 
 from aeic_codec import api
 from aeic_codec.bundle import load_bundle
-from aeic_codec.colorfix import grid_levels
+from aeic_codec.colour import grid_levels
 from aeic_codec.complexity import (
     decoder_macs,
     decoder_macs_per_pixel,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aeic_codec.imageio import ImageError, read_image
+from aeic_codec.imageio import ImageError, image_shape, read_image
 
 from .conftest import make_image
 
@@ -106,3 +106,12 @@ def test_sixteen_bit_rgb_png_is_scaled_with_a_warning():
     arr, notes = read_image(png)
     assert arr[0, 0, 0] == round(40000 / 65535 * 255)
     assert len(notes) == 1 and "16-bit" in notes[0]
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_shape_from_the_header_is_the_shape_read(tmp_path: Path, orientation: int):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for suffix in (".jpg", ".png", ".webp"):
+        path = _save(Image.fromarray(make_image(10, 40)), tmp_path / f"o{suffix}", exif=exif)
+        assert image_shape(path) == read_image(path)[0].shape[:2], suffix

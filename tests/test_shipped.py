@@ -12,7 +12,7 @@ import pytest
 
 from aeic_codec import api
 from aeic_codec.bundle import find_bundle, load_bundle, read_info
-from aeic_codec.train import psnr_u8
+from aeic_codec.metrics import psnr_u8
 from tests.conftest import make_image
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"

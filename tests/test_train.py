@@ -17,11 +17,11 @@ from safetensors import safe_open
 
 from aeic_codec import api
 from aeic_codec.bundle import BundleError, load_bundle, save_bundle, stored_value
-from aeic_codec.colorfix import apply_grid, grid_levels
+from aeic_codec.colour import apply_grid, grid_levels
 from aeic_codec.config import PRESETS, tiny_config
 from aeic_codec.container import unpack
 from aeic_codec.model import AEIC
-from aeic_codec.train import (
+from aeic_codec.training import (
     TrainConfig,
     TrainConfigError,
     Trainer,

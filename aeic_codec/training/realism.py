@@ -18,7 +18,7 @@ critic at 1/8 resolution: hundreds of times less than decoding crops through D a
 Evaluation decodes whole Kodak images through D and reports PSNR and the luma power kept
 per frequency band.
 
-Run: ``python -m aeic_codec.realism_train --config configs/realism-l12.toml --data DIR
+Run: ``python -m aeic_codec.training.realism --config configs/realism-l12.toml --data DIR
 --out RUN [--resume]``. The run folder holds the caches, ``log.jsonl`` and a resumable
 ``checkpoint.pt``.
 """
@@ -40,14 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bundle import load_bundle, read_info
-from .config import PRESETS
-from .imageio import read_image
-from .model import AEIC, PAD
-from .realism import RealismDecoder
-from .tiny_vae import TinyEncoder, read_taef2
-from .train import StopSignals, colour_grid_fix, find_images
-from .transforms import pad_reflect
+from ..bundle import load_bundle, read_info
+from ..config import PRESETS
+from ..imageio import read_image
+from ..metrics import band_power_db
+from ..model import AEIC, PAD
+from ..realism import RealismDecoder
+from ..tiny_vae import TinyEncoder, read_taef2
+from ..transforms import pad_reflect
+from .data import find_images
+from .losses import colour_grid_fix
+from .run import StopSignals
 
 LATENT_SCALE = 8  # D's latent is at 1/8 of the image size, y at 1/32
 
@@ -201,27 +204,6 @@ def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
     return t
 
 
-def luma_bands(decoded: np.ndarray, original: np.ndarray) -> list[float]:
-    """Luma power kept per octave band, 1/64 to 1/2 cycles per pixel, in dB (0 = kept)."""
-    weights = np.array([0.299, 0.587, 0.114])
-
-    def power(img: np.ndarray) -> np.ndarray:
-        y = img.astype(np.float64) @ weights
-        y = y - y.mean()
-        win = np.outer(np.hanning(y.shape[0]), np.hanning(y.shape[1]))
-        return np.abs(np.fft.fft2(y * win)) ** 2
-
-    fy = np.fft.fftfreq(decoded.shape[0])[:, None]
-    fx = np.fft.fftfreq(decoded.shape[1])[None, :]
-    radius = np.sqrt(fy**2 + fx**2)
-    pd, po = power(decoded), power(original)
-    out = []
-    for lo in (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4):
-        band = (radius >= lo) & (radius < 2 * lo)
-        out.append(float(10 * np.log10(pd[band].sum() / po[band].sum())))
-    return out
-
-
 class RealismTrainer:
     """Owns the realism decoder, the latent critic and their optimizers."""
 
@@ -327,7 +309,7 @@ class RealismTrainer:
             out = np.round(fixed[:, :h, :w].permute(1, 2, 0).numpy() * 255)
             mse = np.mean((out - image.astype(np.float64)) ** 2)
             psnrs.append(10 * np.log10(255**2 / mse))
-            bands.append(luma_bands(out, image.astype(np.float64)))
+            bands.append(band_power_db(out, image.astype(np.float64)))
         row = {"eval_psnr": float(np.mean(psnrs))}
         row.update({f"eval_band{i}": float(b) for i, b in enumerate(np.mean(bands, axis=0))})
         return row
@@ -414,8 +396,8 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
 
 def export(cfg: RealismConfig, checkpoint: Path, output: Path, config_name: str) -> str:
     """Write the base bundle with the checkpoint's realism decoder attached (int8)."""
-    from .bundle import attach_realism
-    from .config import ModelConfig
+    from ..bundle import attach_realism
+    from ..config import ModelConfig
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     decoder = RealismDecoder(ModelConfig.from_json(state["decoder_config"]))

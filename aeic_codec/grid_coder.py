@@ -1,0 +1,115 @@
+"""The colour grid's bytes: Rice codes of predicted levels (docs/format.md, "Colour grid").
+
+Beside the container: the .aeic file carries these bytes, and decoding them is part of
+checking a file (``api.read_grid``), before any picture is made. numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RICE_LIMIT = 16  # a unary prefix of this many ones is followed by the value in 9 bits
+_RAW_BITS = 9
+
+
+class GridError(ValueError):
+    """The bytes of a colour grid do not decode (corrupt file)."""
+
+
+def grid_shape(height: int, width: int, cell: int) -> tuple[int, int]:
+    """Rows and columns of cells; the last row and column may be partial."""
+    return -(-height // cell), -(-width // cell)
+
+
+def _residuals(levels: np.ndarray, mid: int) -> np.ndarray:
+    """Prediction residuals of one channel (raster order, JPEG-LS's median predictor)."""
+    gh, gw = levels.shape
+    out = np.zeros_like(levels)
+    for y in range(gh):
+        for x in range(gw):
+            out[y, x] = levels[y, x] - _predict(levels, y, x, mid)
+    return out
+
+
+def _predict(levels: np.ndarray, y: int, x: int, mid: int) -> int:
+    if y == 0 and x == 0:
+        return mid
+    if y == 0:
+        return int(levels[y, x - 1])
+    if x == 0:
+        return int(levels[y - 1, x])
+    a, b, c = int(levels[y, x - 1]), int(levels[y - 1, x]), int(levels[y - 1, x - 1])
+    if c >= max(a, b):
+        return min(a, b)
+    if c <= min(a, b):
+        return max(a, b)
+    return a + b - c
+
+
+def _rice_bits(u: np.ndarray, k: int) -> int:
+    q = u >> k
+    return int(np.where(q < RICE_LIMIT, q + 1 + k, RICE_LIMIT + _RAW_BITS).sum())
+
+
+def encode_grid(levels: np.ndarray, step: int) -> bytes:
+    """Levels -> bytes: per channel a 3-bit Rice parameter, then Rice codes of the residuals.
+
+    Bits are packed most significant first; the last byte is padded with zeros.
+    """
+    bits: list[int] = []
+
+    def put(value: int, count: int) -> None:
+        bits.extend((value >> (count - 1 - i)) & 1 for i in range(count))
+
+    mid = 128 // step
+    for channel in levels:
+        r = _residuals(channel.astype(np.int64), mid).ravel()
+        u = np.where(r >= 0, 2 * r, -2 * r - 1)
+        k = min(range(8), key=lambda k: _rice_bits(u, k))
+        put(k, 3)
+        for value in u.tolist():
+            q = value >> k
+            if q < RICE_LIMIT:
+                put((1 << (q + 1)) - 2, q + 1)  # q ones, then a zero
+                put(value & ((1 << k) - 1), k)
+            else:
+                put((1 << RICE_LIMIT) - 1, RICE_LIMIT)
+                put(value, _RAW_BITS)
+    bits.extend([0] * (-len(bits) % 8))
+    return np.packbits(np.array(bits, dtype=np.uint8)).tobytes() if bits else b""
+
+
+def decode_grid(data: bytes, height: int, width: int, cell: int, step: int) -> np.ndarray:
+    """Bytes -> levels (3 x gh x gw); GridError for anything encode_grid cannot have written."""
+    gh, gw = grid_shape(height, width, cell)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8)).tolist()
+    pos = 0
+
+    def take(count: int) -> int:
+        nonlocal pos
+        if pos + count > len(bits):
+            raise GridError("colour grid ends early")
+        value = 0
+        for b in bits[pos : pos + count]:
+            value = value << 1 | b
+        pos += count
+        return value
+
+    mid, top = 128 // step, 255 // step
+    levels = np.zeros((3, gh, gw), dtype=np.int64)
+    for channel in levels:
+        k = take(3)
+        for y in range(gh):
+            for x in range(gw):
+                q = 0
+                while q < RICE_LIMIT and take(1):
+                    q += 1
+                value = take(_RAW_BITS) if q == RICE_LIMIT else q << k | take(k)
+                r = value // 2 if value % 2 == 0 else -(value + 1) // 2
+                level = _predict(channel, y, x, mid) + r
+                if not 0 <= level <= top:
+                    raise GridError(f"colour grid level {level} outside 0..{top}")
+                channel[y, x] = level
+    if len(bits) - pos >= 8 or any(bits[pos:]):
+        raise GridError("colour grid has bytes or bits after its last level")
+    return levels

@@ -1,0 +1,176 @@
+"""Image quality figures for training, benchmarks and tests: PSNR, MS-SSIM, band spectra.
+
+numpy only at import. ``ms_ssim`` takes numpy arrays or torch tensors and computes in
+the namespace of what it is given, so training backpropagates through the same function
+that benchmarks call on decoded pictures, and torch is never imported here.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .colour import YCC
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# Octave bands of spatial frequency, in cycles per pixel, from the coarsest detail a
+# 64 px cell holds to the finest a pixel grid holds.
+SPECTRUM_BANDS = tuple((2.0**-k, 2.0 ** (1 - k)) for k in (6, 5, 4, 3, 2))
+
+
+def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two 8-bit images of one shape (peak 255); equal images give 148 dB."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
+
+
+def _namespace(x: Any) -> ModuleType:
+    """numpy for arrays, torch for tensors (already imported by whoever made them)."""
+    if isinstance(x, np.ndarray):
+        return np
+    import torch
+
+    return torch
+
+
+def _like(x: Any) -> dict[str, Any]:
+    """Keyword arguments that make a new array of x's dtype (and device, for tensors)."""
+    if isinstance(x, np.ndarray):
+        return {"dtype": x.dtype}
+    return {"dtype": x.dtype, "device": x.device}
+
+
+def _gaussian_kernel(size: int, sigma: float, like: Any) -> Any:
+    xp = _namespace(like)
+    x = xp.arange(size, **_like(like)) - (size - 1) / 2
+    k = xp.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def _band(size: int, k: Any) -> Any:
+    """(size, size - len(k) + 1) matrix whose columns are k shifted down by one row each."""
+    xp = _namespace(k)
+    n = k.shape[0]
+    out = xp.zeros((size, size - n + 1), **_like(k))
+    cols = xp.arange(size - n + 1) if xp is np else xp.arange(size - n + 1, device=k.device)
+    for j in range(n):
+        out[cols + j, cols] = k[j]
+    return out
+
+
+def _halve(x: Any) -> Any:
+    """2x2 box average (odd sizes drop their last row or column), as avg_pool2d adds."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    x = x[..., :h, :w]
+    top, bottom = x[..., 0::2, :], x[..., 1::2, :]
+    return (((top[..., 0::2] + top[..., 1::2]) + bottom[..., 0::2]) + bottom[..., 1::2]) / 4
+
+
+def _ssim_terms(a: Any, b: Any, k: Any) -> tuple[Any, Any]:
+    """(SSIM, contrast-structure) per image and channel, for data range 1.
+
+    The separable Gaussian filter ('valid' borders, as in the SSIM paper) runs as two
+    products with banded matrices, built once per scale: several times faster on the CPU
+    than a depthwise convolution over three channels, forward and backward.
+    """
+    rows, cols = _band(a.shape[-2], k).T, _band(a.shape[-1], k)
+
+    def blur(x: Any) -> Any:
+        return rows @ (x @ cols)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    luminance = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
+    return (luminance * cs).mean((2, 3)), cs.mean((2, 3))
+
+
+def ms_ssim_scales(side: int, window: int = 11) -> int:
+    """How many of the 5 MS-SSIM scales fit: the window must fit the coarsest one.
+
+    A 256 px side gets all 5, a 64 px crop 3, a 128 px crop 4; the weights of the
+    scales used are rescaled to the full set's sum, so small crops still get a usable value.
+    """
+    n = 0
+    while n < len(MS_SSIM_WEIGHTS) and side >> n >= window:
+        n += 1
+    return max(n, 1)
+
+
+def ms_ssim(a: Any, b: Any, scales: int | None = None) -> Any:
+    """MS-SSIM of N x C x H x W images in [0, 1] (Wang et al. 2003), mean over images and channels.
+
+    numpy arrays give a numpy scalar; torch tensors a differentiable 0-d tensor.
+    """
+    xp = _namespace(a)
+    side = min(a.shape[-2:])
+    scales = scales or ms_ssim_scales(side)
+    window = min(11, side if side % 2 else side - 1)
+    k = _gaussian_kernel(window, 1.5, a)
+    weights = xp.asarray(MS_SSIM_WEIGHTS[:scales], **_like(a))
+    weights = weights * (sum(MS_SSIM_WEIGHTS) / weights.sum())
+    factors = []
+    for i in range(scales):
+        ssim, cs = _ssim_terms(a, b, k)
+        if i == scales - 1:
+            factors.append(ssim)
+        else:
+            factors.append(cs)
+            a, b = _halve(a), _halve(b)
+    # Negative terms (anti-correlated patches) have no real power; 1e-6 keeps gradients finite.
+    stacked = xp.stack(factors).clip(1e-6)
+    return (stacked ** weights[:, None, None]).prod(0).mean()
+
+
+def ms_ssim_u8(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM of two H x W x 3 uint8 images, in float64."""
+    pair = [x.astype(np.float64).transpose(2, 0, 1)[None] / 255.0 for x in (a, b)]
+    return float(ms_ssim(*pair))
+
+
+def _luma_power(image: np.ndarray) -> np.ndarray:
+    """|FFT|^2 of the image's luma (0..255 scale), mean removed, under a 2-D Hann window.
+
+    The window keeps the jump between opposite borders (the FFT wraps around) from
+    spreading power into every band.
+    """
+    y = image.astype(np.float64) @ YCC[0]  # BT.601 luma, the grid's Y
+    y = y - y.mean()
+    window = np.outer(np.hanning(y.shape[0]), np.hanning(y.shape[1]))
+    return np.abs(np.fft.fft2(y * window)) ** 2
+
+
+def band_power_db(decoded: np.ndarray, original: np.ndarray) -> list[float]:
+    """10 log10(luma power of decoded / of original) per band of SPECTRUM_BANDS, in dB.
+
+    Radially averaged: each band pools the frequencies whose radius (cycles per pixel)
+    lies in [low, high), the last band including 1/2. 0 dB keeps the original's energy
+    at that scale; a blurry decoder falls below 0 in the fine bands, a noisy one rises
+    above. A band the image is too small to hold, or where the original has no power,
+    gives NaN; a decoded image with none there, -inf. Both images are H x W x 3 of one
+    shape, on the 0..255 scale.
+    """
+    if decoded.shape != original.shape or decoded.ndim != 3 or decoded.shape[2] != 3:
+        raise ValueError(
+            f"expected two H x W x 3 images of one shape, got {decoded.shape} and {original.shape}"
+        )
+    fy = np.fft.fftfreq(decoded.shape[0])[:, None]
+    fx = np.fft.fftfreq(decoded.shape[1])[None, :]
+    radius = np.hypot(fy, fx)
+    power_dec, power_orig = _luma_power(decoded), _luma_power(original)
+    out = []
+    for i, (low, high) in enumerate(SPECTRUM_BANDS):
+        last = i == len(SPECTRUM_BANDS) - 1
+        band = (radius >= low) & ((radius <= high) if last else (radius < high))
+        dec, orig = power_dec[band].sum(), power_orig[band].sum()
+        if not band.any() or orig == 0:
+            out.append(math.nan)
+        else:
+            out.append(10 * math.log10(dec / orig) if dec > 0 else -math.inf)
+    return out

@@ -1,0 +1,69 @@
+"""Quality figures: PSNR, MS-SSIM on arrays and tensors alike, luma power per octave band."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aeic_codec.metrics import SPECTRUM_BANDS, band_power_db, ms_ssim, ms_ssim_u8, psnr_u8
+
+from .conftest import make_image
+
+
+def test_no_torch_import() -> None:
+    code = "import sys, aeic_codec.metrics; sys.exit('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+def test_psnr_of_a_one_level_error_everywhere() -> None:
+    a = make_image(40, 60)
+    b = np.where(a < 255, a + 1, a - 1).astype(np.uint8)
+    assert psnr_u8(a, b) == pytest.approx(20 * math.log10(255))
+    assert psnr_u8(a, a) == pytest.approx(10 * math.log10(255**2 / 1e-10))
+
+
+def test_ms_ssim_gives_the_same_number_for_arrays_and_tensors() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.random((2, 3, 96, 80))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    from_numpy = ms_ssim(a, b)
+    from_torch = ms_ssim(torch.from_numpy(a), torch.from_numpy(b))
+    assert isinstance(from_numpy, np.floating) and isinstance(from_torch, torch.Tensor)
+    assert float(from_numpy) == pytest.approx(float(from_torch), abs=1e-12)
+    x, y = make_image(64, 96, seed=1), make_image(64, 96, seed=2)
+    assert ms_ssim_u8(x, x) == pytest.approx(1.0)
+    assert 0 < ms_ssim_u8(x, y) < 1
+
+
+def picture(size: int, fine: float, coarse: float = 40.0) -> np.ndarray:
+    """Grey with a coarse wave (1/48 cycle per pixel) and a fine one (1/6) of the given sizes."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    luma = 128 + coarse * np.sin(2 * np.pi * xx / 48) + fine * np.sin(2 * np.pi * yy / 6)
+    return np.repeat(luma[..., None], 3, axis=2)
+
+
+def test_band_power_finds_the_band_a_decoder_lost() -> None:
+    original, halved = picture(192, 40.0), picture(192, 20.0)
+    bands = band_power_db(halved, original)
+    assert len(bands) == len(SPECTRUM_BANDS) == 5
+    assert bands[0] == pytest.approx(0.0, abs=0.05)  # 1/48 lies in 1/64..1/32
+    assert bands[3] == pytest.approx(20 * math.log10(0.5), abs=0.05)  # 1/6 lies in 1/8..1/4
+    assert band_power_db(original, original) == [0.0] * 5
+
+
+def test_band_power_of_bands_an_image_cannot_hold() -> None:
+    small = make_image(32, 32).astype(np.float64)
+    bands = band_power_db(small * 0.5 + 64, small)
+    assert math.isnan(bands[0])  # no frequency of a 32 px image lies in 1/64..1/32
+    assert all(b == pytest.approx(20 * math.log10(0.5)) for b in bands[1:])
+    flat = np.full((32, 32, 3), 100.0)
+    assert band_power_db(flat, small)[1:] == [-math.inf] * 4
+    with pytest.raises(ValueError, match="one shape"):
+        band_power_db(small[:16], small)
