@@ -145,7 +145,7 @@ class DecodeWork(_Work):
     precision: str = "auto"
     device: str = "cpu"
     tile: int | None = None
-    realism: float | None = None  # None: 1 where the bundle has a realism decoder, else 0
+    realism: float = 0.0  # 0: the bundle's own decoder, 1: its realism decoder
     debug: bool = False
     _models: dict[str, Any] = field(default_factory=dict)
 
@@ -158,16 +158,14 @@ class DecodeWork(_Work):
         key = header.model_id_hex
         if key not in self._models:
             self._models[key] = api.load_decoder(self.weights, key, self.realism)
-        model = self._models[key]
-        realism = api.resolve_realism(self.realism, model.realism is not None)
         image = api.decode(
             data,
-            model,
+            self._models[key],
             precision=self.precision,
             device=self.device,
             tile=self.tile,
             progress=progress,
-            realism=realism,
+            realism=self.realism,
         )
         write_target(task.target, png_bytes(image), self.force)
         return {
@@ -178,7 +176,7 @@ class DecodeWork(_Work):
             "bytes": len(data),
             "bpp": header.bpp,
             "model": key,
-            "realism": realism,
+            "realism": self.realism,
         }
 
 

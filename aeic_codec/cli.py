@@ -259,9 +259,10 @@ def encode(
 @click.option(
     "--realism",
     type=click.FloatRange(0.0, 1.0),
-    help="0: the faithful but smooth fidelity decoder; 1: the realism decoder, which draws "
-    "texture; between: a blend of both pictures. Default: 1 where the bundle has a "
-    "realism decoder, else 0.",
+    default=0.0,
+    show_default=True,
+    help="0: the bundle's fidelity decoder (faithful, smooth); 1: its realism decoder "
+    "(experimental: draws texture, as strokes); between: a blend of the two pictures.",
 )
 def decode(
     inputs: tuple[str, ...],
@@ -276,7 +277,7 @@ def decode(
     precision: str,
     device: str,
     tile: int | None,
-    realism: float | None,
+    realism: float,
 ) -> None:
     """Decompress .aeic files to PNG."""
     report = _Reporter(quiet, as_json, output == "-")

@@ -1,10 +1,13 @@
 """Rate-distortion on Kodak: aeic bundles against JPEG, WebP, AVIF and downscale + AVIF.
 
 Every figure comes from real files: an aeic point is the mean over the images of the
-.aeic file's size, and of PSNR (RGB, 8 bit) and MS-SSIM between the source and the decoded
-PNG; an anchor point does the same with Pillow's encoder at its lowest quality setting
-(JPEG 1, WebP 0, AVIF 0) or with "downscale by k, AVIF, upscale bicubic", swept over a few
-AVIF qualities so that it forms a curve over the ultra-low rates.
+.aeic file's size, and of PSNR (RGB, 8 bit), MS-SSIM and the luma power kept per frequency
+band (``metrics.band_power_db``: 0 dB keeps the original's energy, below 0 is blur) between
+the source and the decoded PNG. A bundle with a realism decoder gives two points, decoded
+with realism 0 (its fidelity decoder) and 1 (the same files). An anchor point does the
+same with Pillow's encoder at its lowest quality setting (JPEG 1, WebP 0, AVIF 0) or with
+"downscale by k, AVIF, upscale bicubic", swept over a few AVIF qualities so that it forms
+a curve over the ultra-low rates.
 
 Usage:
     python -m bench.rd_kodak                        # shipped bundles, all 24 images
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aeic_codec.metrics import ms_ssim_u8, psnr_u8
+from aeic_codec.metrics import SPECTRUM_BANDS, band_power_db, ms_ssim_u8, psnr_u8
 
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -44,18 +47,22 @@ class Point:
     msssim: float = 0.0
     encode_s: float = 0.0
     decode_s: float = 0.0
-    per_image: list[dict[str, float]] = field(default_factory=list)
+    bands: list[float] = field(default_factory=list)  # dB per SPECTRUM_BANDS, mean of images
+    per_image: list[dict[str, object]] = field(default_factory=list)
 
     def add(self, name: str, nbytes: int, src: np.ndarray, out: np.ndarray, enc: float, dec: float):
         bpp = nbytes * 8 / (src.shape[0] * src.shape[1])
         row = {"image": name, "bpp": bpp, "psnr": psnr_u8(src, out), "msssim": ms_ssim_u8(src, out)}
-        self.per_image.append(row | {"encode_s": enc, "decode_s": dec})
+        bands = band_power_db(out.astype(np.float64), src.astype(np.float64))
+        self.per_image.append(row | {"encode_s": enc, "decode_s": dec, "bands": bands})
 
     def finish(self) -> Point:
         rows = self.per_image
         self.images = len(rows)
         for key in ("bpp", "psnr", "msssim", "encode_s", "decode_s"):
             setattr(self, key, float(np.mean([r[key] for r in rows])) if rows else 0.0)
+        if rows:
+            self.bands = [float(b) for b in np.mean([r["bands"] for r in rows], axis=0)]
         return self
 
     @property
@@ -78,19 +85,29 @@ def load_rgb(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------- aeic
 
 
-def measure_bundle(path: Path, images: Iterable[Path], precision: str = "auto") -> Point:
+def realism_settings(path: Path) -> list[float]:
+    """The realism values a bundle is measured at: 0, and 1 when it has a realism decoder."""
+    from aeic_codec.bundle import read_info
+
+    return [0.0, 1.0] if read_info(path).realism is not None else [0.0]
+
+
+def measure_bundle(
+    path: Path, images: Iterable[Path], precision: str = "auto", realism: float = 0.0
+) -> Point:
     """Encode and decode every image with one bundle, timing both (model loaded once)."""
     from aeic_codec import api
     from aeic_codec.bundle import load_bundle
 
-    model = load_bundle(path)
-    point = Point("aeic", model_label(path))
+    model = load_bundle(path, realism=realism > 0)
+    label = model_label(path) + (f" realism {realism:g}" if realism_settings(path)[1:] else "")
+    point = Point("aeic", label)
     for image in images:
         src = load_rgb(image)
         t0 = time.perf_counter()
         data = api.encode(src, model)
         t1 = time.perf_counter()
-        out = api.decode(data, model, precision=precision)
+        out = api.decode(data, model, precision=precision, realism=realism)
         t2 = time.perf_counter()
         point.add(image.stem, len(data), src, out, t1 - t0, t2 - t1)
     return point.finish()
@@ -170,14 +187,21 @@ def measure_anchor(method: str, setting: str, codec: Codec, images: Iterable[Pat
 # --------------------------------------------------------------------------- report
 
 
+def band_label(low: float, high: float) -> str:
+    return f"1/{round(1 / low)}-1/{round(1 / high)}"
+
+
 def table(points: list[Point]) -> str:
-    head = "| codec | setting | images | bpp | PSNR dB | MS-SSIM | encode s | decode s |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    """Markdown: rate, quality, the luma power kept per band (dB), speed."""
+    bands = " | ".join(band_label(lo, hi) for lo, hi in SPECTRUM_BANDS)
+    head = f"| codec | setting | images | bpp | PSNR dB | MS-SSIM | {bands} | encode s | decode s |"
+    lines = [head, "|---" * (8 + len(SPECTRUM_BANDS)) + "|"]
     for p in points:
         dec = f"{p.decode_s:.2f}" if p.method == "aeic" else "-"
+        kept = " | ".join(f"{b:+.1f}" for b in p.bands)
         lines.append(
             f"| {p.method} | {p.setting} | {p.images} | {p.bpp:.4f} | {p.psnr:.2f} | "
-            f"{p.msssim:.3f} | {p.encode_s:.2f} | {dec} |"
+            f"{p.msssim:.3f} | {kept} | {p.encode_s:.2f} | {dec} |"
         )
     return "\n".join(lines)
 
@@ -202,6 +226,8 @@ def plot(
     groups: dict[str, list[Point]] = {}
     for p in points:
         key = p.setting.split(" λ=")[0] if p.method == "aeic" else p.method
+        if p.method == "aeic" and " realism " in p.setting:
+            key += " realism " + p.setting.rsplit(" ", 1)[1]
         groups.setdefault(f"aeic {key}" if p.method == "aeic" else key, []).append(p)
     for metric, ylabel in (("psnr", "PSNR (dB)"), ("msssim", "MS-SSIM")):
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -254,6 +280,48 @@ def crops(
     return out
 
 
+def realism_crops(bundle: Path, images: list[Path], out: Path, side: int = 256) -> Path:
+    """Per image a row at 1:1: original, fidelity (realism 0), realism 1, x2 + AVIF.
+
+    The x2 + AVIF quality is the lowest whose file is at least as large as the aeic file,
+    so the comparison never favours aeic on rate.
+    """
+    from PIL import ImageDraw
+
+    from aeic_codec import api
+    from aeic_codec.bundle import load_bundle
+
+    model = load_bundle(bundle, realism=True)
+    rows = []
+    for image in images:
+        src = load_rgb(image)
+        h, w = src.shape[:2]
+        data = api.encode(src, model)
+        bpp = len(data) * 8 / (h * w)
+        tiles = [("original", src)]
+        for r in (0.0, 1.0):
+            out = api.decode(data, model, realism=r)
+            tiles.append((f"realism {r:g}: {bpp:.4f} bpp, {psnr_u8(src, out):.2f} dB", out))
+        for q in range(0, 101, 2):
+            size, avif = _downscaled(2, q)(Image.fromarray(src))
+            if size >= len(data):
+                break
+        avif_px = np.array(avif)
+        tiles.append(
+            (f"x2+AVIF q{q}: {size * 8 / (h * w):.4f} bpp, {psnr_u8(src, avif_px):.2f} dB", avif_px)
+        )
+        box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+        rows.append((image.stem, tiles, box))
+    sheet = Image.new("RGB", (side * 4, (side + 18) * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, (name, tiles, box) in enumerate(rows):
+        for i, (label, pixels) in enumerate(tiles):
+            sheet.paste(Image.fromarray(pixels).crop(box), (i * side, j * (side + 18) + 18))
+            draw.text((i * side + 4, j * (side + 18) + 3), f"{name} {label}", fill="black")
+    sheet.save(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kodak", type=Path, default=KODAK)
@@ -265,6 +333,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="write every point (and per-image rows) here")
     p.add_argument("--plot", type=Path, help="write PREFIX-psnr.png and PREFIX-msssim.png")
     p.add_argument("--crops", type=Path, help="write a crop sheet of kodim23 here")
+    p.add_argument(
+        "--realism-crops",
+        type=Path,
+        help="write original / fidelity / realism / x2+AVIF crops of three images here",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -279,8 +352,9 @@ def main(argv: list[str] | None = None) -> None:
     print(machine)
     points = []
     for path in bundles:
-        points.append(measure_bundle(path, images, args.precision))
-        print(table(points[-1:]).splitlines()[-1], flush=True)
+        for realism in realism_settings(path):
+            points.append(measure_bundle(path, images, args.precision, realism))
+            print(table(points[-1:]).splitlines()[-1], flush=True)
     if not args.no_anchors:
         for method, setting, codec in anchors():
             points.append(measure_anchor(method, setting, codec, images))
@@ -291,6 +365,11 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     if args.plot:
         plot(points, args.plot, f"Kodak ({len(images)} images)")
+    if args.realism_crops:
+        with_realism = [b for b in bundles if realism_settings(b)[1:]]
+        if with_realism:
+            chosen = [args.kodak / f"kodim{n}.png" for n in ("05", "13", "23")]
+            realism_crops(with_realism[0], [c for c in chosen if c.exists()], args.realism_crops)
     if args.crops and bundles:
         sample = args.kodak / "kodim23.png"
         crops(bundles, sample if sample.exists() else images[0], args.crops)

@@ -495,8 +495,9 @@ def rate_distortion(plan: Plan) -> str:
     auto = "bf16" if _bf16() else "fp32"
     points = []
     for path in plan.bundles:
-        points.append(rd_kodak.measure_bundle(path, plan.kodak, "auto"))
-        log(f"rd {path.stem}: {points[-1].bpp:.4f} bpp, {points[-1].psnr:.2f} dB")
+        for realism in rd_kodak.realism_settings(path):
+            points.append(rd_kodak.measure_bundle(path, plan.kodak, "auto", realism))
+            log(f"rd {points[-1].setting}: {points[-1].bpp:.4f} bpp, {points[-1].psnr:.2f} dB")
     if plan.anchors:
         for method, setting, codec in rd_kodak.anchors(plan.qualities):
             points.append(rd_kodak.measure_anchor(method, setting, codec, plan.kodak))

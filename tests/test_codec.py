@@ -216,3 +216,11 @@ def test_tiny_config_runs_everything_through_the_same_code():
     model.build_tables()
     c = model.compress(_image_tensor(70, 33))
     assert torch.equal(model.decompress(c.streams, latent_size(70, 33)), c.y_hat)
+
+
+def test_auto_precision_is_bf16_only_with_native_bf16() -> None:
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert api.resolve_precision("auto") == (torch.bfloat16 if native else torch.float32)
+    assert api.resolve_precision("auto", "cuda") == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 is for CUDA"):
+        api.resolve_precision("fp16")

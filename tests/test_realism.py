@@ -107,7 +107,7 @@ def test_attaching_keeps_identity_and_files(realism_bundle: tuple[Path, Path]) -
     assert np.array_equal(api.decode(data, model, precision="fp32", realism=0), fidelity)
     real = api.decode(data, model, precision="fp32", realism=1)
     assert real.shape == image.shape and not np.array_equal(real, fidelity)
-    assert np.array_equal(api.decode(data, model, precision="fp32"), real)  # None means 1
+    assert np.array_equal(api.decode(data, model, precision="fp32"), fidelity)  # default 0
     half = api.decode(data, model, precision="fp32", realism=0.5).astype(int)
     mean = (fidelity.astype(int) + real.astype(int)) / 2
     assert np.abs(half - mean).max() <= 2  # blended before the colour fix and rounding
@@ -150,10 +150,12 @@ def test_cli_decode_realism(realism_bundle: tuple[Path, Path], tmp_path: Path) -
     )
     assert enc.exit_code == 0, enc.output
     args = ["decode", str(tmp_path / "a.aeic"), "--json", "--weights"]
-    ok = runner.invoke(main, [*args, str(with_realism), "-o", str(tmp_path / "r.png")])
+    ok = runner.invoke(
+        main, [*args, str(with_realism), "-o", str(tmp_path / "r.png"), "--realism", "1"]
+    )
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout.splitlines()[-1])["realism"] == 1.0
-    fid = runner.invoke(main, [*args, str(plain), "-o", str(tmp_path / "f.png"), "--realism", "0"])
+    fid = runner.invoke(main, [*args, str(plain), "-o", str(tmp_path / "f.png")])
     assert fid.exit_code == 0 and json.loads(fid.stdout.splitlines()[-1])["realism"] == 0.0
     bad = runner.invoke(main, [*args, str(plain), "-o", str(tmp_path / "x.png"), "--realism", "1"])
     assert bad.exit_code == 1

@@ -12,7 +12,7 @@ import pytest
 
 from aeic_codec import api
 from aeic_codec.bundle import find_bundle, load_bundle, read_info
-from aeic_codec.metrics import psnr_u8
+from aeic_codec.metrics import band_power_db, psnr_u8
 from tests.conftest import make_image
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -20,6 +20,10 @@ SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))
 # lambda -> (minimum PSNR in dB on make_image(128, 128), maximum bytes of the file)
 # (measured when committed: 16.83 dB / 129 bytes, 16.40 / 95, 15.70 / 57)
 BARS = {12.0: (16.3, 150), 64.0: (15.9, 115), 500.0: (15.2, 75)}
+# lambda -> (minimum PSNR, minimum luma power kept in the 1/8-1/4 cycle band, in dB) of the
+# realism decoder on the same image: a realism decoder that stopped drawing texture (or a
+# broken one) fails here. (Measured when committed: REALISM_MEASURED.)
+REALISM_BARS: dict[float, tuple[float, float]] = {}
 
 
 def test_three_rate_points_are_shipped_under_60_mb() -> None:
@@ -38,6 +42,20 @@ def test_shipped_bundle_codes_a_picture(path: Path) -> None:
     assert out.shape == image.shape
     assert len(data) <= max_bytes
     assert psnr_u8(image, out) >= floor
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_realism_decoder_draws_texture(path: Path) -> None:
+    model = load_bundle(path, realism=True)
+    image = make_image(128, 128)
+    data = api.encode(image, model)
+    fidelity = api.decode(data, model, precision="fp32", realism=0)
+    realism = api.decode(data, model, precision="fp32", realism=1)
+    floor, band_floor = REALISM_BARS[model.lambda_]
+    assert psnr_u8(image, realism) >= floor
+    kept = band_power_db(realism.astype(float), image.astype(float))[3]
+    assert kept >= band_floor
+    assert kept > band_power_db(fidelity.astype(float), image.astype(float))[3] + 3
 
 
 def test_no_option_picks_the_middle_rate_point(monkeypatch: pytest.MonkeyPatch) -> None:
