@@ -20,6 +20,34 @@ from .transforms import SynthesisTransform
 from .vae import build_vae
 
 PREFIX = "realism."
+# What a realism decoder's own configuration decides; the rest comes from its bundle.
+DECODER_FIELDS = (
+    "gs_dims",
+    "gs_blocks",
+    "denoiser_in",
+    "decoder_latent",
+    "unet_widths",
+    "unet_heads",
+    "unet_attention",
+    "unet_layers",
+    "unet_mid_attention",
+    "unet_norm_groups",
+    "vae_widths",
+    "vae_layers",
+    "vae_norm_groups",
+    "vae_mid_attention",
+    "vae_kind",
+    "vae_blocks",
+    "vae_pooled",
+    "eps_tile",
+    "eps_overlap",
+    "vae_tile",
+)
+
+
+def realism_config(base: ModelConfig, preset: ModelConfig) -> ModelConfig:
+    """The configuration of a realism decoder of ``preset``'s shape for ``base``'s y_hat."""
+    return base.replace(name=preset.name, **{f: getattr(preset, f) for f in DECODER_FIELDS})
 
 
 class RealismDecoder(nn.Module):

@@ -45,7 +45,7 @@ from ..config import PRESETS
 from ..imageio import read_image
 from ..metrics import band_power_db
 from ..model import AEIC, PAD
-from ..realism import RealismDecoder
+from ..realism import RealismDecoder, realism_config
 from ..tiny_vae import TinyEncoder, read_taef2
 from ..transforms import pad_reflect
 from .data import find_images
@@ -78,14 +78,7 @@ class RealismConfig:
     latent: float = 1.0
     lowpass: float = 4.0
     adv: float = 0.1
-    # "latent": losses on l_0 only (D frozen, cheap); "image": a second stage that decodes
-    # the crops through D (trainable at vae_lr) and adds MSE and E's perceptual term, with
-    # the critic on the picture, to take out what D still draws from imperfect latents.
-    space: str = "latent"
-    vae_lr: float = 0.0
-    mse: float = 0.0
-    perceptual: float = 0.0
-    grid_cell: int = 64  # the colour grid applied to crops (image space) and evaluations
+    grid_cell: int = 64  # the colour grid applied to evaluation decodes
     grid_step: int = 4
     eval_dir: str = ""
     eval_images: int = 4
@@ -109,8 +102,6 @@ def load_config(path: str | Path) -> RealismConfig:
     cfg = RealismConfig(**data)
     if cfg.crop % PAD:
         raise ValueError(f"{path}: crop must be a multiple of {PAD}")
-    if cfg.space not in ("latent", "image"):
-        raise ValueError(f"{path}: space must be latent or image, got {cfg.space}")
     return cfg
 
 
@@ -136,42 +127,9 @@ class LatentCritic(nn.Module):
         return self.net(torch.cat((latent, cond), 1))
 
 
-class ImageCritic(nn.Module):
-    """PatchGAN (spectral norm, hinge loss) on the picture and a projection of y_hat."""
-
-    def __init__(self, y_channels: int, width: int, cond: int = 8, layers: int = 3) -> None:
-        super().__init__()
-        sn = nn.utils.parametrizations.spectral_norm
-        self.project = nn.Conv2d(y_channels, cond, 1)
-        blocks: list[nn.Module] = []
-        cin = 3 + cond
-        for i in range(layers):
-            cout = width * 2**i
-            blocks += [sn(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-            cin = cout
-        blocks.append(sn(nn.Conv2d(cin, 1, 3, padding=1)))
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-        cond = F.interpolate(self.project(y_hat), scale_factor=32, mode="nearest")
-        return self.net(torch.cat((x, cond), 1))
-
-
-def _unit(f: torch.Tensor) -> torch.Tensor:
-    return f / (f.pow(2).sum(1, keepdim=True) + 1e-10).sqrt()
-
-
-def perceptual_distance(taps_a: list[torch.Tensor], taps_b: list[torch.Tensor]) -> torch.Tensor:
-    """Squared distance of unit feature vectors per position, summed over E's four levels."""
-    terms = [
-        (_unit(a) - _unit(b)).pow(2).sum(1).mean() for a, b in zip(taps_a, taps_b, strict=True)
-    ]
-    return torch.stack(terms).sum()
-
-
 def padded_input(image: np.ndarray) -> torch.Tensor:
     """(1, 3, H', W') in [-1, 1], padded as the encoder pads (reflect, to a multiple of 64)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # a writable copy
     return pad_reflect(x / 127.5 - 1.0, PAD)
 
 
@@ -229,15 +187,11 @@ def crops(
     batch: int,
     seed: int,
     step: int,
-    images: list[torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Step ``step``'s batch: crops drawn from (seed, step) alone, so resuming is exact.
-
-    Returns y_hat, E(x) and, given the padded images, the pixels in [0, 1].
-    """
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``step``'s batch: crops drawn from (seed, step) alone, so resuming is exact."""
     rng = np.random.default_rng((seed, step))
     cy, cl = crop // 32, crop // LATENT_SCALE
-    y_out, l_out, x_out = [], [], []
+    y_out, l_out = [], []
     for _ in range(batch):
         i = int(rng.integers(len(ys)))
         y, lat = ys[i], lats[i]
@@ -249,11 +203,7 @@ def crops(
         l_crop = _fit(lat[:, k * top : k * top + cl, k * left : k * left + cl], cl)
         y_out.append(y_crop)
         l_out.append(l_crop)
-        if images is not None:
-            x = images[i][:, 32 * top : 32 * top + crop, 32 * left : 32 * left + crop]
-            x_out.append(_fit(x.float() / 255, crop))
-    x_batch = torch.stack(x_out) if images is not None else None
-    return torch.stack(y_out).float(), torch.stack(l_out).float(), x_batch
+    return torch.stack(y_out).float(), torch.stack(l_out).float()
 
 
 def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -271,34 +221,20 @@ class RealismTrainer:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         info = read_info(cfg.base_bundle)
-        dcfg = PRESETS[cfg.preset].replace(latent_channels=info.config.latent_channels)
+        dcfg = realism_config(info.config, PRESETS[cfg.preset])
         self.decoder = RealismDecoder(dcfg)
         self.decoder.vae.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_decoder.safetensors"))
         self.decoder.vae.requires_grad_(False).eval()
-        image = cfg.space == "image"
-        if image:
-            self.critic: nn.Module = ImageCritic(dcfg.latent_channels, cfg.disc_width)
-            self.encoder = TinyEncoder()
-            self.encoder.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_encoder.safetensors"))
-            self.encoder.requires_grad_(False).eval()
-        else:
-            self.critic = LatentCritic(dcfg.decoder_latent, dcfg.latent_channels, cfg.disc_width)
+        self.critic = LatentCritic(dcfg.decoder_latent, dcfg.latent_channels, cfg.disc_width)
         self.warm_started = 0
         if cfg.init:
             state = torch.load(cfg.init, map_location="cpu", weights_only=True)
             self.decoder.load_state_dict(state["decoder"])
-            if not image:  # an image-space stage starts its own critic
-                self.critic.load_state_dict(state["critic"])
+            self.critic.load_state_dict(state["critic"])
         else:
             self._warm_start(load_bundle(cfg.base_bundle, encoder=False))
         body = [p for n, p in self.decoder.named_parameters() if not n.startswith("vae.")]
-        groups = [{"params": body, "scale": 1.0}]
-        if cfg.vae_lr > 0:
-            self.decoder.vae.requires_grad_(True)
-            groups.append(
-                {"params": list(self.decoder.vae.parameters()), "scale": cfg.vae_lr / cfg.lr}
-            )
-        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+        self.opt = torch.optim.AdamW(body, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
         self.disc_opt = torch.optim.AdamW(
             self.critic.parameters(), lr=cfg.disc_lr, weight_decay=0.0, betas=(0.5, 0.9)
         )
@@ -328,14 +264,12 @@ class RealismTrainer:
             return 0.0
         return c.adv * min(1.0, (step - c.adv_start + 1) / max(1, c.adv_ramp))
 
-    def train_step(
-        self, y_hat: torch.Tensor, target: torch.Tensor, x01: torch.Tensor | None = None
-    ) -> dict[str, float]:
-        """One step on latent crops (and, in image space, the pixels x01 in [0, 1])."""
+    def train_step(self, y_hat: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """One step on a batch of y_hat crops and the E(x) crops that l_0 should match."""
         c = self.cfg
         lr = self.lr_at(self.step)
         for g in self.opt.param_groups:
-            g["lr"] = lr * g["scale"]
+            g["lr"] = lr
         l_t, l_res = self.decoder.g_s(y_hat)
         l_0 = self.decoder.denoiser(l_t) + l_res
         terms = {
@@ -343,31 +277,20 @@ class RealismTrainer:
             "lowpass": F.mse_loss(F.avg_pool2d(l_0, 4), F.avg_pool2d(target, 4)),
         }
         loss = c.latent * terms["latent"] + c.lowpass * terms["lowpass"]
-        real_in, fake = target, l_0
-        if x01 is not None:
-            fixed = colour_grid_fix((self.decoder.vae(l_0) + 1) / 2, x01, c.grid_cell, c.grid_step)
-            with torch.no_grad():
-                taps_x, _ = self.encoder.features(x01)
-            taps_h, _ = self.encoder.features(fixed)
-            terms["mse"] = F.mse_loss(fixed, x01)
-            terms["perceptual"] = perceptual_distance(taps_h, taps_x)
-            loss = loss + c.mse * terms["mse"] + c.perceptual * terms["perceptual"]
-            real_in, fake = x01 * 2 - 1, fixed * 2 - 1
         adv_w = self.adv_at(self.step)
         if adv_w > 0:
             self.critic.requires_grad_(False)
-            terms["adv"] = -self.critic(fake, y_hat).mean()
+            terms["adv"] = -self.critic(l_0, y_hat).mean()
             loss = loss + adv_w * terms["adv"]
             self.critic.requires_grad_(True)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.step}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        grad = nn.utils.clip_grad_norm_(params, 1.0)
+        grad = nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], 1.0)
         self.opt.step()
-        real = self.critic(real_in, y_hat)
-        disc = F.relu(1 - real).mean() + F.relu(1 + self.critic(fake.detach(), y_hat)).mean()
+        real = self.critic(target, y_hat)
+        disc = F.relu(1 - real).mean() + F.relu(1 + self.critic(l_0.detach(), y_hat)).mean()
         self.disc_opt.zero_grad(set_to_none=True)
         disc.backward()
         self.disc_opt.step()
@@ -449,12 +372,6 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
         out / f"cache-y-{base.identity}.pt",
         out / "cache-taef2.pt",
     )
-    images = None
-    if cfg.space == "image":
-        images = [
-            ((padded_input(training_image(p, cfg.max_pixels))[0] + 1) * 127.5).round().byte()
-            for p in find_images(data)
-        ]
     evals = []
     if cfg.eval_dir and cfg.eval_every:
         with torch.no_grad():
@@ -466,10 +383,8 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
     last_save, started = time.monotonic(), time.monotonic()
     with StopSignals() as stop:
         while trainer.step < cfg.steps:
-            y_hat, target, x01 = crops(
-                ys, lats, cfg.crop, cfg.batch, cfg.seed, trainer.step, images
-            )
-            for k, v in trainer.train_step(y_hat, target, x01).items():
+            y_hat, target = crops(ys, lats, cfg.crop, cfg.batch, cfg.seed, trainer.step)
+            for k, v in trainer.train_step(y_hat, target).items():
                 sums[k] = sums.get(k, 0.0) + v
             step = trainer.step
             if step % cfg.log_every == 0:

@@ -1,0 +1,106 @@
+"""Realism training end to end on tiny stand-ins: caches, steps, resume, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from aeic_codec import api
+from aeic_codec.bundle import load_bundle, read_info, save_bundle
+from aeic_codec.config import AEIC_SMALL_TAEF2, tiny_config
+from aeic_codec.model import AEIC
+from aeic_codec.tiny_vae import TinyDecoder, TinyEncoder
+from aeic_codec.training.realism import RealismConfig, crops, export, load_config, run
+from tests.conftest import make_image
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny bundle, random TAEF2-layout files and three training photos."""
+    torch.manual_seed(3)
+    root = tmp_path_factory.mktemp("realism-train")
+    bundle = root / "tiny-l8.safetensors"
+    save_bundle(bundle, AEIC(tiny_config()), lambda_=8.0)
+    taef2 = root / "taef2"
+    taef2.mkdir()
+    save_file(TinyDecoder(AEIC_SMALL_TAEF2).state_dict(), str(taef2 / "taef2_decoder.safetensors"))
+    save_file(TinyEncoder().state_dict(), str(taef2 / "taef2_encoder.safetensors"))
+    data = root / "photos"
+    data.mkdir()
+    for seed, (h, w) in enumerate([(128, 128), (96, 160), (200, 150)]):
+        Image.fromarray(make_image(h, w, seed)).save(data / f"p{seed}.png")
+    return {"root": root, "bundle": bundle, "taef2": taef2, "data": data}
+
+
+def config(setup: dict[str, Path], steps: int) -> RealismConfig:
+    return RealismConfig(
+        base_bundle=str(setup["bundle"]),
+        taef2=str(setup["taef2"]),
+        steps=steps,
+        crop=64,
+        batch=2,
+        threads=1,
+        adv_start=1,
+        adv_ramp=1,
+        disc_width=8,
+        eval_dir=str(setup["data"]),
+        eval_images=1,
+        eval_every=2,
+        log_every=1,
+        max_pixels=20_000,
+    )
+
+
+def test_crops_are_a_function_of_the_step() -> None:
+    ys = [torch.randn(16, 4, 6), torch.randn(16, 2, 2)]
+    lats = [torch.randn(32, 16, 24), torch.randn(32, 8, 8)]
+    a, b = crops(ys, lats, 64, 3, 0, 5), crops(ys, lats, 64, 3, 0, 5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (3, 16, 2, 2) and a[1].shape == (3, 32, 8, 8)
+    assert not torch.equal(crops(ys, lats, 64, 3, 0, 6)[1], a[1])
+
+
+def test_a_run_resumes_on_the_same_bits_and_exports(setup: dict[str, Path]) -> None:
+    straight = setup["root"] / "straight"
+    run(config(setup, 3), setup["data"], straight, resume=False)
+    split = setup["root"] / "split"
+    run(config(setup, 2), setup["data"], split, resume=False)
+    with pytest.raises(SystemExit, match="--resume"):
+        run(config(setup, 3), setup["data"], split, resume=False)
+    run(config(setup, 3), setup["data"], split, resume=True)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3
+    for key, value in a["decoder"].items():
+        assert torch.equal(value, b["decoder"][key]), key
+    rows = (straight / "log.jsonl").read_text().splitlines()
+    assert sum('"eval_psnr"' in r for r in rows) == 2  # steps 2 and 3 (the last)
+    assert len(list(straight.glob("cache-*.pt"))) == 2
+
+    out = setup["root"] / "with-realism.safetensors"
+    identity = export(config(setup, 3), straight / "checkpoint.pt", out, "test.toml")
+    info = read_info(out)
+    assert identity == info.identity == read_info(setup["bundle"]).identity
+    assert info.provenance["realism"] == {"config": "test.toml", "steps": 3, "seed": 0}
+    model = load_bundle(out, realism=True)
+    image = make_image(64, 96)
+    picture = api.decode(api.encode(image, model), model, realism=1, precision="fp32")
+    assert picture.shape == image.shape and picture.dtype == np.uint8
+
+
+def test_config_paths_and_keys(tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text('base_bundle = "w/b.safetensors"\ncrop = 128\n')
+    cfg = load_config(path)
+    assert cfg.base_bundle == str((tmp_path / "w/b.safetensors").resolve())
+    path.write_text("crop = 100\n")
+    with pytest.raises(ValueError, match="multiple of 64"):
+        load_config(path)
+    path.write_text("steps = 3\nbogus = 1\n")
+    with pytest.raises(ValueError, match="unknown keys bogus"):
+        load_config(path)
