@@ -4,24 +4,26 @@ eps is SD-Turbo's UNet with the time embedding, the resnets' time projections an
 the transformers' cross-attention removed. diffusers' own blocks built with
 ``temb_channels=None`` and ``cross_attention_dim=None`` are exactly that network, so
 this module only wires them together; attribute names follow diffusers'
-``UNet2DConditionModel`` so that SD-Turbo's UNet weights load without renaming.
+``UNet2DConditionModel`` so that SD-Turbo's UNet weights load without renaming. The
+blocks are imported without the rest of diffusers (``diffusers_blocks``).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.unets.unet_2d_blocks import (
-    CrossAttnDownBlock2D,
-    CrossAttnUpBlock2D,
-    DownBlock2D,
-    UNetMidBlock2D,
-    UNetMidBlock2DCrossAttn,
-    UpBlock2D,
-)
 from torch import nn
 
 from aeic_codec.config import ModelConfig
+from aeic_codec.diffusers_blocks import import_module
+
+_blocks = import_module("diffusers.models.unets.unet_2d_blocks")
+CrossAttnDownBlock2D = _blocks.CrossAttnDownBlock2D
+CrossAttnUpBlock2D = _blocks.CrossAttnUpBlock2D
+DownBlock2D = _blocks.DownBlock2D
+UNetMidBlock2D = _blocks.UNetMidBlock2D
+UNetMidBlock2DCrossAttn = _blocks.UNetMidBlock2DCrossAttn
+UpBlock2D = _blocks.UpBlock2D
 
 NORM_EPS = 1e-5  # SD 2.1's norm_eps; the transformers' own GroupNorm keeps diffusers' 1e-6
 

@@ -10,9 +10,11 @@ computation (no latent scaling factor, no post-quant conv). It subclasses
 from __future__ import annotations
 
 import torch
-from diffusers.models.autoencoders.vae import Decoder
 
 from aeic_codec.config import ModelConfig
+from aeic_codec.diffusers_blocks import import_module
+
+Decoder = import_module("diffusers.models.autoencoders.vae").Decoder
 
 
 class LiteVAEDecoder(Decoder):
