@@ -167,6 +167,16 @@ def read_grid(f: AeicFile) -> np.ndarray | None:
         raise FormatError(f"corrupt file: {exc}") from exc
 
 
+def check_device(device: str) -> None:
+    """Raise ValueError (one line) when ``device`` cannot run here; cpu always can."""
+    if device == "cpu":
+        return
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA GPU is available to torch here")
+
+
 def resolve_precision(precision: str, device: str = "cpu") -> torch.dtype:
     """auto: bfloat16 where the CPU has native bf16 (or on CUDA), else float32.
 

@@ -1,17 +1,21 @@
 """Encoding and decoding many files, in this process or in worker processes.
 
-Each worker loads its model once and handles whole files; results come back in input
-order, so the output of ``--jobs 2`` is the same as ``--jobs 1`` byte for byte (the
-coder is thread-count independent, docs/format.md). A failure is reported per file and
-never stops the batch.
+Each worker loads its model once and turns whole files into output bytes; results come
+back in input order, so the output of ``--jobs 2`` is the same as ``--jobs 1`` byte for
+byte (the coder is thread-count independent, docs/format.md). Only the main process
+writes files, so stopping the workers (Ctrl-C) can never leave an output behind. A
+failure is reported per file and never stops the batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,16 +40,20 @@ class Task:
 
 @dataclass
 class Outcome:
-    """What happened to one task: a record for reports, or a one-line error."""
+    """What happened to one task: a record and the output's bytes, or a one-line error.
+
+    Messages never name the input: whoever reports them does, once.
+    """
 
     task: Task
     record: dict[str, Any] | None = None
+    data: bytes | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
 class TaskFailed(Exception):
-    """A per-file failure whose message is already a complete line."""
+    """A per-file failure whose message is complete (without the input's name)."""
 
 
 def read_source(source: str) -> bytes:
@@ -54,11 +62,45 @@ def read_source(source: str) -> bytes:
     try:
         return Path(source).read_bytes()
     except FileNotFoundError:
-        raise TaskFailed(f"{source}: no such file") from None
+        raise TaskFailed("no such file") from None
     except IsADirectoryError:
-        raise TaskFailed(f"{source}: is a directory") from None
+        raise TaskFailed("is a directory") from None
     except OSError as exc:
-        raise TaskFailed(f"{source}: cannot read ({exc.strerror})") from None
+        raise TaskFailed(f"cannot read ({exc.strerror})") from None
+
+
+def preflight(tasks: list[Task], force: bool) -> dict[Task, str]:
+    """Outputs that could not be written, found before any work: {task: why}."""
+    problems: dict[Task, str] = {}
+    writable: dict[Path, str | None] = {}  # one probe per folder
+    for task in tasks:
+        if task.target == "-":
+            continue
+        path = Path(task.target)
+        if path.is_dir():
+            problems[task] = f"{path} is a folder"
+            continue
+        if path.exists() and not force:
+            problems[task] = f"{path} exists (use --force to overwrite)"
+            continue
+        # Folders that mirror the input layout are made on writing: probe the nearest one.
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder not in writable:
+            writable[folder] = _probe(folder)
+        if writable[folder]:
+            problems[task] = f"cannot write {path} ({writable[folder]})"
+    return problems
+
+
+def _probe(folder: Path) -> str | None:
+    """Create and drop a nameless file in ``folder``: the one sure test of writing there."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return f"folder {folder}: {exc.strerror or exc}"
 
 
 def write_target(target: str, data: bytes, force: bool) -> None:
@@ -70,18 +112,19 @@ def write_target(target: str, data: bytes, force: bool) -> None:
         return
     path = Path(target)
     if path.exists() and not force:
-        raise TaskFailed(f"{target}: exists (use --force to overwrite)")
+        raise TaskFailed(f"{target} exists (use --force to overwrite)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, data)
     except OSError as exc:
-        raise TaskFailed(f"{target}: cannot write ({exc.strerror or exc})") from None
+        raise TaskFailed(f"cannot write {target} ({exc.strerror or exc})") from None
 
 
 class _Work:
     """Runs one task, turning the expected failures into a one-line Outcome error."""
 
     debug: bool
+    force: bool
 
     def __call__(self, task: Task, progress: Progress | None = None) -> Outcome:
         outcome = Outcome(task)
@@ -92,10 +135,11 @@ class _Work:
         except EXPECTED as exc:
             if self.debug:
                 raise
-            outcome.error = f"{task.source}: {exc}"
+            outcome.error = str(exc)
         return outcome
 
     def run(self, task: Task, outcome: Outcome, progress: Progress | None) -> dict[str, Any]:
+        """Fill ``outcome.data`` with the output's bytes; return the report record."""
         raise NotImplementedError
 
 
@@ -122,7 +166,7 @@ class EncodeWork(_Work):
         result = api.encode_image(
             image, self._model, colour_fix=self.colour_fix, colour_grid=self.colour_grid
         )
-        write_target(task.target, result.data, self.force)
+        outcome.data = result.data
         h, w = image.shape[:2]
         return {
             "input": task.source,
@@ -167,7 +211,7 @@ class DecodeWork(_Work):
             progress=progress,
             realism=self.realism,
         )
-        write_target(task.target, png_bytes(image), self.force)
+        outcome.data = png_bytes(image)
         return {
             "input": task.source,
             "output": task.target,
@@ -187,6 +231,9 @@ def _init_worker(work: Any, threads: int) -> None:
     import torch
 
     global _WORK
+    # Ctrl-C reaches the whole process group: the main process alone handles it (by
+    # stopping the workers), so a worker never prints a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _WORK = work
 
@@ -195,14 +242,24 @@ def _run_in_worker(task: Task) -> Outcome:
     return _WORK(task)
 
 
-def run(
-    work: Callable[..., Outcome],
-    tasks: list[Task],
-    jobs: int = 1,
-    progress: Progress | None = None,
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C while workers start: an ignored signal stays ignored across exec (and
+    Python then installs no handler), so a worker cannot print a traceback even while it
+    is still importing, before its initializer runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _outcomes(
+    work: _Work, tasks: list[Task], jobs: int, progress: Progress | None
 ) -> Iterator[Outcome]:
-    """Yield one Outcome per task, in order; ``jobs`` > 1 uses that many processes."""
-    jobs = max(1, min(jobs, len(tasks)))
     if jobs == 1:
         for task in tasks:
             yield work(task, progress)
@@ -211,5 +268,29 @@ def run(
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, ctx, initializer=_init_worker, initargs=(work, threads)) as pool:
-        yield from pool.map(_run_in_worker, tasks)
+    with _sigint_ignored():  # inherited by the workers from their first instruction
+        pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(work, threads))
+    # Leaving the block (done, an error, Ctrl-C) terminates the workers at once.
+    with pool:
+        yield from pool.imap(_run_in_worker, tasks)
+
+
+def run(
+    work: _Work,
+    tasks: list[Task],
+    jobs: int = 1,
+    progress: Progress | None = None,
+) -> Iterator[Outcome]:
+    """Yield one Outcome per task, in order, its output written; ``jobs`` > 1 uses processes.
+
+    ``progress`` (tiles done, tiles in all) is called for the current file when jobs is 1.
+    """
+    jobs = max(1, min(jobs, len(tasks)))
+    for outcome in _outcomes(work, tasks, jobs, progress if jobs == 1 else None):
+        if outcome.data is not None:
+            try:
+                write_target(outcome.task.target, outcome.data, work.force)
+            except TaskFailed as exc:
+                outcome.error, outcome.record = str(exc), None
+            outcome.data = None
+        yield outcome

@@ -93,16 +93,16 @@ def read_info(path: str | os.PathLike[str]) -> BundleInfo:
         with open(path, "rb") as fh:
             raw = fh.read(8)
             if len(raw) != 8:
-                raise BundleError(f"{path}: not a safetensors file (too short)")
+                raise BundleError(f"{path}: not an aeic bundle (not a safetensors file)")
             (n,) = struct.unpack("<Q", raw)
             if n > _MAX_HEADER:
-                raise BundleError(f"{path}: not a safetensors file (header size {n})")
+                raise BundleError(f"{path}: not an aeic bundle (not a safetensors file)")
             header = json.loads(fh.read(n))
         size = path.stat().st_size
     except OSError as exc:
         raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not a safetensors file (bad header)") from exc
+        raise BundleError(f"{path}: not an aeic bundle (not a safetensors file)") from exc
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or "aeic_bundle" not in meta:
         raise BundleError(f"{path}: a safetensors file but not an aeic bundle")
@@ -389,7 +389,7 @@ def load_bundle(
 
 
 def search_paths(weights: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Where bundles are looked for: --weights, then $AEIC_WEIGHTS, then weights/."""
+    """Where bundles are looked for: ``weights`` (if given), $AEIC_WEIGHTS, then weights/."""
     paths = []
     if weights:
         paths.append(Path(weights))
@@ -416,6 +416,23 @@ def iter_bundles(paths: Iterable[Path]) -> Iterator[BundleInfo | BundleError]:
                 yield exc
 
 
+def bundles_at(weights: str | os.PathLike[str]) -> list[BundleInfo]:
+    """The bundles an explicit --weights FILE|DIR names: the file, or those in the folder.
+
+    A path that does not exist, a file that is not a bundle and a folder without one are
+    errors: whoever names weights must get those or none.
+    """
+    path = Path(weights)
+    if not path.exists():
+        raise BundleError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        return [read_info(path)]
+    found = [b for b in iter_bundles([path]) if isinstance(b, BundleInfo)]
+    if not found:
+        raise BundleError(f"{path}: no aeic bundle (*{SUFFIX}) in this folder")
+    return found
+
+
 def find_bundle(
     weights: str | os.PathLike[str] | None = None,
     lambda_: float | None = None,
@@ -424,21 +441,25 @@ def find_bundle(
 ) -> BundleInfo:
     """Pick one bundle: by identity (decoding), else by lambda/variant (encoding).
 
-    An explicit --weights FILE is used as given (its identity still has to match when
-    one is asked for). Ambiguity and absence raise BundleError naming what was searched.
+    ``weights`` (a bundle or a folder of bundles) is the only place searched when given
+    (see ``bundles_at``); otherwise $AEIC_WEIGHTS and the shipped weights/. Ambiguity and
+    absence raise BundleError naming what was searched; there is no fallback.
     """
-    paths = search_paths(weights)
-    if weights and Path(weights).is_file() and identity is None:
-        return read_info(weights)
-    found = [b for b in iter_bundles(paths) if isinstance(b, BundleInfo)]
-    searched = ", ".join(str(p) for p in paths)
+    if weights:
+        found = bundles_at(weights)
+        searched = str(weights)
+    else:
+        paths = search_paths()
+        found = [b for b in iter_bundles(paths) if isinstance(b, BundleInfo)]
+        searched = ", ".join(str(p) for p in paths)
     if identity is not None:
         for b in found:
             if b.identity == identity:
                 return b
+        hint = "" if weights else " Pass --weights with the bundle used to encode it."
         raise BundleError(
             f"no bundle with model identity {identity} (the model this file was encoded "
-            f"with); searched: {searched}. Pass --weights with the bundle used to encode it."
+            f"with); searched: {searched}.{hint}"
         )
     candidates = found
     if variant is not None:
@@ -448,7 +469,8 @@ def find_bundle(
     if not candidates:
         what = "bundle" + (f" with lambda {lambda_:g}" if lambda_ is not None else "")
         what += f" of variant {variant}" if variant else ""
-        have = sorted({f"{b.variant}@{b.lambda_:g}" for b in found if b.lambda_ is not None})
+        rated = sorted((b for b in found if b.lambda_ is not None), key=rate_order)
+        have = list(dict.fromkeys(f"{b.variant}@{b.lambda_:g}" for b in rated))
         hint = f" Available: {', '.join(have)}." if have else ""
         raise BundleError(f"no {what} found; searched: {searched}.{hint}")
     if lambda_ is None:
@@ -460,6 +482,11 @@ def find_bundle(
             "choose one with --variant or --weights FILE"
         )
     return candidates[0]
+
+
+def rate_order(b: BundleInfo) -> tuple[str, float, str]:
+    """Listing order: by variant, then lambda (a bundle without one last), then path."""
+    return (b.variant, b.lambda_ if b.lambda_ is not None else float("inf"), str(b.path))
 
 
 def _default_choice(candidates: list[BundleInfo]) -> list[BundleInfo]:

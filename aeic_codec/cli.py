@@ -1,11 +1,13 @@
 """The ``aeic`` command line: parses arguments, reports, and calls ``aeic_codec.api``.
 
 Exit codes: 0 all done, 1 some inputs failed (each named on stderr, the rest still
-processed), 2 usage errors. Tracebacks only with --debug.
+processed), 2 usage errors (found before any work), 130 interrupted. Every error is one
+line starting "aeic: error:"; tracebacks only with --debug.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,6 +24,44 @@ from .batch import Outcome, Task, TaskFailed, read_source
 from .bundle import BundleError
 from .container import FormatError
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from .progress import BatchProgress
+
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+
+
+def _error(message: str) -> None:
+    click.echo(f"aeic: error: {message}", err=True)
+
+
+class Refused(click.UsageError):
+    """A command line that cannot work (its weights, outputs, device): exit 2, no hint."""
+
+
+class _Aeic(click.Group):
+    """The command group: click's own errors get the same one-line form as ours."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        help_errors = getattr(click.exceptions, "NoArgsIsHelpError", ())
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except help_errors as exc:  # `aeic` alone: click shows the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = ""
+            if not isinstance(exc, Refused):  # click's own: how to spell the command
+                hint = f" (see '{exc.ctx.command_path if exc.ctx else 'aeic'} --help')"
+            _error(exc.format_message() + hint)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except click.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+            click.echo("aeic: interrupted", err=True)
+            sys.exit(INTERRUPTED)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,7 +70,12 @@ def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("-o", "--output", "output", help="Output file, directory, or - for stdout."),
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            help="Output file (one input), existing folder (any number), or - for stdout.",
+        ),
         click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing on success."),
         click.option("--json", "as_json", is_flag=True, help="One JSON line per file on stdout."),
@@ -45,7 +90,8 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--weights",
             type=click.Path(dir_okay=True, file_okay=True),
-            help="Bundle file or directory (default: $AEIC_WEIGHTS, then the shipped weights/).",
+            help="Bundle file or folder: the only place searched "
+            "(default: $AEIC_WEIGHTS, then the shipped weights/).",
         ),
         click.option(
             "--max-pixels",
@@ -61,7 +107,7 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Aeic, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="aeic")
 def main() -> None:
     """aeic: ultra-low-bitrate image compression (AEIC, shallow encoder, generative decoder)."""
@@ -71,7 +117,12 @@ def main() -> None:
 def _plan(
     inputs: tuple[str, ...], output: str | None, suffix: str, accept: AbstractSet[str]
 ) -> list[Task]:
-    """Map inputs (files, directories, '-') to outputs, mirroring directory layouts."""
+    """Map inputs (files, directories, '-') to outputs, mirroring directory layouts.
+
+    Refuses, before any work, what cannot end well: an output file named for another
+    format, several inputs without an existing output folder, a missing folder, and two
+    inputs that would be written to one output.
+    """
     if not inputs:
         raise click.UsageError("no input given")
     if "-" in inputs and len(inputs) > 1:
@@ -85,28 +136,71 @@ def _plan(
         else:
             expanded.append((item, None))
     many = len(expanded) > 1 or any(rel is not None for _, rel in expanded)
-    if output == "-" and many:
-        raise click.UsageError("-o - (standard output) takes a single input")
-    if many and output is not None and Path(output).exists() and not Path(output).is_dir():
-        raise click.UsageError(f"-o {output}: several inputs need an output directory")
+    into: Path | None = None  # the output folder, when outputs go into one
+    if output == "-":
+        if many:
+            raise Refused("-o - (standard output) takes a single input")
+    elif output is not None and (many or Path(output).is_dir()):
+        into = Path(output)
+        if not into.is_dir():
+            what = "is a file" if into.exists() else "does not exist"
+            raise Refused(
+                f"-o {output}: {len(expanded)} inputs need an existing output folder, "
+                f"and {output} {what}"
+            )
+    elif output is not None:
+        _check_output_file(Path(output), suffix)
     tasks = []
     for source, rel in expanded:
-        if source == "-":
-            if output is None:
-                raise click.UsageError("reading standard input needs -o FILE or -o -")
-            tasks.append(Task("-", output))
-        elif not many and output is not None and not Path(output).is_dir():
+        if source == "-" and output is None:
+            raise Refused("reading standard input needs -o FILE or -o -")
+        if into is not None:
+            name = rel or Path(Path(source).name).with_suffix(suffix)
+            tasks.append(Task(source, str(into / name)))
+        elif output is not None:
             tasks.append(Task(source, output))
-        elif output is None:
-            tasks.append(Task(source, str(Path(source).with_suffix(suffix))))
         else:
-            name = rel if rel is not None else Path(Path(source).name).with_suffix(suffix)
-            tasks.append(Task(source, str(Path(output) / name)))
+            tasks.append(Task(source, str(Path(source).with_suffix(suffix))))
+    _refuse_collisions(tasks)
     return tasks
 
 
+def _check_output_file(path: Path, suffix: str) -> None:
+    if path.suffix.lower() != suffix:
+        kind = "PNG images" if suffix == ".png" else f"{suffix} files"
+        raise Refused(
+            f"-o {path}: this command writes {kind}; name the output *{suffix} "
+            "(or give an existing folder)"
+        )
+    if not path.parent.is_dir():
+        raise Refused(f"-o {path}: folder {path.parent} does not exist")
+
+
+def _refuse_collisions(tasks: list[Task]) -> None:
+    """Two inputs mapped to one output: refused, or one would silently replace the other."""
+    first: dict[str, str] = {}
+    for task in tasks:
+        if task.target == "-":
+            continue
+        key = os.path.normcase(os.path.abspath(task.target))
+        if key in first:
+            raise Refused(
+                f"{first[key]} and {task.source} would both be written to {task.target}; "
+                "rename one or run them separately"
+            )
+        first[key] = task.source
+
+
+def _shown(source: str) -> str:
+    return "<stdin>" if source == "-" else source
+
+
+def _on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 class _Reporter:
-    """Warnings, per-file lines, failures and the summary; quiet/json aware."""
+    """Warnings, per-file lines, failures, progress and the summary; quiet/json aware."""
 
     def __init__(self, quiet: bool, as_json: bool, to_stdout: bool) -> None:
         self.quiet, self.as_json, self.to_stdout = quiet, as_json, to_stdout
@@ -115,19 +209,30 @@ class _Reporter:
         self.bytes = 0
         self.pixels = 0
         self.start = time.perf_counter()
+        self.progress: BatchProgress | None = None
 
-    def fail(self, message: str) -> None:
+    def show_progress(self, total: int) -> None:
+        """A status line for ``total`` files, on a terminal only (never quiet or json)."""
+        if total and not (self.quiet or self.as_json) and _on_terminal():
+            self.progress = BatchProgress(total, sys.stderr)
+
+    def say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.clear()
+        click.echo(line, err=True)
+
+    def fail(self, task: Task, message: str) -> None:
         self.failures += 1
-        click.echo(f"aeic: error: {message}", err=True)
+        self.say(f"aeic: error: {_shown(task.source)}: {message}")
         if self.as_json and not self.to_stdout:
-            click.echo(json.dumps({"error": message}))
+            click.echo(json.dumps({"input": task.source, "output": task.target, "error": message}))
 
     def outcome(self, outcome: Outcome) -> None:
         if not self.quiet:
             for note in outcome.warnings:
-                click.echo(f"aeic: warning: {note}", err=True)
+                self.say(f"aeic: warning: {_shown(outcome.task.source)}: {note}")
         if outcome.error is not None or outcome.record is None:
-            self.fail(outcome.error or f"{outcome.task.source}: failed")
+            self.fail(outcome.task, outcome.error or "failed")
             return
         record = outcome.record
         self.files += 1
@@ -136,7 +241,9 @@ class _Reporter:
         if self.as_json and not self.to_stdout:
             click.echo(json.dumps(record))
 
-    def finish(self, verb: str) -> None:
+    def finish(self, verb: str) -> NoReturn:
+        if self.progress is not None:
+            self.progress.clear()
         if not (self.quiet or self.as_json):
             secs = time.perf_counter() - self.start
             bpp = f", mean {8 * self.bytes / self.pixels:.4f} bpp" if self.pixels else ""
@@ -154,52 +261,53 @@ def _fail_hard(exc: BaseException, debug: bool) -> NoReturn:
     raise click.ClickException(str(exc)) from None
 
 
-def _progress_bar(quiet: bool) -> Callable[[int, int], None] | None:
-    """A tile progress line, on terminals only."""
-    if quiet or not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // max(total, 1)
-        end = "\n" if done >= total else ""
-        bar = "#" * filled + "." * (width - filled)
-        click.echo(f"\r  tiles [{bar}] {done}/{total}{end}", err=True, nl=False)
-
-    return show
+def _usage(exc: BaseException, debug: bool) -> NoReturn:
+    """A problem with the command line as a whole (its weights, its device): exit 2."""
+    if debug:
+        raise exc
+    raise Refused(str(exc)) from None
 
 
 def _todo(tasks: list[Task], force: bool, report: _Reporter) -> list[Task]:
-    """Refuse existing outputs before any model is loaded."""
-    todo = []
-    for task in tasks:
-        if task.target != "-" and Path(task.target).exists() and not force:
-            report.fail(f"{task.target}: exists (use --force to overwrite)")
-        else:
-            todo.append(task)
-    return todo
+    """Refuse outputs that exist or cannot be written, before any model is loaded."""
+    problems = batch.preflight(tasks, force)
+    for task, problem in problems.items():
+        report.fail(task, problem)
+    return [task for task in tasks if task not in problems]
 
 
-def _run(
-    work: Any,
-    todo: list[Task],
-    jobs: int,
-    report: _Reporter,
-    debug: bool,
-    progress: Callable[[int, int], None] | None = None,
-) -> None:
+def _run(work: Any, todo: list[Task], jobs: int, report: _Reporter, debug: bool) -> None:
+    """Run the batch with its status line; Ctrl-C stops it at once (exit 130)."""
     work.debug = debug
-    for outcome in batch.run(work, todo, 1 if todo and todo[0].source == "-" else jobs, progress):
-        report.outcome(outcome)
+    report.show_progress(len(todo))
+    progress = report.progress
+    jobs = 1 if todo and todo[0].source == "-" else jobs
+    outcomes = batch.run(work, todo, jobs, progress.tiles if progress else None)
+    try:
+        with contextlib.closing(outcomes):
+            for task in todo:
+                if progress is not None:
+                    progress.begin(_shown(task.source))
+                report.outcome(next(outcomes))
+                if progress is not None:
+                    progress.finished()
+    except KeyboardInterrupt:  # the workers are stopped by now (closing the batch)
+        report.say(f"aeic: interrupted; {report.files} of {len(todo)} file(s) written")
+        sys.exit(INTERRUPTED)
+
+
+LAMBDA_HELP = (
+    "Rate point: use the bundle trained with this lambda; a larger lambda gives smaller "
+    "files and less detail. Shipped: 12, 64, 500 (default: the middle one, 64); "
+    "'aeic weights list' shows what is installed."
+)
 
 
 # ------------------------------------------------------------------ encode
 @main.command()
 @click.argument("inputs", nargs=-1)
 @_common_options
-@click.option(
-    "--lambda", "lambda_", type=float, help="Rate point: picks the bundle with this lambda."
-)
+@click.option("--lambda", "lambda_", type=float, help=LAMBDA_HELP)
 @click.option("--variant", help="Model variant when several match (e.g. AEIC-SE).")
 @click.option(
     "--colour-fix/--no-colour-fix",
@@ -232,12 +340,13 @@ def encode(
     from .bundle import find_bundle
 
     report = _Reporter(quiet, as_json, output == "-")
-    todo = _todo(_plan(inputs, output, ".aeic", IMAGE_SUFFIXES), force, report)
+    tasks = _plan(inputs, output, ".aeic", IMAGE_SUFFIXES)
+    try:
+        info = find_bundle(weights, lambda_=lambda_, variant=variant)
+    except BundleError as exc:
+        _usage(exc, debug)
+    todo = _todo(tasks, force, report)
     if todo:
-        try:
-            info = find_bundle(weights, lambda_=lambda_, variant=variant)
-        except BundleError as exc:
-            _fail_hard(exc, debug)
         work = batch.EncodeWork(str(info.path), force, max_pixels, colour_fix, colour_grid)
         _run(work, todo, jobs, report, debug)
     report.finish("encoded")
@@ -252,7 +361,7 @@ def encode(
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
     default="auto",
     show_default=True,
-    help="Precision of the generative decoder (auto: bf16 where the CPU has it).",
+    help="Precision of the generative decoder (auto: bf16 where the CPU computes it natively).",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--tile", type=click.IntRange(min=8), help="Latent tile size (default: the model's).")
@@ -280,11 +389,22 @@ def decode(
     realism: float,
 ) -> None:
     """Decompress .aeic files to PNG."""
+    from . import api
+    from .bundle import bundles_at
+
     report = _Reporter(quiet, as_json, output == "-")
-    todo = _todo(_plan(inputs, output, ".png", {".aeic"}), force, report)
+    tasks = _plan(inputs, output, ".png", {".aeic"})
+    try:
+        if weights:
+            bundles_at(weights)  # named weights must hold a bundle; which one is per file
+        api.check_device(device)
+        api.resolve_precision(precision, device)
+    except (BundleError, ValueError) as exc:
+        _usage(exc, debug)
+    todo = _todo(tasks, force, report)
     if todo:
         work = batch.DecodeWork(weights, force, max_pixels, precision, device, tile, realism)
-        _run(work, todo, jobs, report, debug, _progress_bar(quiet) if jobs == 1 else None)
+        _run(work, todo, jobs, report, debug)
     report.finish("decoded")
 
 
@@ -292,7 +412,9 @@ def decode(
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
-@click.option("--weights", type=click.Path(), help="Also search this bundle file/directory.")
+@click.option(
+    "--weights", type=click.Path(exists=True), help="Also search this bundle file/directory."
+)
 def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
     """Show the header of .aeic files (no model needed)."""
     from .bundle import iter_bundles, search_paths
@@ -309,12 +431,7 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
             d = info_dict(read_source(name))
         except (TaskFailed, FormatError) as exc:
             failures += 1
-            click.echo(
-                f"aeic: error: {name}: {exc}"
-                if isinstance(exc, FormatError)
-                else f"aeic: error: {exc}",
-                err=True,
-            )
+            _error(f"{_shown(name)}: {exc}")
             continue
         d = {"file": name, **d, "model_name": names.get(d["model_id"])}
         if as_json:
@@ -361,15 +478,19 @@ def weights() -> None:
 
 @weights.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per bundle.")
-@click.option("--weights", "where", type=click.Path(), help="Also search this file/directory.")
+@click.option(
+    "--weights", "where", type=click.Path(exists=True), help="Also search this file/directory."
+)
 def weights_list(as_json: bool, where: str | None) -> None:
-    """List every bundle found (--weights, $AEIC_WEIGHTS, the shipped weights/)."""
-    from .bundle import iter_bundles, search_paths
+    """List every bundle found (--weights, $AEIC_WEIGHTS, the shipped weights/), by lambda."""
+    from .bundle import BundleInfo, iter_bundles, rate_order, search_paths
 
-    for b in iter_bundles(search_paths(where)):
-        if isinstance(b, BundleError):
-            click.echo(f"aeic: warning: {b}", err=True)
-        elif as_json:
+    found = list(iter_bundles(search_paths(where)))
+    for problem in found:
+        if isinstance(problem, BundleError):
+            click.echo(f"aeic: warning: {problem}", err=True)
+    for b in sorted((b for b in found if isinstance(b, BundleInfo)), key=rate_order):
+        if as_json:
             click.echo(json.dumps(b.to_dict()))
         else:
             lam = f"{b.lambda_:g}" if b.lambda_ is not None else "-"
@@ -533,4 +654,4 @@ def train(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(prog_name=os.path.basename(sys.argv[0]))
+    main(prog_name="aeic")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,43 +36,55 @@ class ImageError(ValueError):
 def read_image(
     source: str | os.PathLike[str] | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, list[str]]:
-    """Return (H x W x 3 uint8 array, warnings) for a path or encoded bytes."""
+    """Return (H x W x 3 uint8 array, warnings) for a path or encoded bytes.
+
+    Messages (errors and warnings) do not repeat the source's name: the caller knows it.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    name = "<stdin>" if isinstance(source, bytes) else str(source)
     notes: list[str] = []
     fh = io.BytesIO(source) if isinstance(source, bytes) else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fh or Path(source), formats=FORMATS)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(
-                    f"{name}: {w}x{h} is {w * h / 1e6:.1f} megapixels, over the limit of "
-                    f"{max_pixels / 1e6:g} (raise it with --max-pixels)"
-                )
-            Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
-            img.load()
+        img = _open_unchecked(fh or Path(source))
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(
+                f"{w}x{h} is {w * h / 1e6:.1f} megapixels, over the limit of "
+                f"{max_pixels / 1e6:g} (raise it with --max-pixels)"
+            )
+        img.load()
     except ImageError:
         raise
     except FileNotFoundError as exc:
-        raise ImageError(f"{name}: no such file") from exc
+        raise ImageError("no such file") from exc
     except IsADirectoryError as exc:
-        raise ImageError(f"{name}: is a directory") from exc
+        raise ImageError("is a directory") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{name}: not a PNG, JPEG, WebP or TIFF image") from exc
+        raise ImageError("not a PNG, JPEG, WebP or TIFF image") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{name}: cannot read image ({exc})") from exc
+        raise ImageError(f"cannot read image ({exc})") from exc
     if img.format == "PNG" and img.mode in ("RGB", "RGBA") and _png_depth(source) == 16:
-        notes.append(f"{name}: 16-bit image scaled to 8 bits per channel")
+        notes.append("16-bit image scaled to 8 bits per channel")
     if img.info.get("icc_profile"):
-        notes.append(f"{name}: ICC colour profile ignored (pixels taken as sRGB)")
+        notes.append("ICC colour profile ignored (pixels taken as sRGB)")
     transposed = ImageOps.exif_transpose(img)
     if transposed is not None and transposed.size != img.size:
-        notes.append(f"{name}: EXIF orientation applied")
+        notes.append("EXIF orientation applied")
     img = transposed if transposed is not None else img
-    return _to_rgb8(img, name, notes), notes
+    return _to_rgb8(img, notes), notes
+
+
+def _open_unchecked(source: io.BytesIO | Path) -> Image.Image:
+    """Image.open without Pillow's decompression-bomb check: the caller applies its own
+    limit (--max-pixels) to the header before any pixel is decoded, with its own message."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(source, formats=FORMATS)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def image_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -99,7 +110,7 @@ def _png_depth(source: str | os.PathLike[str] | bytes) -> int:
     return head[24] if len(head) == 25 else 8
 
 
-def _to_rgb8(img: Image.Image, name: str, notes: list[str]) -> np.ndarray:
+def _to_rgb8(img: Image.Image, notes: list[str]) -> np.ndarray:
     import numpy as np
     from PIL import Image
 
@@ -107,22 +118,22 @@ def _to_rgb8(img: Image.Image, name: str, notes: list[str]) -> np.ndarray:
     if mode.startswith(("I", "F")):
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        notes.append(f"{name}: 16-bit grayscale image scaled to 8 bits and converted to RGB")
+        notes.append("16-bit grayscale image scaled to 8 bits and converted to RGB")
         gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8).copy()
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        notes.append(f"{name}: alpha channel dropped (composited on white)")
+        notes.append("alpha channel dropped (composited on white)")
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"), dtype=np.uint8).copy()
     if mode in ("L", "1"):
-        notes.append(f"{name}: grayscale image converted to RGB")
+        notes.append("grayscale image converted to RGB")
     elif mode == "P":
-        notes.append(f"{name}: palette image converted to RGB")
+        notes.append("palette image converted to RGB")
     else:
-        notes.append(f"{name}: {mode} image converted to RGB")
+        notes.append(f"{mode} image converted to RGB")
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
