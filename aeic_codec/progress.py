@@ -60,9 +60,10 @@ class BatchProgress:
             eta = f"ETA {_clock_time(left)}"
         else:
             eta = "ETA --:--"
-        room = width - len(position) - len(eta) - len("aeic:   ") - 1
+        head, tail = f"aeic: {position} ", f"  {eta}"
+        room = width - 1 - len(head) - len(tail)  # the last column would wrap on some terminals
         name = self.name if len(self.name) <= room else "..." + self.name[-max(room - 3, 1) :]
-        return f"aeic: {position} {name}  {eta}"
+        return head + name + tail
 
     def _draw(self, force: bool = False) -> None:
         now = self.clock()
