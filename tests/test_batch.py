@@ -24,6 +24,7 @@ def test_jobs_give_the_same_bytes_and_failures_are_isolated(tmp_path: Path, tiny
     outs = {}
     for jobs in (1, 2):
         out = tmp_path / f"out{jobs}"
+        out.mkdir()
         result = CliRunner().invoke(
             main,
             ["encode", str(src), "-o", str(out), "--weights", str(tiny_bundle), "-j", str(jobs)],
