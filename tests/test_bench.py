@@ -27,7 +27,9 @@ def test_report_slice_writes_every_section_and_its_plots(tmp_path: Path) -> None
     assert "| tiny-l16 | 64x48 |" in text  # speed (and memory) rows of the bundle
     assert "| tiny-random | 64x48 |" in text  # speed row of the preset
     assert "| JPEG q1 | 64x48 |" in text  # anchor encode speed
-    assert "| aeic decode | 16x16 file |" in text  # start-up
+    assert "| `aeic decode` | 16x16 file |" in text  # start-up
+    assert "| `aeic encode` | 64x48 PNG |" in text  # whole commands, with their cost
+    assert '| `python -c "import torch"` | - |' in text  # beyond the floor they stand on
     assert "| tiny-l16 | all |" in text  # entropy coding, payload row
     assert "| aeic | tiny λ=16 | 2 |" in text  # rate-distortion over both images
     assert "| x2+AVIF | q0 | 2 |" in text
