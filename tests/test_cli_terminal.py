@@ -91,11 +91,12 @@ def test_progress_line_text_and_eta():
     assert out.getvalue().endswith("\r\x1b[K") and not bar.shown
 
 
-def test_ctrl_c_stops_a_batch_with_workers_at_once(tmp_path: Path, tiny_bundle: Path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_stops_a_batch_at_once(tmp_path: Path, tiny_bundle: Path, jobs: int):
     images(tmp_path / "in", 120)
     out = tmp_path / "out"
     out.mkdir()
-    args = [*CLI, "encode", str(tmp_path / "in"), "-o", str(out), "-j", "2"]
+    args = [*CLI, "encode", str(tmp_path / "in"), "-o", str(out), "-j", str(jobs)]
     # A new session, so that the signal goes to the whole group as a terminal's Ctrl-C does.
     proc = subprocess.Popen(
         [*args, "--weights", str(tiny_bundle)],
