@@ -33,7 +33,7 @@ def _error(message: str) -> None:
     click.echo(f"aeic: error: {message}", err=True)
 
 
-class Refused(click.UsageError):
+class _Refused(click.UsageError):
     """A command line that cannot work (its weights, outputs, device): exit 2, no hint."""
 
 
@@ -41,6 +41,8 @@ class _Aeic(click.Group):
     """The command group: click's own errors get the same one-line form as ours."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:  # the caller handles click's exceptions itself
+            return super().main(*args, standalone_mode=False, **kwargs)
         help_errors = getattr(click.exceptions, "NoArgsIsHelpError", ())
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
@@ -49,7 +51,7 @@ class _Aeic(click.Group):
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             hint = ""
-            if not isinstance(exc, Refused):  # click's own: how to spell the command
+            if not isinstance(exc, _Refused):  # click's own: how to spell the command
                 hint = f" (see '{exc.ctx.command_path if exc.ctx else 'aeic'} --help')"
             _error(exc.format_message() + hint)
             sys.exit(exc.exit_code)
@@ -59,8 +61,6 @@ class _Aeic(click.Group):
         except click.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
             click.echo("aeic: interrupted", err=True)
             sys.exit(INTERRUPTED)
-        if not standalone_mode:
-            return rv
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -139,12 +139,12 @@ def _plan(
     into: Path | None = None  # the output folder, when outputs go into one
     if output == "-":
         if many:
-            raise Refused("-o - (standard output) takes a single input")
+            raise _Refused("-o - (standard output) takes a single input")
     elif output is not None and (many or Path(output).is_dir()):
         into = Path(output)
         if not into.is_dir():
             what = "is a file" if into.exists() else "does not exist"
-            raise Refused(
+            raise _Refused(
                 f"-o {output}: {len(expanded)} inputs need an existing output folder, "
                 f"and {output} {what}"
             )
@@ -152,8 +152,8 @@ def _plan(
         _check_output_file(Path(output), suffix)
     tasks = []
     for source, rel in expanded:
-        if source == "-" and output is None:
-            raise Refused("reading standard input needs -o FILE or -o -")
+        if source == "-" and (output is None or into is not None):
+            raise _Refused("reading standard input needs -o FILE or -o -")
         if into is not None:
             name = rel or Path(Path(source).name).with_suffix(suffix)
             tasks.append(Task(source, str(into / name)))
@@ -168,12 +168,12 @@ def _plan(
 def _check_output_file(path: Path, suffix: str) -> None:
     if path.suffix.lower() != suffix:
         kind = "PNG images" if suffix == ".png" else f"{suffix} files"
-        raise Refused(
+        raise _Refused(
             f"-o {path}: this command writes {kind}; name the output *{suffix} "
             "(or give an existing folder)"
         )
     if not path.parent.is_dir():
-        raise Refused(f"-o {path}: folder {path.parent} does not exist")
+        raise _Refused(f"-o {path}: folder {path.parent} does not exist")
 
 
 def _refuse_collisions(tasks: list[Task]) -> None:
@@ -184,7 +184,7 @@ def _refuse_collisions(tasks: list[Task]) -> None:
             continue
         key = os.path.normcase(os.path.abspath(task.target))
         if key in first:
-            raise Refused(
+            raise _Refused(
                 f"{first[key]} and {task.source} would both be written to {task.target}; "
                 "rename one or run them separately"
             )
@@ -265,7 +265,7 @@ def _usage(exc: BaseException, debug: bool) -> NoReturn:
     """A problem with the command line as a whole (its weights, its device): exit 2."""
     if debug:
         raise exc
-    raise Refused(str(exc)) from None
+    raise _Refused(str(exc)) from None
 
 
 def _todo(tasks: list[Task], force: bool, report: _Reporter) -> list[Task]:
