@@ -171,9 +171,21 @@ def quantize_int8(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(value.shape).contiguous(), scale.contiguous()
 
 
-def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """float32(q) * scale per output channel: the one expansion both coder sides use."""
-    return (q.float().flatten(1) * scale.float()[:, None]).view(q.shape)
+def dequantize_int8(
+    q: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """float32(q) * scale per output channel: the one expansion both coder sides use.
+
+    With ``out`` (a float32 tensor of q's shape) the result is written there, without
+    temporaries: the same products, bit for bit.
+    """
+    import torch
+
+    if out is None:
+        out = torch.empty(q.shape, dtype=torch.float32)
+    out.copy_(q)
+    out.view(q.shape[0], -1).mul_(scale.float()[:, None])
+    return out
 
 
 def _stored(
@@ -357,25 +369,29 @@ def load_bundle(
         from .realism import RealismDecoder
 
         model.realism = RealismDecoder(info.realism)
-    wanted = set(model.state_dict())
-    state: dict[str, torch.Tensor] = {}
+    # Filled in place: the parameters' own memory is written once, with no temporaries.
+    targets = model.state_dict()
     try:
-        with safe_open(str(info.path), framework="pt") as fh:
+        with safe_open(str(info.path), framework="pt") as fh, torch.no_grad():
             present = set(fh.keys())
-            missing = sorted(wanted - present)
+            missing = sorted(set(targets) - present)
             if missing:
                 raise BundleError(
                     f"{info.path}: bundle lacks {len(missing)} tensors, e.g. {missing[0]}"
                 )
-            expected = model.state_dict()
-            for key in wanted:
+            for key, target in targets.items():
                 value = fh.get_tensor(key)
-                if expected[key].is_floating_point() and value.dtype == torch.int8:
+                if value.shape != target.shape:
+                    raise BundleError(
+                        f"{info.path}: {key} has shape {tuple(value.shape)}, the model's "
+                        f"configuration needs {tuple(target.shape)}"
+                    )
+                if target.is_floating_point() and value.dtype == torch.int8:
                     if SCALE_PREFIX + key not in present:
                         raise BundleError(f"{info.path}: int8 tensor {key} has no scale")
-                    value = dequantize_int8(value, fh.get_tensor(SCALE_PREFIX + key))
-                state[key] = value.float() if value.is_floating_point() else value
-        model.load_state_dict(state, strict=True)
+                    dequantize_int8(value, fh.get_tensor(SCALE_PREFIX + key), out=target)
+                else:
+                    target.copy_(value)
         model.z_tables = FreqTables.from_text(info.metadata["z_tables"])
         model.y_tables = FreqTables.from_text(info.metadata["y_tables"])
     except BundleError:
