@@ -294,15 +294,12 @@ def attach_realism(
     if identity != info.identity:
         raise BundleError(f"{info.path}: its tensors do not give its identity {info.identity}")
     meta = dict(info.metadata, realism_config=decoder.cfg.to_json())
-    meta["provenance"] = json.dumps(
-        dict(info.provenance, realism=provenance or {}), sort_keys=True
-    )
+    meta["provenance"] = json.dumps(dict(info.provenance, realism=provenance or {}), sort_keys=True)
     if any(t.dtype == torch.int8 for t in tensors.values()):
         meta["aeic_bundle"] = BUNDLE_FORMATS[1]
     with atomic_path(output) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return identity
-
 
 
 def set_colour_grid(

@@ -11,7 +11,7 @@ its features drive the perceptual loss. Both are built from diffusers'
 Both networks are plain ``nn.Sequential`` subclasses laid out as in TAEF2's files, so
 their tensor names are the published ones (``"3.conv.0.weight"``, ``"3.pool.1.bias"``)
 and the safetensors load without renaming. This module imports diffusers' block module
-only, not its model registry.
+only, not its model registry (``diffusers_blocks``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
 from torch import nn
 
 from .config import ModelConfig
+from .diffusers_blocks import import_module
+
+AutoencoderTinyBlock = import_module("diffusers.models.unets.unet_2d_blocks").AutoencoderTinyBlock
 
 LATENT_RANGE = 3.0  # TAEF2 squashes its decoder input with 3 * tanh(x / 3)
 
