@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bundle import SCALE_PREFIX
 from .config import ModelConfig
 from .context import STEPS, step_masks
 from .entropy_models import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
@@ -362,20 +363,20 @@ class FloatOps:
         return self.exps[site]
 
     def _weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Real weight (integer layout), real bias, and (q, scale) when stored as int8."""
+        """Real weight (integer layout), real bias, and the int8 scales when stored as int8."""
         m = self.model.get_submodule(name)
         bias = m.bias.detach().double()
         raw = self.stored.get(f"{name}.weight")
         if raw is not None and raw.dtype == torch.int8:
             q = integer_weight(raw).double()
-            scale = self.stored[f"int8_scale.{name}.weight"].double()
-            return q * scale.view(-1, *[1] * (q.dim() - 1)), bias, (q, scale)
+            scale = self.stored[f"{SCALE_PREFIX}{name}.weight"].double()
+            return q * scale.view(-1, *[1] * (q.dim() - 1)), bias, scale
         return integer_weight(m.weight.detach().double()), bias, None
 
     def _build(self, name: str, f_in: int, f_out: torch.Tensor) -> None:
         if self.exps is not None and f"{name}.bias" not in self.params:
-            real, bias, int8 = self._weights(name)
-            self.params.update(quantize_layer(name, real, bias, f_in, f_out, int8))
+            real, bias, int8_scale = self._weights(name)
+            self.params.update(quantize_layer(name, real, bias, f_in, f_out, int8_scale))
 
     def linear(self, name: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
         weight, bias, _ = self._weights(name)
@@ -439,7 +440,7 @@ def quantize_layer(
     bias: torch.Tensor,
     f_in: int,
     f_out: torch.Tensor,
-    int8: tuple[torch.Tensor, torch.Tensor] | None = None,
+    int8_scale: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Integer bias, multiplier and shift of one layer, and its weights unless int8-stored.
 
@@ -451,13 +452,13 @@ def quantize_layer(
     rows = real.flatten(1)
     if rows.shape[1] > MAX_TERMS:
         raise ValueError(f"{name}: {rows.shape[1]} inputs per output, at most {MAX_TERMS}")
-    if int8 is None:
+    if int8_scale is None:
         peak = rows.abs().amax(1)
         scale = torch.where(peak > 0, peak / WEIGHT_MAX, torch.ones_like(peak))
         q = torch.round(rows / scale[:, None]).clamp(-WEIGHT_MAX, WEIGHT_MAX)
         out[f"{name}.weight"] = q.view(real.shape).to(torch.int16)
     else:
-        scale = int8[1]
+        scale = int8_scale
     unit = scale * 2.0**-f_in
     m = unit * 2.0 ** f_out.double()
     shift = (MULT_BITS - 1 - torch.floor(torch.log2(m))).clamp(*SHIFT_RANGE)

@@ -313,7 +313,7 @@ def test_a_digest_mismatch_is_one_error_and_no_picture(int_bundle, tmp_path):
         pack(type(f)(f.width, f.height, f.model_id, f.streams, f.colour, f.grid, wrong))
     )
     with pytest.raises(api.DigestMismatch, match="entropy digest mismatch"):
-        api.decode(bad.read_bytes(), model)
+        api.decode_latent(unpack(bad.read_bytes()), model)
     out = tmp_path / "bad.png"
     run = CliRunner().invoke(
         main, ["decode", str(bad), "-o", str(out), "--weights", str(int_bundle)]
