@@ -153,9 +153,7 @@ def identity_of(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
     still find their bundle (integer-path files name ``integer_identity_of``).
     """
     h = hashlib.sha256(config_json.encode())
-    kept = {
-        k: v for k, v in tensors.items() if not is_realism_key(k) and not is_integer_key(k)
-    }
+    kept = {k: v for k, v in tensors.items() if not is_realism_key(k) and not is_integer_key(k)}
     _hash_tensors(h, kept)
     return h.hexdigest()[:8]
 
@@ -314,15 +312,12 @@ def attach_realism(
     if identity != info.identity:
         raise BundleError(f"{info.path}: its tensors do not give its identity {info.identity}")
     meta = dict(info.metadata, realism_config=decoder.cfg.to_json())
-    meta["provenance"] = json.dumps(
-        dict(info.provenance, realism=provenance or {}), sort_keys=True
-    )
+    meta["provenance"] = json.dumps(dict(info.provenance, realism=provenance or {}), sort_keys=True)
     if any(t.dtype == torch.int8 for t in tensors.values()):
         meta["aeic_bundle"] = BUNDLE_FORMATS[1]
     with atomic_path(output) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return identity
-
 
 
 def set_colour_grid(
