@@ -333,9 +333,11 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
     from .container import info_dict
 
     names = {
-        b.identity: f"{b.variant} lambda={b.lambda_:g}" if b.lambda_ is not None else b.variant
+        identity: f"{b.variant} lambda={b.lambda_:g}" if b.lambda_ is not None else b.variant
         for b in iter_bundles(search_paths(weights))
         if not isinstance(b, BundleError)
+        for identity in (b.identity, b.integer_identity)
+        if identity is not None
     }
     failures = 0
     for name in files:

@@ -339,6 +339,7 @@ def test_cli_prints_the_digest_and_the_path(int_bundle, tmp_path):
     assert json.loads(dec.stdout)["entropy_digest"] == record["entropy_digest"]
     info = CliRunner().invoke(main, ["info", str(aeic), *weights])
     assert f"integer (digest {record['entropy_digest'][:4]})" in info.stdout
+    assert "(tiny lambda=8)" in info.stdout  # the integer identity names its bundle
     flt = CliRunner().invoke(
         main,
         ["encode", str(src), "-o", str(tmp_path / "b.aeic"), "--float-entropy", "--json", *weights],
