@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .bundle import BundleError, find_bundle, load_bundle
-from .container import AeicFile, ColourGrid, FormatError, pack, unpack
+from .container import DIGEST_SIZE, AeicFile, ColourGrid, FormatError, pack, unpack
 from .imageio import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -30,11 +30,20 @@ class ModelMismatch(BundleError):
     """The file was encoded with another model than the one given for decoding."""
 
 
+class DigestMismatch(FormatError):
+    """The decoder's integer entropy parameters differ from the encoder's."""
+
+
 @dataclass
 class EncodeResult:
     data: bytes
-    stream_bits: list[float]  # the model's information estimate per stream (z, steps 0-3)
+    stream_bits: list[float]  # information estimate per stream (z, steps 0-3)
     y_hat: torch.Tensor
+    digest: bytes | None = None  # entropy digest (integer path), None on the float path
+
+    @property
+    def entropy_digest(self) -> str | None:
+        return self.digest.hex() if self.digest is not None else None
 
     @property
     def estimated_bits(self) -> float:
@@ -90,12 +99,16 @@ def encode_image(
     *,
     colour_fix: bool | None = None,
     colour_grid: bool | None = None,
+    integer: bool | None = None,
+    device: str = "cpu",
 ) -> EncodeResult:
     """Code an H x W x 3 uint8 image.
 
     colour_fix and colour_grid default to what the model's configuration asks for (the
     statistics for images above its threshold, the grid when it names a cell size); True
     sends the grid with the model's cell and step, or 64 and 4 for a model without one.
+    ``integer`` picks the entropy path: the integer one (format version 3) whenever the
+    model has it, unless False; ``device`` runs the analysis networks there.
     """
     import torch
 
@@ -113,7 +126,7 @@ def encode_image(
     pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
     x = pad_reflect(from_pixels(x), PAD)
-    result = model.compress(x)
+    result = model.compress(x, integer=integer, device=device)
     if colour_fix is None:
         colour_fix = h * w > model.cfg.colorfix_min_pixels
     colour = source_stats(image) if colour_fix else None
@@ -124,8 +137,12 @@ def encode_image(
         cfg = model.cfg
         cell, step = (cfg.colour_grid, cfg.colour_grid_step) if cfg.colour_grid else DEFAULT_GRID
         grid = ColourGrid(cell, step, encode_grid(grid_levels(image, cell, step), step))
-    f = AeicFile(w, h, bytes.fromhex(model.identity), tuple(result.streams), colour, grid)
-    return EncodeResult(pack(f), result.stream_bits, result.y_hat)
+    digest = result.digest[:DIGEST_SIZE] if result.digest is not None else None
+    model_id = model.identity if digest is None else model.integer_identity
+    if model_id is None:
+        raise BundleError("the model's integer path has no identity: load it from a bundle")
+    f = AeicFile(w, h, bytes.fromhex(model_id), tuple(result.streams), colour, grid, digest)
+    return EncodeResult(pack(f), result.stream_bits, result.y_hat, result.digest)
 
 
 def encode(
@@ -134,25 +151,50 @@ def encode(
     *,
     colour_fix: bool | None = None,
     colour_grid: bool | None = None,
+    integer: bool | None = None,
 ) -> bytes:
     """Code an H x W x 3 uint8 image into the bytes of an .aeic file (see encode_image)."""
-    return encode_image(image, model, colour_fix=colour_fix, colour_grid=colour_grid).data
+    return encode_image(
+        image, model, colour_fix=colour_fix, colour_grid=colour_grid, integer=integer
+    ).data
 
 
 def decode_latent(f: AeicFile, model: AEIC) -> torch.Tensor:
     """The y_hat a file carries (bit-exact with the encoder's)."""
+    return latent_and_digest(f, model)[0]
+
+
+def latent_and_digest(f: AeicFile, model: AEIC) -> tuple[torch.Tensor, bytes | None]:
+    """y_hat and, for the integer path, the entropy digest, checked against the file's.
+
+    A digest that differs from the one the file carries raises DigestMismatch: the
+    latents would be garbage, so nothing is decoded further.
+    """
     from .coder import CodingError
     from .model import LatentError, latent_size
 
-    if model.identity is not None and f.model_id_hex != model.identity:
+    expected = model.integer_identity if f.integer else model.identity
+    if model.identity is not None and f.model_id_hex != expected:
+        path = "integer" if f.integer else "float"
         raise ModelMismatch(
-            f"file was encoded with model {f.model_id_hex}, not with this bundle "
-            f"({model.identity}); decode it with the bundle it was encoded with"
+            f"file was encoded with model {f.model_id_hex} ({path} entropy path), not with "
+            f"this bundle ({expected or 'which has no integer path'}); decode it with the "
+            "bundle it was encoded with"
         )
+    size = latent_size(f.height, f.width)
     try:
-        return model.decompress(f.streams, latent_size(f.height, f.width))
+        if not f.integer:
+            return model.decompress(f.streams, size), None
+        y_hat, digest = model.decompress_integer(f.streams, size)
     except (CodingError, LatentError) as exc:
         raise FormatError(f"corrupt file: {exc}") from exc
+    if f.digest != digest[:DIGEST_SIZE]:
+        raise DigestMismatch(
+            f"entropy digest mismatch (file {f.digest.hex()}, computed {digest[:DIGEST_SIZE].hex()}"
+            "): the entropy parameters differ from the encoder's (corrupt file or another "
+            "bundle with this identity); nothing decoded"
+        )
+    return y_hat, digest
 
 
 def read_grid(f: AeicFile) -> np.ndarray | None:
@@ -175,6 +217,8 @@ def check_device(device: str) -> None:
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device}: no CUDA GPU is available to torch here")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device mps: no Apple GPU is available to torch here")
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> torch.dtype:
@@ -254,6 +298,16 @@ def synthesize(
     return x[0, :, :height, :width].float().clamp(-1, 1).cpu()
 
 
+@dataclass
+class DecodeResult:
+    image: np.ndarray  # H x W x 3 uint8
+    digest: bytes | None  # entropy digest (integer path), None on the float path
+
+    @property
+    def entropy_digest(self) -> str | None:
+        return self.digest.hex() if self.digest is not None else None
+
+
 def decode(
     data: bytes,
     model: AEIC,
@@ -265,7 +319,31 @@ def decode(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     realism: float = 0.0,
 ) -> np.ndarray:
-    """Decode .aeic bytes into an H x W x 3 uint8 image.
+    """Decode .aeic bytes into an H x W x 3 uint8 image (see decode_image)."""
+    return decode_image(
+        data,
+        model,
+        precision=precision,
+        device=device,
+        tile=tile,
+        progress=progress,
+        max_pixels=max_pixels,
+        realism=realism,
+    ).image
+
+
+def decode_image(
+    data: bytes,
+    model: AEIC,
+    *,
+    precision: str = "auto",
+    device: str = "cpu",
+    tile: int | None = None,
+    progress: Progress | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    realism: float | None = None,
+) -> DecodeResult:
+    """Decode .aeic bytes into an image, with the entropy digest of the integer path.
 
     ``realism`` 0 renders with the bundle's own (fidelity) decoder, 1 with its realism
     decoder, values between blend the two pictures (both decoders run). 0 is the default:
@@ -282,7 +360,7 @@ def decode(
         raise ValueError("realism < 1 needs a model loaded with its own decoder")
     f = unpack(data, max_pixels=max_pixels)
     levels = read_grid(f)  # before the slow part, so that a corrupt grid fails at once
-    y_hat = decode_latent(f, model)
+    y_hat, digest = latent_and_digest(f, model)
     parts = [(1 - r, model), (r, model.realism)]
     pictures = [
         weight
@@ -305,4 +383,4 @@ def decode(
         img = apply_colour_fix(img, f.colour)
     if f.grid is not None and levels is not None:
         img = apply_grid(img, levels, f.grid.cell, f.grid.step)
-    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+    return DecodeResult(np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8), digest)

@@ -152,6 +152,8 @@ class EncodeWork(_Work):
     max_pixels: int
     colour_fix: bool | None = None
     colour_grid: bool | None = None
+    integer: bool | None = None
+    device: str = "cpu"
     debug: bool = False
     _model: Any = None
 
@@ -164,7 +166,12 @@ class EncodeWork(_Work):
         raw = read_source(task.source) if task.source == "-" else task.source
         image, outcome.warnings = read_image(raw, max_pixels=self.max_pixels)
         result = api.encode_image(
-            image, self._model, colour_fix=self.colour_fix, colour_grid=self.colour_grid
+            image,
+            self._model,
+            colour_fix=self.colour_fix,
+            colour_grid=self.colour_grid,
+            integer=self.integer,
+            device=self.device,
         )
         outcome.data = result.data
         h, w = image.shape[:2]
@@ -175,7 +182,10 @@ class EncodeWork(_Work):
             "height": h,
             "bytes": len(result.data),
             "bpp": 8 * len(result.data) / (w * h),
-            "model": self._model.identity,
+            "model": self._model.identity
+            if result.digest is None
+            else self._model.integer_identity,
+            "entropy_digest": result.entropy_digest,
         }
 
 
@@ -202,7 +212,7 @@ class DecodeWork(_Work):
         key = header.model_id_hex
         if key not in self._models:
             self._models[key] = api.load_decoder(self.weights, key, self.realism)
-        image = api.decode(
+        result = api.decode_image(
             data,
             self._models[key],
             precision=self.precision,
@@ -211,7 +221,7 @@ class DecodeWork(_Work):
             progress=progress,
             realism=self.realism,
         )
-        outcome.data = png_bytes(image)
+        outcome.data = png_bytes(result.image)
         return {
             "input": task.source,
             "output": task.target,
@@ -221,6 +231,7 @@ class DecodeWork(_Work):
             "bpp": header.bpp,
             "model": key,
             "realism": self.realism,
+            "entropy_digest": result.entropy_digest,
         }
 
 

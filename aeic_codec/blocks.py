@@ -30,34 +30,31 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 class Conv3x3(nn.Conv2d):
-    """Dense 3x3 convolution; at float32 inference, matrix products with a fixed order.
+    """Dense 3x3 convolution; for h_s of the float entropy path, GEMMs in a fixed order.
 
-    oneDNN's direct convolution rounds differently with 1 and 2 threads, MKL's GEMM in
-    strict CNR mode (set in ``aeic_codec/__init__.py``) does not. Inference therefore
-    runs the convolution as GEMMs on the padded NHWC image, in one of two fixed orders:
+    The float entropy path (format versions 1 and 2) needs h_s bit-identical on both
+    sides with any number of threads; oneDNN's direct convolution rounds differently with
+    1 and 2 threads in some shapes, MKL's GEMM in strict CNR mode (set in
+    ``aeic_codec/__init__.py``) does not. With ``shared = True`` (h_s) float32 inference
+    therefore runs nine accumulating ``addmm`` on shifted slices of the flattened image
+    (rows padded to w + 2 so that every shift is one contiguous slice): this order is part
+    of the float path's bitstream. The encoder's own networks (g_a, h_a) set
+    ``shared = False`` and use oneDNN's convolution, about ten times faster than GEMMs on
+    gathered taps at their sizes: nothing on the decoder side recomputes them, and the
+    integer entropy path does not depend on how y was computed.
 
-    - ``shared = True`` (h_s, whose output both sides of the coder compute): nine
-      accumulating ``addmm`` on shifted slices of the flattened image (rows padded to
-      w + 2 so that every shift is one contiguous slice). This order is part of the
-      bitstream: files from format version 1 were coded with it.
-    - ``shared = False`` (g_a and h_a, which only the encoder runs): one GEMM over the
-      nine taps gathered side by side (im2col), in bands of rows to bound the memory.
-      Several times faster on thin inputs and still independent of the thread count.
-
-    Training and reduced-precision inference keep ``F.conv2d``, which computes the same
-    function faster.
+    Training and reduced-precision inference use ``F.conv2d`` as well.
     """
 
     shared = True
-    band_elements = 1 << 22  # im2col buffer size per band, in floats (16 MB)
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.dtype != torch.float32:
+        if torch.is_grad_enabled() or x.dtype != torch.float32 or not self.shared:
             return super().forward(x)
-        return self._shifted(x) if self.shared else self._im2col(x)
+        return self._shifted(x)
 
     def _shifted(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -74,31 +71,6 @@ class Conv3x3(nn.Conv2d):
                     out = torch.addmm(out, padded[i, start : start + n], taps[dy, dx])
             outs.append(out.view(h, wp, -1)[:, :w])
         return to_nchw(torch.stack(outs))
-
-    def _im2col(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        padded = to_nhwc(F.pad(x, (1, 1, 1, 1))).contiguous()  # (b, h + 2, w + 2, c)
-        weight = self.weight.permute(2, 3, 1, 0).reshape(9 * c, -1)  # rows: (dy, dx, cin)
-        out = x.new_empty(b, h, w, self.out_channels)
-        band = max(1, self.band_elements // (9 * c * w))
-        for i in range(b):
-            for top in range(0, h, band):
-                rows = min(band, h - top)
-                cols = torch.cat(
-                    [
-                        padded[i, top + dy : top + dy + rows, dx : dx + w]
-                        for dy in range(3)
-                        for dx in range(3)
-                    ],
-                    dim=-1,
-                )
-                torch.addmm(
-                    self.bias,
-                    cols.view(rows * w, 9 * c),
-                    weight,
-                    out=out[i, top : top + rows].view(rows * w, -1),
-                )
-        return to_nchw(out)
 
 
 class LayerNorm2d(nn.LayerNorm):

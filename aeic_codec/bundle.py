@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 BUNDLE_FORMATS = ("1", "2")
 STORAGE_DTYPES = ("fp32", "bf16", "int8")
 SCALE_PREFIX = "int8_scale."
+INTEGER_PREFIX = "integer."  # the integer entropy path (intnet.py); outside the identity
 SUFFIX = ".safetensors"
 ENV_VAR = "AEIC_WEIGHTS"
 # The shipped bundles: weights/ beside the package in a source checkout (or editable
@@ -74,10 +75,19 @@ class BundleInfo:
     def variant(self) -> str:
         return self.config.name
 
+    @property
+    def integer_identity(self) -> str | None:
+        """The identity files of the integer entropy path name (None: no integer path)."""
+        return self.metadata.get("integer_identity") or None
+
+    def has_identity(self, identity: str) -> bool:
+        return identity in (self.identity, self.integer_identity)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
             "identity": self.identity,
+            "integer_identity": self.integer_identity,
             "variant": self.variant,
             "lambda": self.lambda_,
             "size_bytes": self.size,
@@ -138,16 +148,36 @@ def identity_of(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
     """First 4 bytes (8 hex digits) of SHA-256 over the config and every tensor.
 
     A realism decoder's tensors are left out: files never depend on it, so adding or
-    retraining one keeps every file of the bundle decodable.
+    retraining one keeps every file of the bundle decodable. So are the integer entropy
+    path's (``integer.`` keys): adding them keeps the identity, so files of the float path
+    still find their bundle (integer-path files name ``integer_identity_of``).
     """
+    h = hashlib.sha256(config_json.encode())
+    kept = {k: v for k, v in tensors.items() if not is_realism_key(k) and not is_integer_key(k)}
+    _hash_tensors(h, kept)
+    return h.hexdigest()[:8]
+
+
+def is_integer_key(key: str) -> bool:
+    """A tensor of the integer entropy path."""
+    return key.startswith(INTEGER_PREFIX)
+
+
+def integer_identity_of(identity: str, tensors: dict[str, torch.Tensor]) -> str:
+    """The identity integer-path files carry: SHA-256 over the identity and every
+    ``integer.`` tensor (which, with the float tensors it covers, pins every integer)."""
+    h = hashlib.sha256(f"aeic-integer|{identity}|".encode())
+    _hash_tensors(h, {k: v for k, v in tensors.items() if is_integer_key(k)})
+    return h.hexdigest()[:8]
+
+
+def _hash_tensors(h: Any, tensors: dict[str, torch.Tensor]) -> None:
     import torch
 
-    h = hashlib.sha256(config_json.encode())
-    for key in sorted(k for k in tensors if not is_realism_key(k)):
+    for key in sorted(tensors):
         t = tensors[key].contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:8]
 
 
 def _storage_of(key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype: str) -> str:
@@ -389,6 +419,8 @@ def load_bundle(
                     dequantize_int8(value, fh.get_tensor(SCALE_PREFIX + key), out=target)
                 else:
                     target.copy_(value)
+            if info.integer_identity is not None:
+                model.integer = _load_integer(info, fh, present)
         model.z_tables = FreqTables.from_text(info.metadata["z_tables"])
         model.y_tables = FreqTables.from_text(info.metadata["y_tables"])
     except BundleError:
@@ -396,9 +428,37 @@ def load_bundle(
     except Exception as exc:  # safetensors raises its own error types for bad files
         raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
     model.identity = info.identity
+    model.integer_identity = info.integer_identity
     model.lambda_ = info.lambda_
     model.provenance = info.provenance
     return model.eval()
+
+
+def _load_integer(info: BundleInfo, fh: Any, present: set[str]) -> Any:
+    """The integer entropy path; layers whose weights the bundle stores as int8 use those."""
+    import torch
+
+    from .intnet import INTEGER_FORMAT, IntegerEntropy, integer_weight
+
+    if info.metadata.get("integer_format") != INTEGER_FORMAT:
+        raise BundleError(
+            f"{info.path}: integer entropy format {info.metadata.get('integer_format')} is not "
+            f"supported (this aeic reads {INTEGER_FORMAT})"
+        )
+    n = len(INTEGER_PREFIX)
+    tensors = {k[n:]: fh.get_tensor(k) for k in present if k.startswith(INTEGER_PREFIX)}
+    for key in [k for k in tensors if k.endswith(".bias") and not k.startswith("exp.")]:
+        layer = key[: -len(".bias")]
+        if f"{layer}.weight" in tensors:
+            continue
+        raw = fh.get_tensor(f"{layer}.weight") if f"{layer}.weight" in present else None
+        if raw is None or raw.dtype != torch.int8:
+            raise BundleError(f"{info.path}: integer layer {layer} has no integer weights")
+        tensors[f"{layer}.weight"] = integer_weight(raw)
+    try:
+        return IntegerEntropy(info.config, tensors)
+    except KeyError as exc:
+        raise BundleError(f"{info.path}: integer entropy path lacks {exc.args[0]}") from None
 
 
 def search_paths(weights: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -467,7 +527,7 @@ def find_bundle(
         searched = ", ".join(str(p) for p in paths)
     if identity is not None:
         for b in found:
-            if b.identity == identity:
+            if b.has_identity(identity):
                 return b
         hint = "" if weights else " Pass --weights with the bundle used to encode it."
         raise BundleError(

@@ -321,6 +321,19 @@ LAMBDA_HELP = (
     help="Send the source's mean colour over a grid of cells (about 0.002 bpp at 64 px cells; "
     "default: as the model says).",
 )
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "mps"]),
+    default="cpu",
+    show_default=True,
+    help="Where the analysis networks run; the integer entropy path gives the same file anywhere.",
+)
+@click.option(
+    "--float-entropy",
+    is_flag=True,
+    help="Use the float entropy path (format version 1/2, as the published pipeline) even "
+    "when the bundle has the integer one; such files decode reliably only on a like machine.",
+)
 def encode(
     inputs: tuple[str, ...],
     output: str | None,
@@ -335,19 +348,31 @@ def encode(
     variant: str | None,
     colour_fix: bool | None,
     colour_grid: bool | None,
+    device: str,
+    float_entropy: bool,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
+    from . import api
     from .bundle import find_bundle
 
     report = _Reporter(quiet, as_json, output == "-")
     tasks = _plan(inputs, output, ".aeic", IMAGE_SUFFIXES)
     try:
         info = find_bundle(weights, lambda_=lambda_, variant=variant)
-    except BundleError as exc:
+        api.check_device(device)
+    except (BundleError, ValueError) as exc:
         _usage(exc, debug)
     todo = _todo(tasks, force, report)
     if todo:
-        work = batch.EncodeWork(str(info.path), force, max_pixels, colour_fix, colour_grid)
+        work = batch.EncodeWork(
+            str(info.path),
+            force,
+            max_pixels,
+            colour_fix,
+            colour_grid,
+            integer=False if float_entropy else None,
+            device=device,
+        )
         _run(work, todo, jobs, report, debug)
     report.finish("encoded")
 
@@ -421,9 +446,11 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
     from .container import info_dict
 
     names = {
-        b.identity: f"{b.variant} lambda={b.lambda_:g}" if b.lambda_ is not None else b.variant
+        identity: f"{b.variant} lambda={b.lambda_:g}" if b.lambda_ is not None else b.variant
         for b in iter_bundles(search_paths(weights))
         if not isinstance(b, BundleError)
+        for identity in (b.identity, b.integer_identity)
+        if identity is not None
     }
     failures = 0
     for name in files:
@@ -439,6 +466,10 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
             continue
         click.echo(f"{name}:")
         click.echo(f"  format version  {d['format_version']}")
+        entropy = d["entropy_path"]
+        if d["entropy_digest"]:
+            entropy += f" (digest {d['entropy_digest']})"
+        click.echo(f"  entropy path    {entropy}")
         click.echo(f"  image           {d['width']}x{d['height']} ({d['pixels']} pixels)")
         model = d["model_id"] + (f" ({d['model_name']})" if d["model_name"] else " (not found)")
         click.echo(f"  model           {model}")
@@ -530,6 +561,13 @@ def weights_list(as_json: bool, where: str | None) -> None:
     show_default=True,
     help="Storage type of the generative decoder.",
 )
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, file_okay=False),
+    help="Images to give the bundle an integer entropy path with (format 3 files); its rate "
+    "cost and PSNR against the float path are measured on them and printed.",
+)
+@click.option("--calibration-count", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
 @_debug_option
 def weights_import(
@@ -539,6 +577,8 @@ def weights_import(
     output: str,
     lambda_: float | None,
     decoder_dtype: str,
+    calibration: str | None,
+    calibration_count: int,
     force: bool,
     debug: bool,
 ) -> None:
@@ -557,9 +597,19 @@ def weights_import(
         identity = import_published(
             aeic_pkl, sd_turbo, vae_decoder, output, lambda_, progress, decoder_dtype
         )
+        click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+        if calibration:
+            from .integerize import image_files, integerize_measured, read_rgb
+
+            images = [read_rgb(p) for p in image_files(calibration, calibration_count)]
+            model, cost = integerize_measured(output, images, Path(calibration).name)
+            click.echo(
+                f"aeic: integer entropy path added (integer identity {model.integer_identity}); "
+                f"{cost.summary()}",
+                err=True,
+            )
     except (BundleError, OSError, ValueError) as exc:
         _fail_hard(exc, debug)
-    click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
 
 
 @weights.command("set-grid")
@@ -589,6 +639,55 @@ def weights_set_grid(
     except (OSError, ValueError) as exc:  # BundleError is a ValueError
         _fail_hard(exc, debug)
     click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+
+
+@weights.command("integerize")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_bundle_output
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Calibration images (folder, searched recursively; the first --count in name order).",
+)
+@click.option("--count", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--measure",
+    type=click.Path(exists=True, file_okay=False),
+    help="Also encode these images with both entropy paths and print the rate cost.",
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
+@_debug_option
+def weights_integerize(
+    bundle: str,
+    output: str,
+    images: str,
+    count: int,
+    measure: str | None,
+    force: bool,
+    debug: bool,
+) -> None:
+    """Copy a bundle with an integer entropy path (format 3 files decode on any machine).
+
+    Every other tensor and metadata entry is kept; rerunning replaces the integer part.
+    """
+    from .integerize import image_files, integer_cost, integerize_bundle, read_rgb
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    try:
+        calibration = [read_rgb(p) for p in image_files(images, count)]
+        model = integerize_bundle(bundle, output, calibration, source=Path(images).name)
+        click.echo(
+            f"aeic: wrote {output} (identity {model.identity}, integer identity "
+            f"{model.integer_identity})",
+            err=True,
+        )
+        if measure:
+            cost = integer_cost(model, [read_rgb(p) for p in image_files(measure)])
+            click.echo(f"aeic: {cost.summary()}", err=True)
+    except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors
+        _fail_hard(exc, debug)
 
 
 # ------------------------------------------------------------------ train

@@ -1,8 +1,9 @@
 """The .aeic container: a small, self-checking wrapper around the five coded streams.
 
-This module is the reference reader and writer of format versions 1 and 2 (docs/format.md):
-a file is written as version 2 only when it carries a colour grid, so files without one
-stay byte for byte what earlier versions wrote. It imports only the standard library
+This module is the reference reader and writer of format versions 1 to 3 (docs/format.md):
+version 3 files come from the integer entropy path and carry a short entropy digest; the
+float path writes version 2 only when a file carries a colour grid, so its files without
+one stay byte for byte what earlier versions wrote. It imports only the standard library
 because ``aeic info`` parses files with it and must start without paying for torch or numpy.
 """
 
@@ -14,14 +15,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 MAGIC = b"AEI"
-FORMAT_VERSION = 2  # the newest this module reads and writes
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest this module reads and writes
+READ_VERSIONS = (1, 2, 3)
+INTEGER_VERSION = 3  # the integer entropy path; the header carries the entropy digest
+DIGEST_SIZE = 2
 MAX_DIM = 1 << 18
 NUM_STREAMS = 5
 STREAM_NAMES = ("z", "step0", "step1", "step2", "step3")
 MAX_STREAM_BYTES = (1 << 32) - 1
 FLAG_COLOUR = 0x01
-FLAG_GRID = 0x02  # version 2 only
+FLAG_GRID = 0x02  # versions 2 and 3
 GRID_CELLS = (8, 4096)  # allowed cell sizes in pixels
 GRID_STEPS = (1, 64)
 
@@ -48,6 +51,7 @@ class _Header(NamedTuple):
     colour: tuple[int, ...] | None
     grid: tuple[int, int, int] | None  # cell, step, byte length
     end: int
+    digest: bytes | None
 
     @property
     def declared(self) -> int:
@@ -74,6 +78,7 @@ class AeicFile:
     streams: tuple[bytes, ...]
     colour: tuple[int, ...] | None = None
     grid: ColourGrid | None = None
+    digest: bytes | None = None  # short entropy digest: integer entropy path (version 3)
 
     def __post_init__(self) -> None:
         for name, value in (("width", self.width), ("height", self.height)):
@@ -109,11 +114,22 @@ class AeicFile:
                 f"grid must be None or a ColourGrid with cell in {GRID_CELLS[0]}..{GRID_CELLS[1]}"
                 f", step in {GRID_STEPS[0]}..{GRID_STEPS[1]} and bytes data"
             )
+        if self.digest is not None and (
+            not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_SIZE
+        ):
+            raise ValueError(f"digest must be None or {DIGEST_SIZE} bytes, got {self.digest!r}")
 
     @property
     def version(self) -> int:
-        """2 for a file with a colour grid, else 1 (what readers before the grid accept)."""
+        """3 for the integer entropy path; else 2 with a colour grid, 1 without."""
+        if self.digest is not None:
+            return INTEGER_VERSION
         return 2 if self.grid is not None else 1
+
+    @property
+    def integer(self) -> bool:
+        """Whether the streams were coded with the integer entropy path."""
+        return self.digest is not None
 
     @property
     def pixels(self) -> int:
@@ -135,7 +151,7 @@ class AeicFile:
         """Everything before the payload; the CRC follows the payload (and the grid)."""
         flags = FLAG_COLOUR if self.colour is not None else 0
         flags |= FLAG_GRID if self.grid is not None else 0
-        parts = [MAGIC, bytes((self.version, flags)), self.model_id]
+        parts = [MAGIC, bytes((self.version, flags)), self.model_id, self.digest or b""]
         parts += [_varint(v) for v in (self.width, self.height, *self.stream_sizes)]
         if self.colour is not None:
             parts.append(_COLOUR.pack(*self.colour))
@@ -202,7 +218,9 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
     grid = None
     if head.grid is not None:
         grid = ColourGrid(head.grid[0], head.grid[1], data[pos:body_end])
-    return AeicFile(head.width, head.height, head.model_id, tuple(streams), head.colour, grid)
+    return AeicFile(
+        head.width, head.height, head.model_id, tuple(streams), head.colour, grid, head.digest
+    )
 
 
 def info_dict(data: bytes) -> dict[str, Any]:
@@ -214,6 +232,8 @@ def info_dict(data: bytes) -> dict[str, Any]:
         colour = {"mean": scaled[:3], "std": scaled[3:]}
     return {
         "format_version": f.version,
+        "entropy_path": "integer" if f.integer else "float",
+        "entropy_digest": f.digest.hex() if f.digest is not None else None,
         "model_id": f.model_id_hex,
         "width": f.width,
         "height": f.height,
@@ -287,6 +307,12 @@ def _parse_header(data: bytes, end: int) -> _Header:
         raise FormatError("a version 2 file must carry a colour grid (without one it is version 1)")
     model_id = data[len(MAGIC) + 2 : _FIXED_SIZE]
     pos = _FIXED_SIZE
+    digest = None
+    if version == INTEGER_VERSION:
+        if pos + DIGEST_SIZE > end:
+            raise FormatError("truncated file: header ends early")
+        digest = bytes(data[pos : pos + DIGEST_SIZE])
+        pos += DIGEST_SIZE
     dims = []
     for name in ("width", "height"):
         value, pos = _read_varint(data, pos, end, MAX_DIM, f"image {name} above {MAX_DIM}")
@@ -323,7 +349,7 @@ def _parse_header(data: bytes, end: int) -> _Header:
             data, pos + 1, end, MAX_STREAM_BYTES, f"colour grid length above {MAX_STREAM_BYTES}"
         )
         grid = (cell, step, n)
-    return _Header(model_id, width, height, tuple(lengths), colour, grid, pos)
+    return _Header(model_id, width, height, tuple(lengths), colour, grid, pos, digest)
 
 
 def _crc_failure(data: bytes) -> FormatError:

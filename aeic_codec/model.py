@@ -2,8 +2,10 @@
 
 ``AEIC`` holds the networks one side needs: an encoder-only instance skips g_s and the
 generative decoder (the SE decoder side alone is 913 M parameters); a decoder-only one
-skips g_a and h_a. Entropy parameters (h_s and the context steps) always run in float32
-on both sides so that they produce identical bits; see docs/format.md.
+skips g_a and h_a. The entropy parameters (h_s and the context steps) come from one of
+two paths that both sides run alike: the integer path (``intnet.py``, format version 3),
+which gives the same integers on every machine, or the float32 path of format versions 1
+and 2, which the published checkpoints were trained with; see docs/format.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .entropy_models import (
     scale_indexes,
     table_scales,
 )
+from .intnet import IntegerEntropy
 from .tables import MAX_BINS, FreqTables
 from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
 
@@ -42,7 +45,10 @@ class Compressed:
 
     streams: list[bytes]
     y_hat: torch.Tensor
-    stream_bits: list[float]  # the model's information estimate per stream (z, steps 0-3)
+    # Information estimate per stream (z, steps 0-3): -log2 of the model's likelihoods on
+    # the float path, of the table frequencies on the integer path (cheap: no tanh/erfc).
+    stream_bits: list[float]
+    digest: bytes | None = None  # entropy digest of the integer path (None: float path)
 
     @property
     def estimated_bits(self) -> float:
@@ -86,7 +92,9 @@ class AEIC(nn.Module):
         self.realism: nn.Module | None = None  # an optional RealismDecoder (realism.py)
         self.z_tables: FreqTables | None = None
         self.y_tables: FreqTables | None = None
+        self.integer: IntegerEntropy | None = None  # the integer entropy path, if converted
         self.identity: str | None = None  # set by bundle save/load
+        self.integer_identity: str | None = None  # the identity integer-path files carry
         self.lambda_: float | None = None
         self.provenance: dict[str, object] = {}
 
@@ -130,14 +138,38 @@ class AEIC(nn.Module):
         return self.z_tables, self.y_tables
 
     # ------------------------------------------------------------- coding
+    def _integer(self) -> IntegerEntropy:
+        if self.integer is None:
+            raise RuntimeError("the model has no integer entropy path (aeic weights integerize)")
+        return self.integer
+
     @torch.no_grad()
-    def compress(self, x: torch.Tensor) -> Compressed:
-        """Code a padded image (1, 3, H, W) in [-1, 1] into five streams."""
+    def analyse(self, x: torch.Tensor, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """y and z (float32, on the CPU) of a padded image, g_a and h_a run on ``device``."""
         if self.g_a is None or self.h_a is None:
             raise RuntimeError("this model was loaded without its encoder")
-        z_tables, y_tables = self._tables()
-        y = self.g_a(x).float()
+        if device != "cpu":
+            self.g_a.to(device)
+            self.h_a.to(device)
+        y = self.g_a(x.to(device)).float()
         z = self.h_a(y).float()
+        return y.cpu(), z.cpu()
+
+    @torch.no_grad()
+    def compress(
+        self, x: torch.Tensor, integer: bool | None = None, device: str = "cpu"
+    ) -> Compressed:
+        """Code a padded image (1, 3, H, W) in [-1, 1] into five streams.
+
+        ``integer`` picks the entropy path (default: the integer one when the model has
+        it); ``device`` runs the encoder's own networks (g_a, h_a) there. The entropy
+        parameters are computed on the CPU: the integer path gives the same integers
+        anywhere, and it is cheap next to g_a.
+        """
+        z_tables, y_tables = self._tables()
+        y, z = self.analyse(x, device)
+        if self.integer is not None if integer is None else integer:
+            return self._compress_integer(y, z)
         eb = self.entropy_bottleneck
         med = eb.medians.detach().view(1, -1, 1, 1)
         z_sym = torch.round(z - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
@@ -162,15 +194,37 @@ class AEIC(nn.Module):
         y_hat = self.context.run(base, code_step)
         return Compressed(streams, y_hat, bits)
 
+    def _compress_integer(self, y: torch.Tensor, z: torch.Tensor) -> Compressed:
+        z_tables, y_tables = self._tables()
+        ie = self._integer()
+        med = ie.median_real().view(1, -1, 1, 1)
+        z_sym = torch.round(z.double() - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT).long()
+        enc = StreamEncoder()
+        enc.encode(z_sym.numpy().ravel(), _z_ids(z_sym.shape), z_tables)
+        streams, bits = [enc.finish()], [enc.bits]
+        y64 = y.double()
+
+        def code_step(k: int, mask: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
+            coded, tables = ie.coded_and_tables(mask, scale)
+            sym = torch.round(y64 - ie.mean_real(mean)).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
+            sym = torch.where(coded, sym, 0.0).long()
+            enc = StreamEncoder()
+            enc.encode(sym[coded].numpy(), tables.numpy(), y_tables)
+            streams.append(enc.finish())
+            bits.append(enc.bits)
+            return sym
+
+        y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step)
+        return Compressed(streams, y_hat, bits, digest)
+
     @torch.no_grad()
     def decompress(self, streams: list[bytes] | tuple[bytes, ...], y_size: tuple[int, int]):
-        """Rebuild y_hat (1, M, h, w) from the five streams."""
+        """Rebuild y_hat (1, M, h, w) from the five streams of the float path."""
         z_tables, y_tables = self._tables()
-        eb = self.entropy_bottleneck
         zh, zw = hyper_size(y_size)
         c = self.cfg.hyper_channels
-        ids = np.repeat(np.arange(c), zh * zw)
-        z_sym = StreamDecoder(streams[0]).decode(ids, z_tables)
+        z_sym = StreamDecoder(streams[0]).decode(_z_ids((1, c, zh, zw)), z_tables)
+        eb = self.entropy_bottleneck
         med = eb.medians.detach().view(1, -1, 1, 1)
         z_hat = torch.from_numpy(z_sym).float().view(1, c, zh, zw) + med
 
@@ -189,6 +243,27 @@ class AEIC(nn.Module):
         if not torch.isfinite(y_hat).all():
             raise LatentError("the streams decode to non-finite latents (corrupt file?)")
         return y_hat
+
+    @torch.no_grad()
+    def decompress_integer(
+        self, streams: list[bytes] | tuple[bytes, ...], y_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, bytes]:
+        """y_hat and the entropy digest from the five streams of the integer path."""
+        z_tables, y_tables = self._tables()
+        ie = self._integer()
+        zh, zw = hyper_size(y_size)
+        c = self.cfg.hyper_channels
+        z_sym = StreamDecoder(streams[0]).decode(_z_ids((1, c, zh, zw)), z_tables)
+        z = torch.from_numpy(z_sym).view(1, c, zh, zw)
+
+        def code_step(k: int, mask: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
+            coded, tables = ie.coded_and_tables(mask, scale)
+            values = StreamDecoder(streams[k + 1]).decode(tables.numpy(), y_tables)
+            sym = torch.zeros(mean.shape, dtype=torch.int64)
+            sym[coded] = torch.from_numpy(values)
+            return sym
+
+        return ie.run(z, y_size, code_step)
 
 
 _TAIL_MULTIPLIER = -float(
@@ -210,8 +285,13 @@ def _sanitize(mean: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, to
     return mean, scale
 
 
+def _z_ids(shape: tuple[int, ...] | torch.Size) -> np.ndarray:
+    """Table id of every z symbol in C order: its channel."""
+    _, c, h, w = shape
+    return np.repeat(np.arange(c), h * w)
+
+
 def _encode_z(z_sym: torch.Tensor, tables: FreqTables) -> bytes:
-    _, c, h, w = z_sym.shape
     enc = StreamEncoder()
-    enc.encode(z_sym.long().numpy().ravel(), np.repeat(np.arange(c), h * w), tables)
+    enc.encode(z_sym.long().numpy().ravel(), _z_ids(z_sym.shape), tables)
     return enc.finish()

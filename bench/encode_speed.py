@@ -1,8 +1,10 @@
 """Time aeic's encode work on a 1920x1088 image with a full-size random-weight AEIC-SE.
 
-Prints seconds per image (best of N runs), split into the networks (g_a, h_a, h_s and
-the four context passes, timed alone) and the rest (entropy coding and bookkeeping:
-total minus networks). Model construction is excluded.
+Prints seconds per image (best of N runs) of the float entropy path, split into the
+networks (g_a, h_a, h_s and the four context passes, timed alone) and the rest (entropy
+coding and bookkeeping: total minus networks), and of the integer entropy path (the model
+integerized in memory, calibrated on the same random image). Model construction is
+excluded.
 
 Usage: python -m bench.encode_speed [--runs 3] [--size 1088x1920] [--variant AEIC-SE]
 """
@@ -15,6 +17,7 @@ import time
 import torch
 
 from aeic_codec.config import PRESETS
+from aeic_codec.intnet import IntegerEntropy, integerize
 from aeic_codec.model import AEIC
 from bench._machine import machine_line
 
@@ -43,10 +46,18 @@ def measure(variant: str, height: int, width: int, runs: int) -> dict[str, float
         for k in range(4):
             model.context.params(k, base)
 
-    total = _best(lambda: model.compress(x), runs)
+    total = _best(lambda: model.compress(x, integer=False), runs)
     nets = _best(networks, runs)
-    size = sum(map(len, model.compress(x).streams))
-    return {"total": total, "networks": nets, "coding": max(total - nets, 0.0), "bytes": size}
+    size = sum(map(len, model.compress(x, integer=False).streams))
+    model.integer = IntegerEntropy(model.cfg, integerize(model, [x]))
+    integer = _best(lambda: model.compress(x, integer=True), runs)
+    return {
+        "total": total,
+        "networks": nets,
+        "coding": max(total - nets, 0.0),
+        "bytes": size,
+        "integer": integer,
+    }
 
 
 def main() -> None:
@@ -60,8 +71,9 @@ def main() -> None:
     r = measure(args.variant, h, w, args.runs)
     print(
         f"{args.variant} {w}x{h}: {r['total']:.3f} s per image "
-        f"(networks {r['networks']:.3f} s, entropy coding {r['coding']:.3f} s), "
-        f"{r['bytes']} payload bytes with random weights"
+        f"on the float entropy path (networks {r['networks']:.3f} s, entropy coding "
+        f"{r['coding']:.3f} s), {r['bytes']} payload bytes with random weights; "
+        f"{r['integer']:.3f} s on the integer path"
     )
 
 

@@ -1,9 +1,10 @@
-"""One benchmark report, docs/benchmarks.md: complexity, speed, entropy coding, rate-distortion
-and memory, all measured in the same run on the same machine.
+"""One benchmark report, docs/benchmarks.md: complexity, speed, entropy coding, the integer
+entropy path, rate-distortion and memory, all measured in the same run on the same machine.
 
     python -m bench.run_all              # everything (long: full-size decodes up to 4096x4096)
     python -m bench.run_all --quick      # trimmed sizes and models (under 10 minutes)
     python -m bench.run_all --slice DIR  # seconds: every section on a tiny random model
+    python -m bench.run_all --only integer --out DIR   # one section (name prefix), into DIR
 
 Full-size AEIC-SE and AEIC-ME run with random weights (speed and memory do not depend on
 the weights); the default model is the shipped bundle set in weights/. Progress goes to
@@ -88,6 +89,7 @@ class Plan:
     qualities: tuple[int, ...] = rd_kodak.DOWNSCALE_QUALITIES
     entropy_images: int = 4
     crops: bool = True
+    speed_image: Path = ROOT / "docs" / "kodim23.png"  # the integer section's encode timing
     command: str = "python -m bench.run_all"
     notes: list[str] = field(default_factory=list)
 
@@ -491,7 +493,9 @@ def entropy(plan: Plan) -> str:
         heading("Entropy coding")
         + f"\nMean bytes per image over {len(images)} Kodak images: each stream's real size "
         "against the model's information estimate (the sum of -log2 p over its symbols, in "
-        "bytes; 'all' is the payload).\n\n"
+        "bytes; 'all' is the payload). With the integer entropy path (every shipped bundle "
+        "has one) p is the symbol's frequency in its 16-bit table, so the ratio is the range "
+        "coder's own overhead.\n\n"
         + md_table(["model", "stream", "bytes", "estimate", "ratio"], rows)
         + f"\n\nContainer overhead (file size minus the five payloads and the colour grid: magic, "
         f"version, flags, model identity, size, lengths, CRC and, when present, the colour "
@@ -502,6 +506,65 @@ def entropy(plan: Plan) -> str:
         f"{over * 8 / (768 * 512):.5f} bpp there, {100 * over / at:.0f} % of such a file. "
         f"Colour grids (bundles that send one): {grid:.1f} bytes per file on average over all "
         f"of them, {grid * 8 / float(np.mean(pixels)):.5f} bpp."
+    )
+
+
+# --------------------------------------------------------------------------- integer path
+
+
+def integer_path(plan: Plan) -> str:
+    """Rate cost of the integer entropy path per bundle, and encode time against AVIF q0."""
+    import io
+
+    from aeic_codec import api
+    from aeic_codec.bundle import load_bundle
+    from aeic_codec.integerize import integer_cost
+
+    title = heading("Integer entropy path")
+    bundles = [p for p in plan.bundles if load_bundle(p, decoder=False).integer is not None]
+    if not bundles:
+        return title + "\nNo shipped bundle has an integer entropy path: not measured."
+    images = [rd_kodak.load_rgb(p) for p in plan.kodak]
+    rows = []
+    for path in bundles:
+        cost = integer_cost(load_bundle(path, decoder=False), images)
+        fb, ib = sum(cost.float_bytes), sum(cost.integer_bytes)
+        digest = 2 * len(images)
+        rows.append(
+            [
+                path.stem,
+                f"{fb / len(images):.1f}",
+                f"{ib / len(images):.1f}",
+                f"{100 * (ib - fb) / fb:+.2f} %",
+                f"{100 * (ib - digest - fb) / fb:+.2f} %",
+            ]
+        )
+        log(f"integer {path.stem}: {100 * cost.rate_cost:+.2f} %")
+    bundle = plan.default_bundle if plan.default_bundle in bundles else bundles[0]
+    model = load_bundle(bundle, decoder=False)
+    image = rd_kodak.load_rgb(plan.speed_image)
+    pil = Image.fromarray(image)
+    timings = {
+        "AVIF q0 (Pillow)": lambda: pil.save(io.BytesIO(), "AVIF", quality=0),
+        f"{bundle.stem}, integer path": lambda: api.encode(image, model),
+        f"{bundle.stem}, float path": lambda: api.encode(image, model, integer=False),
+    }
+    secs = {}
+    for label, fn in timings.items():
+        fn()
+        secs[label] = _best(fn, 3)
+    avif = secs["AVIF q0 (Pillow)"]
+    speed_rows = [[k, f"{v:.3f}", f"{v / avif:.2f}"] for k, v in secs.items()]
+    h, w = image.shape[:2]
+    return (
+        title + f"\nMean bytes per file over {len(images)} Kodak images with each bundle's two "
+        "entropy paths (`aeic encode` and `aeic encode --float-entropy`; same pictures, the "
+        "integer path's files also carry the 2-byte entropy digest; the last column leaves "
+        "it out).\n\n"
+        + md_table(["bundle", "float bytes", "integer bytes", "rate cost", "without digest"], rows)
+        + f"\n\nEncode time of {plan.speed_image.name} ({w}x{h}), best of three after a "
+        f"warm-up, side by side in this run with {plan.threads} thread(s):\n\n"
+        + md_table(["encoder", "seconds", "x AVIF q0"], speed_rows)
     )
 
 
@@ -654,13 +717,14 @@ SECTIONS: tuple[tuple[str, Callable[[Plan], str]], ...] = (
     ("complexity", complexity),
     ("speed", speed),
     ("entropy coding", entropy),
+    ("integer entropy path", integer_path),
     ("rate-distortion", rate_distortion),
     ("memory", memory),
 )
 
 
-def run(plan: Plan) -> Path:
-    """Run every section in order and write OUT/benchmarks.md."""
+def run(plan: Plan, only: str | None = None) -> Path:
+    """Run every section (or those whose name starts with ``only``), write OUT/benchmarks.md."""
     import torch
 
     from bench._machine import machine_line
@@ -669,7 +733,10 @@ def run(plan: Plan) -> Path:
     plan.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     parts, timings = [], []
-    for name, fn in SECTIONS:
+    chosen = [(n, fn) for n, fn in SECTIONS if only is None or n.startswith(only)]
+    if not chosen:
+        raise SystemExit(f"no section starts with {only!r}: {', '.join(n for n, _ in SECTIONS)}")
+    for name, fn in chosen:
         t = time.perf_counter()
         with section(name):
             parts.append(fn(plan))
@@ -736,6 +803,7 @@ def slice_plan(work: Path) -> Plan:
 
     from aeic_codec.bundle import save_bundle
     from aeic_codec.config import tiny_config
+    from aeic_codec.integerize import integerize_bundle
     from aeic_codec.model import AEIC
 
     (work / "weights").mkdir(parents=True, exist_ok=True)
@@ -751,6 +819,7 @@ def slice_plan(work: Path) -> Plan:
         img = np.stack(waves, -1) * 90 + 128 + rng.normal(0, 6, (48, 64, 3))
         images.append(work / "images" / f"img{i}.png")
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(images[-1])
+    integerize_bundle(bundle, bundle, [rd_kodak.load_rgb(p) for p in images], "slice")
     preset = tiny_config("tiny-random")
     return Plan(
         work / "report",
@@ -765,6 +834,7 @@ def slice_plan(work: Path) -> Plan:
         threads=1,
         qualities=(0,),
         entropy_images=2,
+        speed_image=images[0],
         command="python -m bench.run_all --slice DIR",
         notes=["--slice: a tiny random-weight model and two generated 64x48 images."],
     )
@@ -776,9 +846,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slice", type=Path, metavar="DIR", help="tiny run into DIR/report")
     p.add_argument("--out", type=Path, default=ROOT / "docs")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--only", metavar="SECTION", help="run the sections whose name starts so")
     args = p.parse_args(argv)
     plan = slice_plan(args.slice) if args.slice else plan_for(args.quick, args.out, args.threads)
-    print(run(plan))
+    print(run(plan, args.only))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ SECTIONS = (
     "## Complexity",
     "## Speed",
     "## Entropy coding",
+    "## Integer entropy path",
     "## Rate-distortion on Kodak",
     "## Memory",
 )
@@ -31,6 +32,8 @@ def test_report_slice_writes_every_section_and_its_plots(tmp_path: Path) -> None
     assert "| `aeic encode` | 64x48 PNG |" in text  # whole commands, with their cost
     assert '| `python -c "import torch"` | - |' in text  # beyond the floor they stand on
     assert "| tiny-l16 | all |" in text  # entropy coding, payload row
+    assert "| tiny-l16 | " in text.split("## Integer entropy path")[1]  # its rate cost
+    assert "| AVIF q0 (Pillow) | " in text and "| tiny-l16, integer path | " in text
     assert "| aeic | tiny λ=16 | 2 |" in text  # rate-distortion over both images
     assert "| x2+AVIF | q0 | 2 |" in text
     assert "| 0.0241 | 22.16 | 0.781 |" in text  # the paper's AEIC-SE, for scale

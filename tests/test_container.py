@@ -74,17 +74,20 @@ def reject(data: bytes, message: str, **kwargs: object) -> None:
 @pytest.mark.parametrize(
     "grid", [None, DOC_GRID, ColourGrid(4096, 64, b""), ColourGrid(8, 1, bytes(300))]
 )
+@pytest.mark.parametrize("digest", [None, b"\x00\x00", b"\x5e\xa7"])
 def test_round_trip(
     width: int,
     height: int,
     colour: tuple[int, ...] | None,
     streams: tuple[bytes, ...],
     grid: ColourGrid | None,
+    digest: bytes | None,
 ) -> None:
-    f = AeicFile(width, height, MODEL_ID, streams, colour, grid)
+    f = AeicFile(width, height, MODEL_ID, streams, colour, grid, digest)
     data = pack(f)
     assert unpack(data) == f
-    assert data[3] == f.version == (1 if grid is None else 2)
+    assert data[3] == f.version == (3 if digest else 1 if grid is None else 2)
+    assert f.integer == (digest is not None)
     assert len(data) == f.size == f.overhead + sum(map(len, streams)) + f.grid_size
     assert data.startswith(f.header_bytes())
     assert data.endswith(zlib.crc32(data[:-4]).to_bytes(4, "big"))
@@ -108,7 +111,8 @@ def test_properties() -> None:
     assert f.stream_sizes == (4, 2, 1, 0, 3)
     assert f.payload_size == 10
     assert f.model_id_hex == "a1b2c3d4"
-    assert f.version == 1 and make(grid=DOC_GRID).version == FORMAT_VERSION == 2
+    assert f.version == 1 and make(grid=DOC_GRID).version == 2
+    assert make(digest=b"\x5e\xa7").version == FORMAT_VERSION == 3
     assert pack(f).startswith(MAGIC) and MAGIC == b"AEI"
     assert f.bpp == pytest.approx(8 * 32 / (768 * 512))
 
@@ -171,16 +175,30 @@ def test_versions() -> None:
     data = pack(make())
     reject(
         resealed(data, 3, b"\x07"),
-        "unsupported format version 7 (this aeic reads versions 1, 2); upgrade aeic",
+        "unsupported format version 7 (this aeic reads versions 1, 2, 3); upgrade aeic",
     )
     reject(data[:3] + b"\x07" + data[4:], "unsupported format version 7")  # checked before the CRC
     reject(
-        resealed(data, 3, b"\x00"), "unsupported format version 0 (this aeic reads versions 1, 2)"
+        resealed(data, 3, b"\x00"),
+        "unsupported format version 0 (this aeic reads versions 1, 2, 3)",
     )
     # The grid flag belongs to version 2, and version 2 always has a grid (canonical files).
     reject(resealed(data, 3, b"\x02"), "a version 2 file must carry a colour grid")
     gridded = pack(make(grid=DOC_GRID))
     reject(resealed(gridded, 3, b"\x01"), "reserved flag bits set (flags 0x02)")
+
+
+def test_digest_field() -> None:
+    data = pack(make(digest=bytes.fromhex("5ea7")))  # the digest sits at offsets 9 and 10
+    assert data[3] == 3 and data[9:11] == bytes.fromhex("5ea7")
+    assert info_dict(data)["entropy_path"] == "integer"
+    assert info_dict(data)["entropy_digest"] == "5ea7"
+    assert info_dict(pack(make()))["entropy_path"] == "float"
+    # A version 1 file relabelled as version 3 reads its width as the digest: nothing fits.
+    with pytest.raises(FormatError):
+        unpack(resealed(pack(make()), 3, b"\x03"))
+    with pytest.raises(ValueError, match="digest must be"):
+        make(digest=b"\x01")
 
 
 def test_grid_fields() -> None:
@@ -304,6 +322,7 @@ def test_doc_examples_match_pack() -> None:
         pack(make()),
         pack(make(1920, 1080, colour=DOC_COLOUR)),
         pack(make(1920, 1080, colour=DOC_COLOUR, grid=DOC_GRID)),
+        pack(make(digest=bytes.fromhex("5ea7"))),
     ]
     for block, data in zip(blocks, expected, strict=True):
         hex_parts = [

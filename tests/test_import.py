@@ -165,3 +165,28 @@ def test_weights_import_and_list_commands(published, tmp_path):
     assert again.exit_code == 1 and "exists" in again.stderr
     listed = CliRunner().invoke(main, ["weights", "list", "--json", "--weights", str(out.parent)])
     assert '"variant": "AEIC-SE"' in listed.stdout and '"lambda": 16.0' in listed.stdout
+
+
+def test_import_with_calibration_adds_the_integer_path(published, tmp_path):
+    from click.testing import CliRunner
+
+    from aeic_codec.cli import main
+
+    pkl, sd, vae = published
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    Image.fromarray(_crop()).save(folder / "crop.png")
+    out = tmp_path / "se16.safetensors"
+    args = ["weights", "import", "--aeic", str(pkl), "--sd-turbo", str(sd)]
+    args += ["--vae-decoder", str(vae), "-o", str(out), "--decoder-dtype", "fp32"]
+    result = CliRunner().invoke(main, [*args, "--calibration", str(folder)])
+    assert result.exit_code == 0, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "integer entropy path added" in line and "on 1 image(s)" in line and "dB" in line
+    info = read_info(out)
+    assert info.integer_identity is not None
+    model = load_bundle(out, decoder=False)
+    data = api.encode(_crop(), model)
+    assert unpack(data).version == 3 and unpack(data).model_id_hex == info.integer_identity
+    float_data = api.encode(_crop(), model, integer=False)
+    assert unpack(float_data).model_id_hex == info.identity  # the published pipeline's files

@@ -1,0 +1,632 @@
+"""Integer entropy networks: h_s and the context model in exact integer arithmetic.
+
+Float sums round differently with another summation order, thread count, instruction
+set or device, and one flipped table index desynchronises the range decoder for the rest
+of the stream. Here everything both sides compute to find the entropy parameters is
+integer: 16-bit activations with one power-of-two exponent per tensor (real value =
+integer * 2**-f), integer weights with a scale per output channel (a bundle's int8 weights
+as they are, else 16-bit ones), exact accumulators,
+requantisation by an integer multiply and shift, LayerNorm through an integer square
+root and GELU through a stored table. docs/format.md ("Integer entropy path") specifies
+every operation bit for bit; ``tests/test_intnet.py`` checks this module against a numpy
+int64 reference.
+
+The dense products run as float64 GEMMs on integer operands: every product and partial
+sum is an integer below 2**53 (|activation| <= 2**15, |weight| < 2**15, at most 2048
+terms, |bias| <= 2**45), so every float64 addition is exact whatever its order and the
+result is the integer sum. Everything else runs on int64 tensors.
+
+One program (``hyper_synthesis``, ``context_params``) describes the networks; it runs on
+``FloatOps`` (float64 reals, to calibrate the exponents and to build the integer
+parameters) and on ``IntOps`` (the integer path both coder sides run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bundle import SCALE_PREFIX
+from .config import ModelConfig
+from .context import STEPS, step_masks
+from .entropy_models import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
+
+INTEGER_FORMAT = "1"  # the bundle's ``integer_format``: the layout of the integer tensors
+ACT_MIN, ACT_MAX = -(1 << 15), (1 << 15) - 1
+WEIGHT_MAX = (1 << 15) - 1
+BIAS_MAX = 1 << 45
+MAX_TERMS = 2048  # inputs per output: keeps every accumulator below 2**46
+MULT_BITS = 16  # multipliers are normalised to [2**15, 2**16]
+SHIFT_RANGE = (1, 62)
+LN_PRECISION = 24  # LayerNorm's 1 / sigma has this many fractional bits
+LN_EPS = 1e-6
+EXPONENT_RANGE = (-16, 40)
+SYMBOL_CLAMP = 1 << 16  # symbols beyond saturate the 16-bit context either way
+
+
+class Act(NamedTuple):
+    """An activation: NHWC values and the exponent f (real = v * 2**-f).
+
+    IntOps holds int64 integers; FloatOps holds float64 reals and, when building, the
+    exponent the integer path will use for this tensor (0 while calibrating).
+    """
+
+    v: torch.Tensor
+    f: int
+
+
+# --------------------------------------------------------------------------- program
+
+
+def hyper_synthesis(ops: Ops, z_hat: Act, cfg: ModelConfig, size: tuple[int, int]) -> Act:
+    """h_s: Up, StarBlocks, Up; cropped to y's size; output at the context exponent."""
+    n = cfg.hyper_blocks
+    x = _up(ops, "h_s.increase.0", z_hat, "h_s.up")
+    for i in range(1, n + 1):
+        x = _star_block(ops, f"h_s.increase.{i}", x)
+    x = _up(ops, f"h_s.increase.{n + 1}", x, "ctx")
+    return Act(x.v[:, : size[0], : size[1]], x.f)
+
+
+def context_params(ops: Ops, step: int, ctx: Act, cfg: ModelConfig) -> tuple[Act, Act]:
+    """One quadtree step: adapter_in, g_c, adapter_out; (mean at ctx's exponent, scale)."""
+    (t,) = _adapter(ops, f"context.adapter_in.{step}", ctx, (f"context.adapter_in.{step}",))
+    for i in range(cfg.context_depth):
+        p = f"context.g_c.block.{i}.blocks"
+        t = _inception_next(ops, f"{p}.0", t)
+        t = _gated_cnn(ops, f"{p}.1", t)
+    mean, scale = _adapter(ops, f"context.adapter_out.{step}", t, ("ctx", "scale"))
+    return mean, scale
+
+
+def _up(ops: Ops, p: str, x: Act, site: str) -> Act:
+    y = ops.conv3x3(f"{p}.body.0", x, site)
+    v = F.pixel_shuffle(y.v.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    return Act(v, y.f)
+
+
+def _inception_dw(ops: Ops, p: str, x: Act) -> Act:
+    """Identity on the first channels, three depthwise kernels on three groups of C/8."""
+    c = x.v.shape[-1]
+    gc = c // 8
+    bounds = [0, c - 3 * gc, c - 2 * gc, c - gc, c]
+    parts = [ops.rescale(p, Act(x.v[..., : bounds[1]], x.f))]
+    for i, name in enumerate(("dwconv_hw", "dwconv_w", "dwconv_h")):
+        part = Act(x.v[..., bounds[i + 1] : bounds[i + 2]], x.f)
+        parts.append(ops.depthwise(f"{p}.{name}", part, p))
+    return Act(torch.cat([a.v for a in parts], -1), parts[0].f)
+
+
+def _star_block(ops: Ops, p: str, x: Act) -> Act:
+    t = ops.layernorm(f"{p}.norm", _inception_dw(ops, f"{p}.dwconv", x))
+    a, b = ops.linear(f"{p}.fc1", t, (f"{p}.fc1.a", f"{p}.fc1.b"))
+    m = ops.mul(f"{p}.mul", ops.gelu(a), b)
+    (r,) = ops.linear(f"{p}.fc2", m, (p,))
+    return ops.add(p, x, r)
+
+
+def _inception_next(ops: Ops, p: str, x: Act) -> Act:
+    t = _inception_dw(ops, f"{p}.depthconv", x)
+    (h,) = ops.linear(f"{p}.conv1", t, (f"{p}.conv1",))
+    (r,) = ops.linear(f"{p}.conv2", ops.gelu(h), (p,))
+    return ops.add(p, x, r)
+
+
+def _gated_cnn(ops: Ops, p: str, x: Act) -> Act:
+    t = ops.layernorm(f"{p}.norm", x)
+    a, b = ops.linear(f"{p}.fc1", t, (f"{p}.fc1.a", f"{p}.fc1.b"))
+    b = ops.depthwise(f"{p}.conv", b, f"{p}.conv")
+    m = ops.mul(f"{p}.mul", ops.gelu(a), b)
+    (r,) = ops.linear(f"{p}.fc2", m, (p,))
+    return ops.add(p, x, r)
+
+
+def _adapter(ops: Ops, p: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
+    """branch1 (1x1, GELU, dw5x5, GELU, 1x1) + branch2 (1x1), each requantised, then added."""
+    (h,) = ops.linear(f"{p}.branch1.0", x, (f"{p}.branch1.0",))
+    h = ops.gelu(ops.depthwise(f"{p}.branch1.2", ops.gelu(h), f"{p}.branch1.2"))
+    one = ops.linear(f"{p}.branch1.4", h, sites)
+    two = ops.linear(f"{p}.branch2", x, sites)
+    return [ops.add(s, a, b) for s, a, b in zip(sites, one, two, strict=True)]
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _im2col(v: torch.Tensor) -> torch.Tensor:
+    """NHWC -> NHW(9C): the 3x3 neighbourhood of each pixel, zero padded, (dy, dx, c) order."""
+    _, h, w, _ = v.shape
+    p = F.pad(v, (0, 0, 1, 1, 1, 1))
+    return torch.cat([p[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], -1)
+
+
+def _depthwise_sum(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Per channel: bias + sum over the (kh, kw) taps of the zero-padded input (NHWC, float64).
+
+    A direct convolution: only products and sums, which are exact on integer operands.
+    """
+    kh, kw = weight.shape[1:]
+    nchw = v.permute(0, 3, 1, 2).contiguous()
+    out = F.conv2d(nchw, weight[:, None], bias, padding=(kh // 2, kw // 2), groups=len(weight))
+    return out.permute(0, 2, 3, 1)
+
+
+def _depthwise_split(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The depthwise sums without bias, exactly, from two float32 convolutions (int64 out).
+
+    v = 256 * hi + lo with hi in [-128, 127] and lo in [0, 255]; with |q| * 255 * taps
+    below 2**24 (``split_exact``) every product and partial sum of both halves is an
+    integer float32 holds exactly, and float32 convolutions run several times faster.
+    """
+    kh, kw = weight.shape[1:]
+    n = v.shape[0]
+    halves = torch.cat((v >> 8, v & 255)).permute(0, 3, 1, 2).float().contiguous()
+    out = F.conv2d(halves, weight[:, None], padding=(kh // 2, kw // 2), groups=len(weight))
+    out = out.permute(0, 2, 3, 1).long()
+    return out[:n] * 256 + out[n:]
+
+
+def split_exact(weight: torch.Tensor) -> bool:
+    """Whether ``_depthwise_split`` is exact for these integer depthwise weights (C, kh, kw)."""
+    taps = weight.shape[1] * weight.shape[2]
+    return int(weight.abs().max()) * 255 * taps < 1 << 24
+
+
+def _clamp(v: torch.Tensor) -> torch.Tensor:
+    return v.clamp(ACT_MIN, ACT_MAX)
+
+
+def rshift_round(v: torch.Tensor, k: int) -> torch.Tensor:
+    """v * 2**-k rounded half up (k > 0), or v * 2**-k exactly (k <= 0); int64."""
+    if k > 0:
+        return (v + (1 << (k - 1))) >> k
+    return v << -k
+
+
+def isqrt(n: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(n)) for int64 n in [0, 2**62), exact: a float guess corrected in integers."""
+    r = torch.sqrt(n.double()).floor().long()
+    for _ in range(2):
+        r = r - (r * r > n).long()
+        r = r + ((r + 1) * (r + 1) <= n).long()
+    return r
+
+
+def exponent_for(peak: float) -> int:
+    """The largest f with peak * 2**f <= ACT_MAX (peak 0: the largest allowed f)."""
+    lo, hi = EXPONENT_RANGE
+    if not peak > 0 or not math.isfinite(peak):
+        return hi
+    return max(lo, min(hi, math.floor(math.log2(ACT_MAX / peak))))
+
+
+def gelu_table(f: int) -> torch.Tensor:
+    """round(GELU(a * 2**-f) * 2**f) for a in [-2**15, 2**15), clamped to 16 bits (int16)."""
+    a = torch.arange(ACT_MIN, ACT_MAX + 1, dtype=torch.float64)
+    return _clamp(torch.round(F.gelu(a * 2.0**-f) * 2.0**f)).to(torch.int16)
+
+
+def scale_thresholds(f: int) -> torch.Tensor:
+    """[skip, t_1 .. t_63]: the least integer scales (exponent f) at or above 0.08 and s_i.
+
+    A step codes a position when its integer scale is >= skip, with table index
+    #{i >= 1 : scale >= t_i}; s_i = exp(ln 0.11 + i * (ln 256 - ln 0.11) / 63).
+    """
+    step = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (SCALE_LEVELS - 1)
+    edges = [SKIP_SCALE] + [math.exp(math.log(SCALE_MIN) + i * step) for i in range(1, 64)]
+    return torch.tensor([math.ceil(e * 2.0**f) for e in edges], dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------- integer ops
+
+
+def layout_of(shape: tuple[int, ...] | torch.Size) -> str:
+    """How a convolution kernel (O, I, kh, kw) is used: "linear", "depthwise" or "conv3x3"."""
+    if tuple(shape[2:]) == (1, 1):
+        return "linear"
+    return "depthwise" if shape[1] == 1 else "conv3x3"
+
+
+def integer_weight(kernel: torch.Tensor) -> torch.Tensor:
+    """A kernel in the integer path's layout: (O, I), (C, kh, kw) or (O, 9I) in (dy, dx, i)."""
+    kind = layout_of(kernel.shape)
+    if kind == "linear":
+        return kernel.flatten(1)
+    if kind == "depthwise":
+        return kernel[:, 0]
+    return kernel.permute(0, 2, 3, 1).flatten(1)
+
+
+class IntOps:
+    """The integer path: int64 activations, float64 GEMMs on integers, integer requants."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.t = tensors
+        self._cache: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    def exp(self, site: str) -> int:
+        return int(self.t[f"exp.{site}"])
+
+    def _layer(self, name: str) -> tuple[torch.Tensor, ...]:
+        """weight and bias (float64, integer-valued), multiplier, rounding constant, shift."""
+        got = self._cache.get(name)
+        if got is None:
+            weight, bias = self.t[f"{name}.weight"], self.t[f"{name}.bias"]
+            shift = self.t[f"{name}.shift"].long()
+            got = self._cache[name] = (
+                weight.double(),
+                bias.double(),
+                self.t[f"{name}.multiplier"].long(),
+                torch.ones_like(shift) << (shift - 1),
+                shift,
+            )
+        return got
+
+    def _requant(self, acc: torch.Tensor, name: str) -> torch.Tensor:
+        _, _, mult, rounding, shift = self._layer(name)
+        return _clamp((acc.long() * mult + rounding) >> shift)
+
+    def _split(self, v: torch.Tensor, sites: tuple[str, ...]) -> list[Act]:
+        parts = v.chunk(len(sites), -1)
+        return [Act(p, self.exp(s)) for p, s in zip(parts, sites, strict=True)]
+
+    def _gemm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        weight, bias, *_ = self._layer(name)
+        flat = x.double().reshape(-1, x.shape[-1])
+        acc = torch.addmm(bias, flat, weight.t())  # exact: integers below 2**53
+        return self._requant(acc, name).view(*x.shape[:-1], -1)
+
+    def linear(self, name: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
+        return self._split(self._gemm(name, x.v), sites)
+
+    def conv3x3(self, name: str, x: Act, site: str) -> Act:
+        return Act(self._gemm(name, _im2col(x.v)), self.exp(site))
+
+    def depthwise(self, name: str, x: Act, site: str) -> Act:
+        weight, bias, *_ = self._layer(name)
+        if split_exact(weight):
+            acc = _depthwise_split(x.v, weight.float()) + bias.long()
+        else:
+            acc = _depthwise_sum(x.v.double(), weight, bias)
+        return Act(self._requant(acc, name), self.exp(site))
+
+    def layernorm(self, name: str, x: Act) -> Act:
+        c = x.v.shape[-1]
+        total = x.v.sum(-1, keepdim=True)
+        mu = torch.div(2 * total + c, 2 * c, rounding_mode="floor")
+        d = x.v - mu
+        ss = (d * d).sum(-1, keepdim=True)
+        eps = int(self.t[f"{name}.eps"])
+        n = torch.div((1 << (2 * LN_PRECISION)) * c, ss + c * eps, rounding_mode="floor")
+        t = d * isqrt(n)  # (x - mean) / sigma with LN_PRECISION fractional bits
+        gain, offset = self.t[f"{name}.gain"].long(), self.t[f"{name}.offset"].long()
+        return Act(
+            _clamp(rshift_round(t * gain + offset, int(self.t[f"{name}.shift"]))), self.exp(name)
+        )
+
+    def gelu(self, x: Act) -> Act:
+        index = (x.v - ACT_MIN).reshape(-1)
+        return Act(self._long(f"gelu.{x.f}").index_select(0, index).view(x.v.shape), x.f)
+
+    def _long(self, key: str) -> torch.Tensor:
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = (self.t[key].long(),)
+        return got[0]
+
+    def mul(self, site: str, a: Act, b: Act) -> Act:
+        f = self.exp(site)
+        return Act(_clamp(rshift_round(a.v * b.v, a.f + b.f - f)), f)
+
+    def rescale(self, site: str, x: Act) -> Act:
+        f = self.exp(site)
+        return Act(_clamp(rshift_round(x.v, x.f - f)), f)
+
+    def add(self, site: str, x: Act, r: Act) -> Act:
+        return Act(_clamp(self.rescale(site, x).v + r.v), r.f)
+
+
+# --------------------------------------------------------------------------- float ops
+
+
+class FloatOps:
+    """The same program in float64 on the float model's weights.
+
+    Without exponents it calibrates (records the peak magnitude of every site); with
+    them it also builds the integer parameters of every layer it runs through. Weights
+    a bundle stores as int8 with a scale per output channel are used as those integers.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        exponents: dict[str, int] | None = None,
+        stored: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.exps = exponents
+        self.stored = stored or {}
+        self.peaks: dict[str, float] = {}
+        self.params: dict[str, torch.Tensor] = {}
+
+    def observe(self, site: str, v: torch.Tensor) -> int:
+        if self.exps is None:
+            peak = float(v.abs().max()) if v.numel() else 0.0
+            self.peaks[site] = max(self.peaks.get(site, 0.0), peak)
+            return 0
+        return self.exps[site]
+
+    def _weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Real weight (integer layout), real bias, and the int8 scales when stored as int8."""
+        m = self.model.get_submodule(name)
+        bias = m.bias.detach().double()
+        raw = self.stored.get(f"{name}.weight")
+        if raw is not None and raw.dtype == torch.int8:
+            q = integer_weight(raw).double()
+            scale = self.stored[f"{SCALE_PREFIX}{name}.weight"].double()
+            return q * scale.view(-1, *[1] * (q.dim() - 1)), bias, scale
+        return integer_weight(m.weight.detach().double()), bias, None
+
+    def _build(self, name: str, f_in: int, f_out: torch.Tensor) -> None:
+        if self.exps is not None and f"{name}.bias" not in self.params:
+            real, bias, int8_scale = self._weights(name)
+            self.params.update(quantize_layer(name, real, bias, f_in, f_out, int8_scale))
+
+    def linear(self, name: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
+        weight, bias, _ = self._weights(name)
+        parts = (x.v @ weight.t() + bias).chunk(len(sites), -1)
+        fs = [self.observe(s, p) for s, p in zip(sites, parts, strict=True)]
+        self._build(
+            name,
+            x.f,
+            torch.cat([torch.full((p.shape[-1],), f) for p, f in zip(parts, fs, strict=True)]),
+        )
+        return [Act(p, f) for p, f in zip(parts, fs, strict=True)]
+
+    def conv3x3(self, name: str, x: Act, site: str) -> Act:
+        weight, bias, _ = self._weights(name)
+        out = _im2col(x.v) @ weight.t() + bias
+        f = self.observe(site, out)
+        self._build(name, x.f, torch.full((len(bias),), f))
+        return Act(out, f)
+
+    def depthwise(self, name: str, x: Act, site: str) -> Act:
+        weight, bias, _ = self._weights(name)
+        out = _depthwise_sum(x.v, weight, bias)
+        f = self.observe(site, out)
+        self._build(name, x.f, torch.full((len(bias),), f))
+        return Act(out, f)
+
+    def layernorm(self, name: str, x: Act) -> Act:
+        ln = self.model.get_submodule(name)
+        gamma, beta = ln.weight.detach().double(), ln.bias.detach().double()
+        mu = x.v.mean(-1, keepdim=True)
+        var = ((x.v - mu) ** 2).mean(-1, keepdim=True)
+        out = (x.v - mu) / torch.sqrt(var + LN_EPS) * gamma + beta
+        f = self.observe(name, out)
+        if self.exps is not None:
+            self.params.update(quantize_norm(name, gamma, beta, x.f, f))
+        return Act(out, f)
+
+    def gelu(self, x: Act) -> Act:
+        if self.exps is not None:
+            self.params.setdefault(f"gelu.{x.f}", gelu_table(x.f))
+        return Act(F.gelu(x.v), x.f)
+
+    def mul(self, site: str, a: Act, b: Act) -> Act:
+        out = a.v * b.v
+        return Act(out, self.observe(site, out))
+
+    def rescale(self, site: str, x: Act) -> Act:
+        return Act(x.v, self.observe(site, x.v))
+
+    def add(self, site: str, x: Act, r: Act) -> Act:
+        out = x.v + r.v
+        return Act(out, self.observe(site, out))
+
+
+Ops = IntOps | FloatOps
+
+
+def quantize_layer(
+    name: str,
+    real: torch.Tensor,
+    bias: torch.Tensor,
+    f_in: int,
+    f_out: torch.Tensor,
+    int8_scale: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Integer bias, multiplier and shift of one layer, and its weights unless int8-stored.
+
+    Output channel o has integer weights q (the stored int8 ones, else 16-bit with scale
+    max |w| / (2**15 - 1)) and scale s; the accumulator counts units s * 2**-f_in, and the
+    requant multiplier s * 2**(f_out - f_in) is written as M * 2**-S, M in [2**15, 2**16].
+    """
+    out: dict[str, torch.Tensor] = {}
+    rows = real.flatten(1)
+    if rows.shape[1] > MAX_TERMS:
+        raise ValueError(f"{name}: {rows.shape[1]} inputs per output, at most {MAX_TERMS}")
+    if int8_scale is None:
+        peak = rows.abs().amax(1)
+        scale = torch.where(peak > 0, peak / WEIGHT_MAX, torch.ones_like(peak))
+        q = torch.round(rows / scale[:, None]).clamp(-WEIGHT_MAX, WEIGHT_MAX)
+        out[f"{name}.weight"] = q.view(real.shape).to(torch.int16)
+    else:
+        scale = int8_scale
+    unit = scale * 2.0**-f_in
+    m = unit * 2.0 ** f_out.double()
+    shift = (MULT_BITS - 1 - torch.floor(torch.log2(m))).clamp(*SHIFT_RANGE)
+    out[f"{name}.bias"] = torch.round(bias / unit).clamp(-BIAS_MAX, BIAS_MAX).to(torch.int64)
+    out[f"{name}.multiplier"] = torch.round(m * 2.0**shift).clamp(0, 1 << MULT_BITS).to(torch.int32)
+    out[f"{name}.shift"] = shift.to(torch.int32)
+    return out
+
+
+def quantize_norm(
+    name: str, gamma: torch.Tensor, beta: torch.Tensor, f_in: int, f_out: int
+) -> dict[str, torch.Tensor]:
+    """LayerNorm's integers: eps, gain G = round(gamma * 2**g), offset and shift.
+
+    out = ((x - mean) / sigma * 2**24 * G + offset) >> shift, shift = 24 + g - f_out.
+    """
+    peak = float(gamma.abs().max())
+    g = math.floor(math.log2(WEIGHT_MAX / peak)) if peak > 0 else 0
+    shift = LN_PRECISION + g - f_out
+    if shift < 1:
+        raise ValueError(f"{name}: LayerNorm output exponent {f_out} too fine")
+    offset = torch.round(beta * 2.0 ** (LN_PRECISION + g)).clamp(-(1 << 55), 1 << 55)
+    return {
+        f"{name}.eps": torch.tensor([max(1, round(LN_EPS * 4.0**f_in))], dtype=torch.int64),
+        f"{name}.gain": torch.round(gamma * 2.0**g).to(torch.int32),
+        f"{name}.offset": offset.to(torch.int64),
+        f"{name}.shift": torch.tensor([shift], dtype=torch.int32),
+    }
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class IntegerEntropy:
+    """The integer entropy model of a bundle: its tensors (without the prefix) and the run."""
+
+    def __init__(self, cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+        self.cfg = cfg
+        self.tensors = dict(tensors)
+        self.ops = IntOps(self.tensors)
+        self.f_z = int(tensors["exp.z"])
+        self.f_ctx = int(tensors["exp.ctx"])
+        self.median = tensors["z_median"].long()  # integers at exponent f_z
+        self.thresholds = tensors["scale_thresholds"].long()
+
+    def median_real(self) -> torch.Tensor:
+        """The z medians the integer path rounds around (float64, exact)."""
+        return self.median.double() * 2.0**-self.f_z
+
+    def z_hat(self, z_sym: torch.Tensor) -> Act:
+        """h_s's input from the z symbols (1, C, h, w): sym * 2**f_z + median, 16-bit."""
+        v = z_sym.long().clamp(-SYMBOL_CLAMP, SYMBOL_CLAMP) << self.f_z
+        v = _clamp(v + self.median.view(1, -1, 1, 1))
+        return Act(v.permute(0, 2, 3, 1), self.f_z)
+
+    def coded_and_tables(
+        self, mask: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which positions of the step are coded, and their table indices (0..63)."""
+        coded = mask & (scale >= self.thresholds[0])
+        idx = torch.searchsorted(self.thresholds[1:], scale[coded], right=True)
+        return coded, idx
+
+    def mean_real(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean.double() * 2.0**-self.f_ctx
+
+    def run(
+        self,
+        z_sym: torch.Tensor,
+        y_size: tuple[int, int],
+        code_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, bytes]:
+        """h_s and the four steps; code_step(k, mask, mean, scale) -> symbols (NCHW int64).
+
+        Returns y_hat (float32, sym + mean exactly) and the entropy digest. Runs on one
+        thread: its tensors are small, and on two cores more threads only add waiting
+        (measured 0.2 s on one thread, 0.5-1.0 s on two beside another busy process).
+        """
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._run(z_sym, y_size, code_step)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(
+        self,
+        z_sym: torch.Tensor,
+        y_size: tuple[int, int],
+        code_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, bytes]:
+        ops, cfg = self.ops, self.cfg
+        digest = hashlib.sha256()
+        ctx = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)
+        ctx = Act(ctx.v.permute(0, 3, 1, 2), ctx.f)  # NCHW for the masks
+        masks = step_masks(cfg.latent_channels, *y_size, ctx.v.device)
+        y_hat = torch.zeros(ctx.v.shape, dtype=torch.float64)
+        for k in range(STEPS):
+            nhwc = Act(ctx.v.permute(0, 2, 3, 1), ctx.f)
+            mean, scale = (a.v.permute(0, 3, 1, 2) for a in context_params(ops, k, nhwc, cfg))
+            mask = masks[k]
+            digest.update(mean[mask].to(torch.int16).numpy().astype("<i2").tobytes())
+            digest.update(scale[mask].to(torch.int16).numpy().astype("<i2").tobytes())
+            sym = code_step(k, mask, mean, scale)
+            coded_int = _clamp((sym.clamp(-SYMBOL_CLAMP, SYMBOL_CLAMP) << self.f_ctx) + mean)
+            ctx = Act(torch.where(mask, coded_int, ctx.v), ctx.f)
+            y_hat = torch.where(mask, sym.double() + self.mean_real(mean), y_hat)
+        return y_hat.float(), digest.digest()
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _program_inputs(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y and z (float64) of a padded image in [-1, 1], from the float encoder."""
+    with torch.no_grad():
+        y = model.g_a(image).float()
+        z = model.h_a(y).float()
+    return y.double(), z.double()
+
+
+def _float_pass(
+    ops: FloatOps, model: nn.Module, y: torch.Tensor, z: torch.Tensor, median: torch.Tensor
+) -> None:
+    """The float codec on one image through ``ops``: z_hat, h_s and the four steps."""
+    cfg = model.cfg
+    z_hat = torch.round(z - median.view(1, -1, 1, 1)) + median.view(1, -1, 1, 1)
+    f_z = ops.observe("z", z_hat)
+    base = hyper_synthesis(ops, Act(z_hat.permute(0, 2, 3, 1), f_z), cfg, y.shape[-2:])
+    ctx = base.v
+    masks = step_masks(cfg.latent_channels, *y.shape[-2:], y.device)
+    y_nhwc = y.permute(0, 2, 3, 1)
+    for k in range(STEPS):
+        mean, _ = context_params(ops, k, Act(ctx, base.f), cfg)
+        y_hat = torch.round(y_nhwc - mean.v) + mean.v
+        mask = masks[k].permute(0, 2, 3, 1)
+        ops.observe("ctx", y_hat[mask])
+        ctx = torch.where(mask, y_hat, ctx)
+
+
+def integerize(
+    model: nn.Module,
+    images: Iterable[torch.Tensor],
+    stored: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Integer entropy tensors (without the prefix) for a float model, calibrated on images.
+
+    ``images`` are padded (1, 3, H, W) tensors in [-1, 1]; each site's exponent is the
+    finest that holds its largest magnitude over them in 16 bits. ``stored`` are the
+    bundle's raw tensors: int8 weights among them are used as they are (not copied).
+    """
+    median = model.entropy_bottleneck.medians.detach().double()
+    calib = FloatOps(model)
+    inputs = [_program_inputs(model, x) for x in images]
+    if not inputs:
+        raise ValueError("integerize needs at least one calibration image")
+    with torch.no_grad():
+        for y, z in inputs:
+            _float_pass(calib, model, y, z, median)
+        exps = {site: exponent_for(peak) for site, peak in calib.peaks.items()}
+        build = FloatOps(model, exps, stored)
+        y, z = inputs[0]
+        _float_pass(build, model, y[..., :2, :2], z[..., :1, :1], median)
+    params = build.params
+    if exps["z"] < 0 or exps["ctx"] < 0:
+        raise ValueError("z or y reaches beyond 2**15: no 16-bit integer path for this model")
+    for site, f in exps.items():
+        params[f"exp.{site}"] = torch.tensor([f], dtype=torch.int32)
+    params["z_median"] = torch.round(median * 2.0 ** exps["z"]).to(torch.int64)
+    params["scale_thresholds"] = scale_thresholds(exps["scale"])
+    return params
