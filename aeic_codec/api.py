@@ -341,7 +341,7 @@ def decode_image(
     tile: int | None = None,
     progress: Progress | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    realism: float | None = None,
+    realism: float = 0.0,
 ) -> DecodeResult:
     """Decode .aeic bytes into an image, with the entropy digest of the integer path.
 

@@ -364,7 +364,7 @@ def test_encode_device(int_bundle, tmp_path, device):
         "mps": torch.backends.mps.is_available(),
     }[device]
     if not available:
-        assert run.exit_code == 1 and f"--device {device}: not available" in run.stderr
+        assert run.exit_code == 2 and f"device {device}: no " in run.stderr
         assert not out.exists()
         pytest.skip(f"no {device} here")
     assert run.exit_code == 0, run.stderr
