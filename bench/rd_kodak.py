@@ -300,8 +300,9 @@ def realism_crops(bundle: Path, images: list[Path], out: Path, side: int = 256) 
         bpp = len(data) * 8 / (h * w)
         tiles = [("original", src)]
         for r in (0.0, 1.0):
-            out = api.decode(data, model, realism=r)
-            tiles.append((f"realism {r:g}: {bpp:.4f} bpp, {psnr_u8(src, out):.2f} dB", out))
+            decoded = api.decode(data, model, realism=r)
+            label = f"realism {r:g}: {bpp:.4f} bpp, {psnr_u8(src, decoded):.2f} dB"
+            tiles.append((label, decoded))
         for q in range(0, 101, 2):
             size, avif = _downscaled(2, q)(Image.fromarray(src))
             if size >= len(data):
