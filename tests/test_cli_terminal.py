@@ -97,12 +97,15 @@ def test_ctrl_c_stops_a_batch_at_once(tmp_path: Path, tiny_bundle: Path, jobs: i
     out = tmp_path / "out"
     out.mkdir()
     args = [*CLI, "encode", str(tmp_path / "in"), "-o", str(out), "-j", str(jobs)]
-    # A new session, so that the signal goes to the whole group as a terminal's Ctrl-C does.
+    # A new session, so that the signal goes to the whole group as a terminal's Ctrl-C does,
+    # and SIGINT handled as on a terminal even when the tests run as a background job (which
+    # starts with SIGINT ignored, and Python keeps an ignored SIGINT ignored).
     proc = subprocess.Popen(
         [*args, "--weights", str(tiny_bundle)],
         stderr=subprocess.PIPE,
         env=ENV,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not any(out.iterdir()):  # the workers are at work
