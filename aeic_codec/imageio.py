@@ -137,8 +137,8 @@ def _to_rgb8(img: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-# zlib level of written PNGs: on a decoded 768x512 image level 4 takes a third of the
-# time of Pillow's default 6 (0.09 s against 0.27 s) for a file 3.5 % larger.
+# zlib level of written PNGs: on a decoded 768x512 image level 4 took 0.05 s against
+# 0.125 s for Pillow's default 6, for a file 4 % larger.
 PNG_LEVEL = 4
 
 
