@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from aeic_codec import api
 from aeic_codec.bundle import load_bundle, read_info, save_bundle
@@ -60,6 +62,7 @@ def test_crops_are_a_function_of_the_step() -> None:
     ys = [torch.randn(16, 4, 6), torch.randn(16, 2, 2)]
     lats = [torch.randn(32, 16, 24), torch.randn(32, 8, 8)]
     a, b = crops(ys, lats, 64, 3, 0, 5), crops(ys, lats, 64, 3, 0, 5)
+    assert a[2] is None
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[0].shape == (3, 16, 2, 2) and a[1].shape == (3, 32, 8, 8)
     assert not torch.equal(crops(ys, lats, 64, 3, 0, 6)[1], a[1])
@@ -104,3 +107,27 @@ def test_config_paths_and_keys(tmp_path: Path) -> None:
     path.write_text("steps = 3\nbogus = 1\n")
     with pytest.raises(ValueError, match="unknown keys bogus"):
         load_config(path)
+
+
+def test_photo_crops_cover_the_region_of_the_latent_crops() -> None:
+    lats = [torch.arange(8 * 8, dtype=torch.float32).reshape(1, 8, 8).expand(32, 8, 8)]
+    photo = torch.arange(64 * 64).reshape(1, 64, 64).expand(3, 64, 64)
+    photos = [(photo % 251).to(torch.uint8)]
+    for step in range(4):
+        _, lat, x = crops([torch.zeros(16, 2, 2)], lats, 64, 2, 0, step, photos)
+        assert x is not None and x.shape == (2, 3, 64, 64)
+        assert torch.equal(x[0], (photos[0].float() / 127.5 - 1))
+        assert torch.equal(lat[0], lats[0])
+
+
+def test_the_image_term_trains_d_frozen(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "image"
+    cfg = replace(config(setup, 2), image=10.0, image_crop=32, image_pool=2)
+    run(cfg, setup["data"], out, resume=False)
+    photos = torch.load(out / "cache-photos.pt", weights_only=True)
+    assert [p.shape for p in photos] == [(3, 128, 128), (3, 128, 192), (3, 192, 128)]
+    rows = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["image"] > 0 for r in rows if "image" in r] == [True, True]
+    vae = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
+    for key, value in load_file(str(setup["taef2"] / "taef2_decoder.safetensors")).items():
+        assert torch.equal(vae[f"vae.{key}"], value), key

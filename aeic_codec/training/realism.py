@@ -10,11 +10,15 @@ that need nothing downloaded:
 - a low-pass latent term (4x4 means of l_0 against E(x)'s) that holds layout and colour;
 - a hinge adversarial term from a critic that sees l_0 or E(x) beside a projection of
   y_hat (HiFiC's conditioning): it pushes l_0 towards latents D knows, for this content,
-  which is what removes the grid and brings texture back.
+  which is what removes the grid and brings texture back;
+- optionally (``image`` > 0), an image term: D renders the centre of each crop and its
+  ``image_pool`` x ``image_pool`` means are held to the original's. It constrains only
+  the coarse scales, where PSNR and MS-SSIM are decided and where the critic's freedom
+  shows as shifted shapes and colours, and leaves the fine bands to the critic.
 
-D itself stays frozen. Both y_hat (exactly as files carry it) and E(x) are computed once
-per training image and cached in the run folder, so a step costs only g_s, eps and the
-critic at 1/8 resolution: hundreds of times less than decoding crops through D and E.
+D itself stays frozen. y_hat (exactly as files carry it), E(x) and the photo are cached
+once per training image in the run folder, so a step costs g_s, eps and the critic at 1/8
+resolution, plus D on a small crop when the image term is on.
 Evaluation decodes whole Kodak images through D and reports PSNR and the luma power kept
 per frequency band.
 
@@ -43,7 +47,7 @@ from torch import nn
 from ..bundle import load_bundle, read_info
 from ..config import PRESETS
 from ..imageio import read_image
-from ..metrics import band_power_db
+from ..metrics import band_power_db, ms_ssim_u8, psnr_u8
 from ..model import AEIC, PAD
 from ..realism import RealismDecoder, realism_config
 from ..tiny_vae import TinyEncoder, read_taef2
@@ -78,6 +82,9 @@ class RealismConfig:
     latent: float = 1.0
     lowpass: float = 4.0
     adv: float = 0.1
+    image: float = 0.0  # weight of the image term (0: off, no photo cache)
+    image_crop: int = 128  # pixels of each crop's centre that D renders for it
+    image_pool: int = 4  # the image term compares means over pool x pool pixels
     grid_cell: int = 64  # the colour grid applied to evaluation decodes
     grid_step: int = 4
     eval_dir: str = ""
@@ -102,6 +109,8 @@ def load_config(path: str | Path) -> RealismConfig:
     cfg = RealismConfig(**data)
     if cfg.crop % PAD:
         raise ValueError(f"{path}: crop must be a multiple of {PAD}")
+    if cfg.image_crop % LATENT_SCALE or not 0 < cfg.image_crop <= cfg.crop:
+        raise ValueError(f"{path}: image_crop must be a multiple of 8 no larger than crop")
     return cfg
 
 
@@ -150,6 +159,18 @@ def training_image(path: Path, max_pixels: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
 
 
+def photo_cache(files: list[Path], max_pixels: int, path: Path) -> list[torch.Tensor]:
+    """Every training photo as the caches saw it (downscaled, padded), uint8, cached once."""
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    photos = [
+        ((padded_input(training_image(f, max_pixels))[0] + 1) * 127.5).round().to(torch.uint8)
+        for f in files
+    ]
+    torch.save(photos, path)
+    return photos
+
+
 @torch.no_grad()
 def build_cache(
     files: list[Path],
@@ -187,11 +208,15 @@ def crops(
     batch: int,
     seed: int,
     step: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step ``step``'s batch: crops drawn from (seed, step) alone, so resuming is exact."""
+    photos: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Step ``step``'s batch: crops drawn from (seed, step) alone, so resuming is exact.
+
+    y_hat, E(x) and, with ``photos``, the photo in [-1, 1], all of one region.
+    """
     rng = np.random.default_rng((seed, step))
     cy, cl = crop // 32, crop // LATENT_SCALE
-    y_out, l_out = [], []
+    y_out, l_out, x_out = [], [], []
     for _ in range(batch):
         i = int(rng.integers(len(ys)))
         y, lat = ys[i], lats[i]
@@ -203,7 +228,11 @@ def crops(
         l_crop = _fit(lat[:, k * top : k * top + cl, k * left : k * left + cl], cl)
         y_out.append(y_crop)
         l_out.append(l_crop)
-    return torch.stack(y_out).float(), torch.stack(l_out).float()
+        if photos is not None:
+            x = photos[i][:, 32 * top : 32 * top + crop, 32 * left : 32 * left + crop]
+            x_out.append(_fit(x, crop))
+    x_batch = torch.stack(x_out).float() / 127.5 - 1 if photos is not None else None
+    return torch.stack(y_out).float(), torch.stack(l_out).float(), x_batch
 
 
 def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -264,8 +293,20 @@ class RealismTrainer:
             return 0.0
         return c.adv * min(1.0, (step - c.adv_start + 1) / max(1, c.adv_ramp))
 
-    def train_step(self, y_hat: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        """One step on a batch of y_hat crops and the E(x) crops that l_0 should match."""
+    def image_term(self, l_0: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+        """MSE of pooled means of D's rendering of each crop's centre against the photo's."""
+        c = self.cfg
+        side = c.image_crop // LATENT_SCALE
+        top = (l_0.shape[-1] - side) // 2
+        x_hat = self.decoder.vae(l_0[..., top : top + side, top : top + side])
+        p = top * LATENT_SCALE
+        x = photo[..., p : p + c.image_crop, p : p + c.image_crop]
+        return F.mse_loss(F.avg_pool2d(x_hat, c.image_pool), F.avg_pool2d(x, c.image_pool))
+
+    def train_step(
+        self, y_hat: torch.Tensor, target: torch.Tensor, photo: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """One step on crops of y_hat, of E(x) (what l_0 should match) and of the photo."""
         c = self.cfg
         lr = self.lr_at(self.step)
         for g in self.opt.param_groups:
@@ -277,6 +318,11 @@ class RealismTrainer:
             "lowpass": F.mse_loss(F.avg_pool2d(l_0, 4), F.avg_pool2d(target, 4)),
         }
         loss = c.latent * terms["latent"] + c.lowpass * terms["lowpass"]
+        if c.image > 0:
+            if photo is None:
+                raise ValueError("the image term needs the photo crops")
+            terms["image"] = self.image_term(l_0, photo)
+            loss = loss + c.image * terms["image"]
         adv_w = self.adv_at(self.step)
         if adv_w > 0:
             self.critic.requires_grad_(False)
@@ -308,16 +354,16 @@ class RealismTrainer:
         return colour_grid_fix((x_hat + 1) / 2, source, cell, self.cfg.grid_step)[0].clamp(0, 1)
 
     def evaluate(self, images: list[tuple[np.ndarray, torch.Tensor]]) -> dict[str, float]:
-        """PSNR and luma bands of whole images, decoded untiled with the colour grid."""
-        psnrs, bands = [], []
+        """PSNR, MS-SSIM and luma bands of whole images, decoded untiled with the colour grid."""
+        psnrs, ssims, bands = [], [], []
         for image, y_hat in images:
             h, w = image.shape[:2]
             fixed = self.decode(y_hat, (padded_input(image) + 1) / 2)
-            out = np.round(fixed[:, :h, :w].permute(1, 2, 0).numpy() * 255)
-            mse = np.mean((out - image.astype(np.float64)) ** 2)
-            psnrs.append(10 * np.log10(255**2 / mse))
-            bands.append(band_power_db(out, image.astype(np.float64)))
-        row = {"eval_psnr": float(np.mean(psnrs))}
+            out = np.round(fixed[:, :h, :w].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            psnrs.append(psnr_u8(out, image))
+            ssims.append(ms_ssim_u8(out, image))
+            bands.append(band_power_db(out, image))
+        row = {"eval_psnr": float(np.mean(psnrs)), "eval_msssim": float(np.mean(ssims))}
         row.update({f"eval_band{i}": float(b) for i, b in enumerate(np.mean(bands, axis=0))})
         return row
 
@@ -364,14 +410,16 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
     base = load_bundle(cfg.base_bundle, decoder=False)
     encoder = TinyEncoder()
     encoder.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_encoder.safetensors"))
+    files = find_images(data)
     ys, lats = build_cache(
-        find_images(data),
+        files,
         cfg.max_pixels,
         base,
         encoder.eval(),
         out / f"cache-y-{base.identity}.pt",
         out / "cache-taef2.pt",
     )
+    photos = photo_cache(files, cfg.max_pixels, out / "cache-photos.pt") if cfg.image else None
     evals = []
     if cfg.eval_dir and cfg.eval_every:
         with torch.no_grad():
@@ -383,8 +431,8 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
     last_save, started = time.monotonic(), time.monotonic()
     with StopSignals() as stop:
         while trainer.step < cfg.steps:
-            y_hat, target = crops(ys, lats, cfg.crop, cfg.batch, cfg.seed, trainer.step)
-            for k, v in trainer.train_step(y_hat, target).items():
+            batch = crops(ys, lats, cfg.crop, cfg.batch, cfg.seed, trainer.step, photos)
+            for k, v in trainer.train_step(*batch).items():
                 sums[k] = sums.get(k, 0.0) + v
             step = trainer.step
             if step % cfg.log_every == 0:
