@@ -17,7 +17,14 @@ from aeic_codec.bundle import load_bundle, read_info, save_bundle
 from aeic_codec.config import AEIC_SMALL_TAEF2, tiny_config
 from aeic_codec.model import AEIC
 from aeic_codec.tiny_vae import TinyDecoder, TinyEncoder
-from aeic_codec.training.realism import RealismConfig, crops, export, load_config, run
+from aeic_codec.training.realism import (
+    RealismConfig,
+    crops,
+    export,
+    lattice,
+    load_config,
+    run,
+)
 from tests.conftest import make_image
 
 
@@ -122,12 +129,25 @@ def test_photo_crops_cover_the_region_of_the_latent_crops() -> None:
 
 def test_the_image_term_trains_d_frozen(setup: dict[str, Path]) -> None:
     out = setup["root"] / "image"
-    cfg = replace(config(setup, 2), image=10.0, image_crop=32, image_pool=2)
+    cfg = replace(config(setup, 2), image=10.0, image_crop=32, image_pool=2, phase=100.0)
     run(cfg, setup["data"], out, resume=False)
     photos = torch.load(out / "cache-photos.pt", weights_only=True)
     assert [p.shape for p in photos] == [(3, 128, 128), (3, 128, 192), (3, 192, 128)]
     rows = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["image"] > 0 for r in rows if "image" in r] == [True, True]
+    assert [r["image"] > 0 and r["phase"] > 0 for r in rows if "image" in r] == [True, True]
+    assert [r["eval_lattice"] > 0 for r in rows if "eval_psnr" in r] == [True]
     vae = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
     for key, value in load_file(str(setup["taef2"] / "taef2_decoder.safetensors")).items():
         assert torch.equal(vae[f"vae.{key}"], value), key
+
+
+def test_lattice_finds_an_eight_pixel_grid_and_ignores_other_content() -> None:
+    torch.manual_seed(0)
+    assert lattice(0.3 * torch.randn(8, 3, 256, 256)).abs().max() < 0.02
+    grid = torch.zeros(2, 3, 64, 64)
+    grid[..., ::8, :] = 0.8  # one bright row in every 8
+    cell = lattice(grid)
+    assert cell.shape == (3, 8, 8)
+    assert torch.allclose(cell[:, 0], torch.full((3, 8), 0.7)) and torch.allclose(
+        cell[:, 1:], torch.full((3, 7, 8), -0.1)
+    )

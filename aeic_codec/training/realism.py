@@ -14,7 +14,11 @@ that need nothing downloaded:
 - optionally (``image`` > 0), an image term: D renders the centre of each crop and its
   ``image_pool`` x ``image_pool`` means are held to the original's. It constrains only
   the coarse scales, where PSNR and MS-SSIM are decided and where the critic's freedom
-  shows as shifted shapes and colours, and leaves the fine bands to the critic.
+  shows as shifted shapes and colours, and leaves the fine bands to the critic;
+- optionally (``phase`` > 0), a lattice term on the same renderings: the batch's mean
+  8 x 8 block (each pixel position within D's 8-pixel upsampling cell averaged over every
+  cell) held to the photos'. Photos have almost none; a D fed latents it does not know
+  paints its 8-pixel grid there, which the critic, seeing only latents, cannot notice.
 
 D itself stays frozen. y_hat (exactly as files carry it), E(x) and the photo are cached
 once per training image in the run folder, so a step costs g_s, eps and the critic at 1/8
@@ -85,6 +89,7 @@ class RealismConfig:
     image: float = 0.0  # weight of the image term (0: off, no photo cache)
     image_crop: int = 128  # pixels of each crop's centre that D renders for it
     image_pool: int = 4  # the image term compares means over pool x pool pixels
+    phase: float = 0.0  # weight of the lattice term (needs the image term's renderings)
     grid_cell: int = 64  # the colour grid applied to evaluation decodes
     grid_step: int = 4
     eval_dir: str = ""
@@ -235,6 +240,18 @@ def crops(
     return torch.stack(y_out).float(), torch.stack(l_out).float(), x_batch
 
 
+def lattice(x: torch.Tensor) -> torch.Tensor:
+    """The mean 8 x 8 cell of a batch (B, C, H, W), H and W multiples of 8, its mean removed.
+
+    Any pattern repeating every 8 pixels (D's upsampling grid) adds up here, while the
+    content of photos averages out.
+    """
+    b, ch, h, w = x.shape
+    k = LATENT_SCALE
+    cell = x.reshape(b, ch, h // k, k, w // k, k).mean(dim=(0, 2, 4))
+    return cell - cell.mean(dim=(1, 2), keepdim=True)
+
+
 def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
     """Pad a crop of a small image (edge replication) to the full crop size."""
     ph, pw = size - t.shape[1], size - t.shape[2]
@@ -293,15 +310,16 @@ class RealismTrainer:
             return 0.0
         return c.adv * min(1.0, (step - c.adv_start + 1) / max(1, c.adv_ramp))
 
-    def image_term(self, l_0: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-        """MSE of pooled means of D's rendering of each crop's centre against the photo's."""
+    def image_terms(self, l_0: torch.Tensor, photo: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D renders each crop's centre: its pooled means and its mean 8 x 8 cell vs the photo's."""
         c = self.cfg
         side = c.image_crop // LATENT_SCALE
         top = (l_0.shape[-1] - side) // 2
         x_hat = self.decoder.vae(l_0[..., top : top + side, top : top + side])
         p = top * LATENT_SCALE
         x = photo[..., p : p + c.image_crop, p : p + c.image_crop]
-        return F.mse_loss(F.avg_pool2d(x_hat, c.image_pool), F.avg_pool2d(x, c.image_pool))
+        pool = F.avg_pool2d(x_hat, c.image_pool), F.avg_pool2d(x, c.image_pool)
+        return {"image": F.mse_loss(*pool), "phase": F.mse_loss(lattice(x_hat), lattice(x))}
 
     def train_step(
         self, y_hat: torch.Tensor, target: torch.Tensor, photo: torch.Tensor | None = None
@@ -318,11 +336,11 @@ class RealismTrainer:
             "lowpass": F.mse_loss(F.avg_pool2d(l_0, 4), F.avg_pool2d(target, 4)),
         }
         loss = c.latent * terms["latent"] + c.lowpass * terms["lowpass"]
-        if c.image > 0:
+        if c.image > 0 or c.phase > 0:
             if photo is None:
-                raise ValueError("the image term needs the photo crops")
-            terms["image"] = self.image_term(l_0, photo)
-            loss = loss + c.image * terms["image"]
+                raise ValueError("the image and lattice terms need the photo crops")
+            terms.update(self.image_terms(l_0, photo))
+            loss = loss + c.image * terms["image"] + c.phase * terms["phase"]
         adv_w = self.adv_at(self.step)
         if adv_w > 0:
             self.critic.requires_grad_(False)
@@ -355,7 +373,7 @@ class RealismTrainer:
 
     def evaluate(self, images: list[tuple[np.ndarray, torch.Tensor]]) -> dict[str, float]:
         """PSNR, MS-SSIM and luma bands of whole images, decoded untiled with the colour grid."""
-        psnrs, ssims, bands = [], [], []
+        psnrs, ssims, bands, cells = [], [], [], []
         for image, y_hat in images:
             h, w = image.shape[:2]
             fixed = self.decode(y_hat, (padded_input(image) + 1) / 2)
@@ -363,7 +381,13 @@ class RealismTrainer:
             psnrs.append(psnr_u8(out, image))
             ssims.append(ms_ssim_u8(out, image))
             bands.append(band_power_db(out, image))
+            pair = [
+                torch.from_numpy(a[: h // 8 * 8, : w // 8 * 8]).permute(2, 0, 1)[None].float()
+                for a in (out, image)
+            ]
+            cells.append(float((lattice(pair[0]) - lattice(pair[1])).square().mean().sqrt()))
         row = {"eval_psnr": float(np.mean(psnrs)), "eval_msssim": float(np.mean(ssims))}
+        row["eval_lattice"] = float(np.mean(cells))  # rms, 8-bit units
         row.update({f"eval_band{i}": float(b) for i, b in enumerate(np.mean(bands, axis=0))})
         return row
 
@@ -419,7 +443,8 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
         out / f"cache-y-{base.identity}.pt",
         out / "cache-taef2.pt",
     )
-    photos = photo_cache(files, cfg.max_pixels, out / "cache-photos.pt") if cfg.image else None
+    wanted = cfg.image > 0 or cfg.phase > 0
+    photos = photo_cache(files, cfg.max_pixels, out / "cache-photos.pt") if wanted else None
     evals = []
     if cfg.eval_dir and cfg.eval_every:
         with torch.no_grad():
