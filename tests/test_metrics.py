@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from aeic_codec.metrics import SPECTRUM_BANDS, band_power_db, ms_ssim, ms_ssim_u8, psnr_u8
+from aeic_codec.metrics import (
+    SPECTRUM_BANDS,
+    band_power_db,
+    lattice_cell,
+    lattice_rms,
+    ms_ssim,
+    ms_ssim_u8,
+    psnr_u8,
+)
 
 from .conftest import make_image
 
@@ -67,3 +75,28 @@ def test_band_power_of_bands_an_image_cannot_hold() -> None:
     assert band_power_db(flat, small)[1:] == [-math.inf] * 4
     with pytest.raises(ValueError, match="one shape"):
         band_power_db(small[:16], small)
+
+
+def test_lattice_finds_an_eight_pixel_grid_and_ignores_other_content() -> None:
+    rng = np.random.default_rng(0)
+    assert np.abs(lattice_cell(0.3 * rng.standard_normal((8, 3, 256, 256)))).max() < 0.02
+    grid = np.zeros((2, 3, 64, 64))
+    grid[..., ::8, :] = 0.8  # one bright row in every 8
+    cell = lattice_cell(grid)
+    assert cell.shape == (3, 8, 8)
+    assert np.allclose(cell[:, 0], 0.7) and np.allclose(cell[:, 1:], -0.1)
+    as_tensor = lattice_cell(torch.from_numpy(grid))
+    assert isinstance(as_tensor, torch.Tensor) and np.allclose(as_tensor.numpy(), cell)
+
+
+def test_lattice_rms_measures_a_painted_grid_in_8_bit_units() -> None:
+    image = make_image(64, 96)
+    assert lattice_rms(image, image) == 0.0
+    painted = image.astype(np.int16)
+    painted[::8] += 16  # every 8th row 16 levels brighter (no clipping below 240)
+    painted = np.clip(painted, 0, 255).astype(np.uint8)
+    assert lattice_rms(painted, image) == pytest.approx(16 * math.sqrt(7) / 8, rel=0.05)
+    with_border = np.pad(painted, ((0, 5), (0, 3), (0, 0)))
+    assert lattice_rms(with_border, np.pad(image, ((0, 5), (0, 3), (0, 0)))) == lattice_rms(
+        painted, image
+    )

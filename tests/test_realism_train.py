@@ -21,7 +21,6 @@ from aeic_codec.training.realism import (
     RealismConfig,
     crops,
     export,
-    lattice,
     load_config,
     run,
 )
@@ -139,15 +138,3 @@ def test_the_image_term_trains_d_frozen(setup: dict[str, Path]) -> None:
     vae = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
     for key, value in load_file(str(setup["taef2"] / "taef2_decoder.safetensors")).items():
         assert torch.equal(vae[f"vae.{key}"], value), key
-
-
-def test_lattice_finds_an_eight_pixel_grid_and_ignores_other_content() -> None:
-    torch.manual_seed(0)
-    assert lattice(0.3 * torch.randn(8, 3, 256, 256)).abs().max() < 0.02
-    grid = torch.zeros(2, 3, 64, 64)
-    grid[..., ::8, :] = 0.8  # one bright row in every 8
-    cell = lattice(grid)
-    assert cell.shape == (3, 8, 8)
-    assert torch.allclose(cell[:, 0], torch.full((3, 8), 0.7)) and torch.allclose(
-        cell[:, 1:], torch.full((3, 7, 8), -0.1)
-    )

@@ -51,7 +51,7 @@ from torch import nn
 from ..bundle import load_bundle, read_info
 from ..config import PRESETS
 from ..imageio import read_image
-from ..metrics import band_power_db, ms_ssim_u8, psnr_u8
+from ..metrics import band_power_db, lattice_cell, lattice_rms, ms_ssim_u8, psnr_u8
 from ..model import AEIC, PAD
 from ..realism import RealismDecoder, realism_config
 from ..tiny_vae import TinyEncoder, read_taef2
@@ -240,18 +240,6 @@ def crops(
     return torch.stack(y_out).float(), torch.stack(l_out).float(), x_batch
 
 
-def lattice(x: torch.Tensor) -> torch.Tensor:
-    """The mean 8 x 8 cell of a batch (B, C, H, W), H and W multiples of 8, its mean removed.
-
-    Any pattern repeating every 8 pixels (D's upsampling grid) adds up here, while the
-    content of photos averages out.
-    """
-    b, ch, h, w = x.shape
-    k = LATENT_SCALE
-    cell = x.reshape(b, ch, h // k, k, w // k, k).mean(dim=(0, 2, 4))
-    return cell - cell.mean(dim=(1, 2), keepdim=True)
-
-
 def _fit(t: torch.Tensor, size: int) -> torch.Tensor:
     """Pad a crop of a small image (edge replication) to the full crop size."""
     ph, pw = size - t.shape[1], size - t.shape[2]
@@ -319,7 +307,10 @@ class RealismTrainer:
         p = top * LATENT_SCALE
         x = photo[..., p : p + c.image_crop, p : p + c.image_crop]
         pool = F.avg_pool2d(x_hat, c.image_pool), F.avg_pool2d(x, c.image_pool)
-        return {"image": F.mse_loss(*pool), "phase": F.mse_loss(lattice(x_hat), lattice(x))}
+        return {
+            "image": F.mse_loss(*pool),
+            "phase": F.mse_loss(lattice_cell(x_hat), lattice_cell(x)),
+        }
 
     def train_step(
         self, y_hat: torch.Tensor, target: torch.Tensor, photo: torch.Tensor | None = None
@@ -381,13 +372,9 @@ class RealismTrainer:
             psnrs.append(psnr_u8(out, image))
             ssims.append(ms_ssim_u8(out, image))
             bands.append(band_power_db(out, image))
-            pair = [
-                torch.from_numpy(a[: h // 8 * 8, : w // 8 * 8]).permute(2, 0, 1)[None].float()
-                for a in (out, image)
-            ]
-            cells.append(float((lattice(pair[0]) - lattice(pair[1])).square().mean().sqrt()))
+            cells.append(lattice_rms(out, image))
         row = {"eval_psnr": float(np.mean(psnrs)), "eval_msssim": float(np.mean(ssims))}
-        row["eval_lattice"] = float(np.mean(cells))  # rms, 8-bit units
+        row["eval_lattice"] = float(np.mean(cells))
         row.update({f"eval_band{i}": float(b) for i, b in enumerate(np.mean(bands, axis=0))})
         return row
 
