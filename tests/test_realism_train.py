@@ -128,12 +128,21 @@ def test_photo_crops_cover_the_region_of_the_latent_crops() -> None:
 
 def test_the_image_term_trains_d_frozen(setup: dict[str, Path]) -> None:
     out = setup["root"] / "image"
-    cfg = replace(config(setup, 2), image=10.0, image_crop=32, image_pool=2, phase=100.0)
+    cfg = replace(
+        config(setup, 2),
+        image=10.0,
+        image_crop=32,
+        image_pool=2,
+        phase=100.0,
+        pixel=1.0,
+        perceptual=1.0,
+    )
     run(cfg, setup["data"], out, resume=False)
     photos = torch.load(out / "cache-photos.pt", weights_only=True)
     assert [p.shape for p in photos] == [(3, 128, 128), (3, 128, 192), (3, 192, 128)]
     rows = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["image"] > 0 and r["phase"] > 0 for r in rows if "image" in r] == [True, True]
+    terms = ("image", "phase", "pixel", "perceptual")
+    assert [all(r[k] > 0 for k in terms) for r in rows if "image" in r] == [True, True]
     assert [r["eval_lattice"] > 0 for r in rows if "eval_psnr" in r] == [True]
     vae = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
     for key, value in load_file(str(setup["taef2"] / "taef2_decoder.safetensors")).items():

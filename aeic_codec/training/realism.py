@@ -15,6 +15,11 @@ that need nothing downloaded:
   ``image_pool`` x ``image_pool`` means are held to the original's. It constrains only
   the coarse scales, where PSNR and MS-SSIM are decided and where the critic's freedom
   shows as shifted shapes and colours, and leaves the fine bands to the critic;
+- optionally (``pixel``, ``perceptual`` > 0), full-resolution terms on the same
+  renderings: MSE, and the distance of TAEF2-encoder features (each of its four levels,
+  unit-normalised per position, as LPIPS does without learned weights). They tell texture
+  where the photo has it from texture painted on smooth sails and skies, which neither a
+  critic on latents nor pooled means can;
 - optionally (``phase`` > 0), a lattice term on the same renderings: the batch's mean
   8 x 8 block (each pixel position within D's 8-pixel upsampling cell averaged over every
   cell) held to the photos'. Photos have almost none; a D fed latents it does not know
@@ -89,7 +94,9 @@ class RealismConfig:
     image: float = 0.0  # weight of the image term (0: off, no photo cache)
     image_crop: int = 128  # pixels of each crop's centre that D renders for it
     image_pool: int = 4  # the image term compares means over pool x pool pixels
-    phase: float = 0.0  # weight of the lattice term (needs the image term's renderings)
+    phase: float = 0.0  # weight of the lattice term
+    pixel: float = 0.0  # weight of full-resolution MSE on the renderings
+    perceptual: float = 0.0  # weight of the TAEF2-encoder feature distance on them
     grid_cell: int = 64  # the colour grid applied to evaluation decodes
     grid_step: int = 4
     eval_dir: str = ""
@@ -98,6 +105,11 @@ class RealismConfig:
     max_pixels: int = 250_000  # larger training photos are downscaled for the caches
     checkpoint_minutes: float = 5.0
     log_every: int = 20
+
+
+def needs_photos(cfg: RealismConfig) -> bool:
+    """Whether any term renders crops through D and compares them with the photos."""
+    return any(getattr(cfg, k) > 0 for k in ("image", "phase", "pixel", "perceptual"))
 
 
 def load_config(path: str | Path) -> RealismConfig:
@@ -260,6 +272,11 @@ class RealismTrainer:
         self.decoder.vae.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_decoder.safetensors"))
         self.decoder.vae.requires_grad_(False).eval()
         self.critic = LatentCritic(dcfg.decoder_latent, dcfg.latent_channels, cfg.disc_width)
+        self.features: TinyEncoder | None = None
+        if cfg.perceptual > 0:
+            self.features = TinyEncoder()
+            self.features.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_encoder.safetensors"))
+            self.features.requires_grad_(False).eval()
         self.warm_started = 0
         if cfg.init:
             state = torch.load(cfg.init, map_location="cpu", weights_only=True)
@@ -299,7 +316,7 @@ class RealismTrainer:
         return c.adv * min(1.0, (step - c.adv_start + 1) / max(1, c.adv_ramp))
 
     def image_terms(self, l_0: torch.Tensor, photo: torch.Tensor) -> dict[str, torch.Tensor]:
-        """D renders each crop's centre: its pooled means and its mean 8 x 8 cell vs the photo's."""
+        """D renders each crop's centre; the image-space terms against the photo's crop."""
         c = self.cfg
         side = c.image_crop // LATENT_SCALE
         top = (l_0.shape[-1] - side) // 2
@@ -307,10 +324,26 @@ class RealismTrainer:
         p = top * LATENT_SCALE
         x = photo[..., p : p + c.image_crop, p : p + c.image_crop]
         pool = F.avg_pool2d(x_hat, c.image_pool), F.avg_pool2d(x, c.image_pool)
-        return {
+        terms = {
             "image": F.mse_loss(*pool),
             "phase": F.mse_loss(lattice_cell(x_hat), lattice_cell(x)),
+            "pixel": F.mse_loss(x_hat, x),
         }
+        if self.features is not None:
+            terms["perceptual"] = self.feature_distance(x_hat, x)
+        return terms
+
+    def feature_distance(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Sum over TAEF2-encoder levels of the mean squared unit-feature difference."""
+        assert self.features is not None
+        ours = self.features.features((x_hat + 1) / 2)[0]
+        with torch.no_grad():
+            theirs = self.features.features((x + 1) / 2)[0]
+        total = x_hat.new_zeros(())
+        for a, b in zip(ours, theirs, strict=True):
+            diff = F.normalize(a, dim=1, eps=1e-6) - F.normalize(b, dim=1, eps=1e-6)
+            total = total + diff.square().sum(dim=1).mean()
+        return total
 
     def train_step(
         self, y_hat: torch.Tensor, target: torch.Tensor, photo: torch.Tensor | None = None
@@ -327,11 +360,12 @@ class RealismTrainer:
             "lowpass": F.mse_loss(F.avg_pool2d(l_0, 4), F.avg_pool2d(target, 4)),
         }
         loss = c.latent * terms["latent"] + c.lowpass * terms["lowpass"]
-        if c.image > 0 or c.phase > 0:
-            if photo is None:
-                raise ValueError("the image and lattice terms need the photo crops")
+        if photo is not None:
             terms.update(self.image_terms(l_0, photo))
-            loss = loss + c.image * terms["image"] + c.phase * terms["phase"]
+            for key in ("image", "phase", "pixel", "perceptual"):
+                loss = loss + getattr(c, key) * terms.get(key, 0.0)
+        elif needs_photos(c):
+            raise ValueError("the image-space terms need the photo crops")
         adv_w = self.adv_at(self.step)
         if adv_w > 0:
             self.critic.requires_grad_(False)
@@ -430,8 +464,9 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
         out / f"cache-y-{base.identity}.pt",
         out / "cache-taef2.pt",
     )
-    wanted = cfg.image > 0 or cfg.phase > 0
-    photos = photo_cache(files, cfg.max_pixels, out / "cache-photos.pt") if wanted else None
+    photos = None
+    if needs_photos(cfg):
+        photos = photo_cache(files, cfg.max_pixels, out / "cache-photos.pt")
     evals = []
     if cfg.eval_dir and cfg.eval_every:
         with torch.no_grad():
