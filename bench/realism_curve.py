@@ -2,9 +2,10 @@
 
 Reads the evaluation rows of each run's log.jsonl (``aeic_codec/training/realism.py``:
 whole Kodak images decoded through the realism decoder with the colour grid) and writes
-one PNG, plus a Markdown table of every evaluation row on stdout.
+one PNG, plus a Markdown table of every evaluation row on stdout. A run that continued
+another's checkpoint is given as ``RUN_DIR@STEP`` to plot it from the step it started at.
 
-Usage: python -m bench.realism_curve RUN_DIR [RUN_DIR ...] -o docs/realism-curve.png
+Usage: python -m bench.realism_curve RUN_DIR[@STEP] [...] -o docs/realism-curve.png
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ def eval_rows(run: Path) -> list[dict[str, float]]:
     return [r for r in rows if "eval_psnr" in r]
 
 
+def run_arg(text: str) -> tuple[Path, int]:
+    """``DIR`` or ``DIR@STEP``: a run folder and the step its first step continues."""
+    folder, _, start = text.partition("@")
+    return Path(folder), int(start or 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument("runs", type=run_arg, nargs="+", metavar="RUN_DIR[@STEP]")
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -34,24 +41,33 @@ def main(argv: list[str] | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    print("| run | step | PSNR dB | " + " | ".join(BANDS) + " |")
-    print("|---" * (3 + len(BANDS)) + "|")
-    for run in args.runs:
+    fig, (left, right, grid) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
+    print("| run | step | PSNR dB | MS-SSIM | lattice | " + " | ".join(BANDS) + " |")
+    print("|---" * (5 + len(BANDS)) + "|")
+    for run, start in args.runs:
         rows = eval_rows(run)
-        steps = [r["step"] for r in rows]
+        steps = [start + r["step"] for r in rows]
         left.plot(steps, [r["eval_psnr"] for r in rows], "o-", label=run.name)
         for i in (3, 4):
             right.plot(
                 steps, [r[f"eval_band{i}"] for r in rows], "o-", label=f"{run.name} {BANDS[i]}"
             )
-        for r in rows:
+        lattice = [
+            (s, r["eval_lattice"]) for s, r in zip(steps, rows, strict=True) if "eval_lattice" in r
+        ]
+        if lattice:
+            grid.plot(*zip(*lattice, strict=True), "o-", label=run.name)
+        for step, r in zip(steps, rows, strict=True):
             bands = " | ".join(f"{r[f'eval_band{i}']:+.1f}" for i in range(len(BANDS)))
-            print(f"| {run.name} | {r['step']} | {r['eval_psnr']:.2f} | {bands} |")
+            extra = " | ".join(
+                f"{r[k]:.3f}" if k in r else "-" for k in ("eval_msssim", "eval_lattice")
+            )
+            print(f"| {run.name} | {step} | {r['eval_psnr']:.2f} | {extra} | {bands} |")
     left.set(xlabel="step", ylabel="PSNR (dB)", title="evaluation images, realism 1")
     right.set(xlabel="step", ylabel="luma power kept (dB)", title="top two bands (0 = original)")
     right.axhline(0, color="grey", lw=0.8)
-    for ax in (left, right):
+    grid.set(xlabel="step", ylabel="lattice rms (8-bit levels)", title="8-pixel grid")
+    for ax in (left, right, grid):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
