@@ -1,14 +1,21 @@
 """diffusers' building blocks without the rest of diffusers.
 
-The denoiser and the VAE decoder are made of diffusers' own blocks. Importing a block
-module the ordinary way runs the initialisers of ``diffusers.models`` and its
-``unets``, ``transformers`` and ``autoencoders`` packages, which import every model
-diffusers has and, through them, ``torch._dynamo`` (hooks decorated with
-``torch.compiler.disable``), transformers, peft and accelerate: about 4 s on a 2-core CPU
-before a decoder can be built, against about 0.5 s for the modules the blocks are made
-of. ``import_module`` imports a block module with those four package initialisers
-skipped and those optional integrations hidden (diffusers checks for each and does
-without). The blocks are the same classes either way.
+The denoiser and the VAE decoder are made of diffusers' own blocks. Importing any
+diffusers module first runs ``diffusers/__init__``, whose ``diffusers.utils`` scans
+every installed distribution and imports ``torch._dynamo`` (``utils/torch_utils.py``,
+for ``allow_in_graph``; torch itself loads it only for ``torch.compile``). The block
+modules then run the initialisers of ``diffusers.models`` and its ``unets``,
+``transformers`` and ``autoencoders`` packages, the last three of which import every
+model of their kind and, through diffusers' model code, transformers, peft and
+accelerate when installed. diffusers has no switch for any of this
+(``DIFFUSERS_SLOW_IMPORT`` only makes ``diffusers.models`` eager too). Measured on a
+2-core Xeon (diffusers 0.42, torch 2.14), wall seconds beyond ``import torch``: the
+block modules imported the ordinary way 4.7 s (3.0 to 3.6 s without transformers, peft
+and accelerate, as ``pip install .`` leaves them; ``torch._dynamo`` alone 1.45 s),
+imported by ``import_module`` 0.5 to 0.6 s. ``import_module`` imports a block module
+with those four package initialisers skipped and those optional integrations hidden
+(diffusers checks for each and does without). The blocks are the same classes either
+way.
 
 Side effect, for the rest of the process: diffusers then believes transformers, peft
 and accelerate are absent (it checks once). A program that needs them through diffusers
