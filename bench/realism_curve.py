@@ -44,19 +44,19 @@ def main(argv: list[str] | None = None) -> None:
     fig, (left, right, grid) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
     print("| run | step | PSNR dB | MS-SSIM | lattice | " + " | ".join(BANDS) + " |")
     print("|---" * (5 + len(BANDS)) + "|")
-    for run, start in args.runs:
+    for n, (run, start) in enumerate(args.runs):
         rows = eval_rows(run)
         steps = [start + r["step"] for r in rows]
-        left.plot(steps, [r["eval_psnr"] for r in rows], "o-", label=run.name)
-        for i in (3, 4):
-            right.plot(
-                steps, [r[f"eval_band{i}"] for r in rows], "o-", label=f"{run.name} {BANDS[i]}"
-            )
+        colour = f"C{n}"  # one colour per run in every panel
+        left.plot(steps, [r["eval_psnr"] for r in rows], "o-", color=colour, label=run.name)
+        for i, style in ((3, "o-"), (4, "s--")):
+            values = [r[f"eval_band{i}"] for r in rows]
+            right.plot(steps, values, style, color=colour, label=f"{run.name} {BANDS[i]}")
         lattice = [
             (s, r["eval_lattice"]) for s, r in zip(steps, rows, strict=True) if "eval_lattice" in r
         ]
         if lattice:
-            grid.plot(*zip(*lattice, strict=True), "o-", label=run.name)
+            grid.plot(*zip(*lattice, strict=True), "o-", color=colour, label=run.name)
         for step, r in zip(steps, rows, strict=True):
             bands = " | ".join(f"{r[f'eval_band{i}']:+.1f}" for i in range(len(BANDS)))
             extra = " | ".join(
