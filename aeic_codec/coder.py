@@ -13,6 +13,8 @@ bytes as zeros), checked by actually decoding, which saves up to 7 bytes per str
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import constriction
 import numpy as np
 
@@ -103,20 +105,38 @@ class StreamEncoder:
         self._calls.append((tables, table_ids, groups, values))
 
     def finish(self) -> bytes:
+        """The stream's bytes, its tail cut to the fewest that decode to the same symbols.
+
+        A range decoder reproduces every symbol exactly when the number its bytes spell
+        (zeros read past the end) lies in the encoder's final interval, so each candidate
+        is tested by two integer comparisons instead of a decode. The result is then
+        decoded once, as a check; should that ever fail, the search repeats with decodes.
+        """
         words = self._coder.get_compressed()
         data = words.astype(">u4").tobytes().rstrip(b"\0")
-        best = data
-        for cut in range(1, min(8, len(data)) + 1):
-            head = data[: len(data) - cut]
-            found = None
-            for cand in (head, _increment(head)):
-                if cand is not None and self._decodes(cand):
-                    found = cand
-                    break
-            if found is None:
-                break
-            best = found.rstrip(b"\0")
+        if not data:
+            return data
+        best = _shortest(data, self._final_interval(words))
+        if not self._decodes(best):
+            best = _shortest(data, self._decodes)
         return best
+
+    def _final_interval(self, words: np.ndarray) -> Callable[[bytes], bool]:
+        """Whether bytes spell a number in the final interval [low, low + range).
+
+        After the last symbol the coder has shifted out ``position`` words and its 64-bit
+        state (lower, range) spans the next two, so with P the number in the words before
+        them the interval is [P * 2**64 + lower, ... + range). The sealed words lie in it,
+        which gives P: their number minus lower, divided by 2**64 (range <= 2**64).
+        """
+        position, (lower, size) = self._coder.pos()
+        length = 4 * (position + 2)  # what the decoder reads: the rest counts as zeros
+
+        def number(data: bytes) -> int:
+            return int.from_bytes(data[:length].ljust(length, b"\0"), "big")
+
+        low = ((number(words.astype(">u4").tobytes()) - lower) >> 64 << 64) + lower
+        return lambda data: low <= number(data) < low + size
 
     def _decodes(self, data: bytes) -> bool:
         try:
@@ -127,6 +147,26 @@ class StreamEncoder:
             )
         except CodingError:
             return False
+
+
+def _shortest(data: bytes, valid: Callable[[bytes], bool]) -> bytes:
+    """The shortest cut of data's tail (or cut + 1 in its last byte) that is still valid.
+
+    Cuts 1 to 8 bytes are tried in turn and the search stops at the first that neither
+    the cut nor the cut + 1 passes; trailing zero bytes of a passing candidate drop.
+    """
+    best = data
+    for cut in range(1, min(8, len(data)) + 1):
+        head = data[: len(data) - cut]
+        found = None
+        for cand in (head, _increment(head)):
+            if cand is not None and valid(cand):
+                found = cand
+                break
+        if found is None:
+            break
+        best = found.rstrip(b"\0")
+    return best
 
 
 def _increment(head: bytes) -> bytes | None:

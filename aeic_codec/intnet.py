@@ -34,7 +34,7 @@ from torch import nn
 
 from .bundle import SCALE_PREFIX
 from .config import ModelConfig
-from .context import STEPS, step_masks
+from .context import POSITIONS, STEPS, step_masks
 from .entropy_models import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
 
 INTEGER_FORMAT = "1"  # the bundle's ``integer_format``: the layout of the integer tensors
@@ -48,6 +48,7 @@ LN_PRECISION = 24  # LayerNorm's 1 / sigma has this many fractional bits
 LN_EPS = 1e-6
 EXPONENT_RANGE = (-16, 40)
 SYMBOL_CLAMP = 1 << 16  # symbols beyond saturate the 16-bit context either way
+FLOAT_SHIFT_MAX = 37  # requantisation shifts up to this run exactly in float64 (IntOps)
 
 
 class Act(NamedTuple):
@@ -74,14 +75,20 @@ def hyper_synthesis(ops: Ops, z_hat: Act, cfg: ModelConfig, size: tuple[int, int
     return Act(x.v[:, : size[0], : size[1]], x.f)
 
 
-def context_params(ops: Ops, step: int, ctx: Act, cfg: ModelConfig) -> tuple[Act, Act]:
-    """One quadtree step: adapter_in, g_c, adapter_out; (mean at ctx's exponent, scale)."""
+def context_params(
+    ops: Ops, step: int, ctx: Act, cfg: ModelConfig, cells: tuple[int, ...] | None = None
+) -> tuple[Act, Act]:
+    """One quadtree step: adapter_in, g_c, adapter_out; (mean at ctx's exponent, scale).
+
+    With ``cells`` (IntOps only: the step's 2x2 cell of each channel group), adapter_out's
+    last layers compute each group only where the step codes it (``IntOps.linear_cells``).
+    """
     (t,) = _adapter(ops, f"context.adapter_in.{step}", ctx, (f"context.adapter_in.{step}",))
     for i in range(cfg.context_depth):
         p = f"context.g_c.block.{i}.blocks"
         t = _inception_next(ops, f"{p}.0", t)
         t = _gated_cnn(ops, f"{p}.1", t)
-    mean, scale = _adapter(ops, f"context.adapter_out.{step}", t, ("ctx", "scale"))
+    mean, scale = _adapter(ops, f"context.adapter_out.{step}", t, ("ctx", "scale"), cells)
     return mean, scale
 
 
@@ -127,12 +134,19 @@ def _gated_cnn(ops: Ops, p: str, x: Act) -> Act:
     return ops.add(p, x, r)
 
 
-def _adapter(ops: Ops, p: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
+def _adapter(
+    ops: Ops, p: str, x: Act, sites: tuple[str, ...], cells: tuple[int, ...] | None = None
+) -> list[Act]:
     """branch1 (1x1, GELU, dw5x5, GELU, 1x1) + branch2 (1x1), each requantised, then added."""
     (h,) = ops.linear(f"{p}.branch1.0", x, (f"{p}.branch1.0",))
     h = ops.gelu(ops.depthwise(f"{p}.branch1.2", ops.gelu(h), f"{p}.branch1.2"))
-    one = ops.linear(f"{p}.branch1.4", h, sites)
-    two = ops.linear(f"{p}.branch2", x, sites)
+    if cells is None:
+        one = ops.linear(f"{p}.branch1.4", h, sites)
+        two = ops.linear(f"{p}.branch2", x, sites)
+    else:
+        assert isinstance(ops, IntOps)
+        one = ops.linear_cells(f"{p}.branch1.4", h, sites, cells)
+        two = ops.linear_cells(f"{p}.branch2", x, sites, cells)
     return [ops.add(s, a, b) for s, a, b in zip(sites, one, two, strict=True)]
 
 
@@ -158,18 +172,20 @@ def _depthwise_sum(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 
 
 def _depthwise_split(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The depthwise sums without bias, exactly, from two float32 convolutions (int64 out).
+    """The depthwise sums without bias, exactly, from two float32 convolutions (float64 out).
 
-    v = 256 * hi + lo with hi in [-128, 127] and lo in [0, 255]; with |q| * 255 * taps
-    below 2**24 (``split_exact``) every product and partial sum of both halves is an
-    integer float32 holds exactly, and float32 convolutions run several times faster.
+    v (integers in float64) = 256 * hi + lo with hi in [-128, 127] and lo in [0, 255];
+    with |q| * 255 * taps below 2**24 (``split_exact``) every product and partial sum of
+    both halves is an integer float32 holds exactly, and float32 convolutions run several
+    times faster than float64 ones.
     """
     kh, kw = weight.shape[1:]
     n = v.shape[0]
-    halves = torch.cat((v >> 8, v & 255)).permute(0, 3, 1, 2).float().contiguous()
+    hi = torch.floor(v * (1 / 256))
+    halves = torch.cat((hi, v - hi * 256)).permute(0, 3, 1, 2).float().contiguous()
     out = F.conv2d(halves, weight[:, None], padding=(kh // 2, kw // 2), groups=len(weight))
-    out = out.permute(0, 2, 3, 1).long()
-    return out[:n] * 256 + out[n:]
+    out = out.permute(0, 2, 3, 1).double()
+    return out[:n].mul_(256).add_(out[n:])
 
 
 def split_exact(weight: torch.Tensor) -> bool:
@@ -244,92 +260,167 @@ def integer_weight(kernel: torch.Tensor) -> torch.Tensor:
 
 
 class IntOps:
-    """The integer path: int64 activations, float64 GEMMs on integers, integer requants."""
+    """The integer path: integer values held exactly in float64 tensors.
+
+    Activations are integers in [-2**15, 2**15), which float64 holds exactly, so the GEMMs
+    need no conversion and most requantisations run as float64 multiplies (see
+    ``_layer``). LayerNorm, whose products exceed 2**53, and the table lookups of GELU
+    compute in int64.
+    """
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self.t = tensors
-        self._cache: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._cache: dict[str, tuple] = {}
 
     def exp(self, site: str) -> int:
         return int(self.t[f"exp.{site}"])
 
-    def _layer(self, name: str) -> tuple[torch.Tensor, ...]:
-        """weight and bias (float64, integer-valued), multiplier, rounding constant, shift."""
+    def _layer(self, name: str) -> tuple:
+        """(weight.T, bias, scale) in float64, and the int64 (multiplier, shift) or None.
+
+        ``scale`` = M * 2**-S exactly. With S <= 37, round-half-up(acc * scale) in float64
+        is exact wherever the result fits 16 bits: there |acc * M| < 2**(S + 16) <= 2**53,
+        so the product is exact, and a larger |acc * M| rounds to at least 2**16 and
+        saturates as it should. Layers with a larger shift requantise in int64.
+        """
         got = self._cache.get(name)
         if got is None:
             weight, bias = self.t[f"{name}.weight"], self.t[f"{name}.bias"]
-            shift = self.t[f"{name}.shift"].long()
+            mult, shift = self.t[f"{name}.multiplier"].long(), self.t[f"{name}.shift"].long()
+            scale = mult.double() * torch.pow(2.0, -shift.double())
+            exact = int(shift.max()) <= FLOAT_SHIFT_MAX
             got = self._cache[name] = (
-                weight.double(),
+                weight.double().flatten(1).t(),
                 bias.double(),
-                self.t[f"{name}.multiplier"].long(),
-                torch.ones_like(shift) << (shift - 1),
-                shift,
+                scale,
+                None if exact else (mult, shift),
             )
         return got
 
-    def _requant(self, acc: torch.Tensor, name: str) -> torch.Tensor:
-        _, _, mult, rounding, shift = self._layer(name)
-        return _clamp((acc.long() * mult + rounding) >> shift)
+    def _requant(self, acc: torch.Tensor, name: str, index: torch.Tensor | None = None):
+        """clamp16(round-half-up(acc * M * 2**-S)) of a float64 accumulator, in place."""
+        *_, scale, wide = self._layer(name)
+        if index is not None:
+            scale = scale[index]
+        if wide is None:
+            return _clamp(acc.mul_(scale).add_(0.5).floor_())
+        mult, shift = wide if index is None else (wide[0][index], wide[1][index])
+        rounding = torch.ones_like(shift) << (shift - 1)
+        return _clamp((acc.long() * mult + rounding) >> shift).double()
 
     def _split(self, v: torch.Tensor, sites: tuple[str, ...]) -> list[Act]:
         parts = v.chunk(len(sites), -1)
         return [Act(p, self.exp(s)) for p, s in zip(parts, sites, strict=True)]
 
     def _gemm(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        weight, bias, *_ = self._layer(name)
-        flat = x.double().reshape(-1, x.shape[-1])
-        acc = torch.addmm(bias, flat, weight.t())  # exact: integers below 2**53
+        weight_t, bias, *_ = self._layer(name)
+        flat = x.reshape(-1, x.shape[-1])
+        acc = torch.addmm(bias, flat, weight_t)  # exact: integers below 2**53
         return self._requant(acc, name).view(*x.shape[:-1], -1)
 
     def linear(self, name: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
         return self._split(self._gemm(name, x.v), sites)
 
+    def linear_cells(
+        self, name: str, x: Act, sites: tuple[str, ...], cells: tuple[int, ...]
+    ) -> list[Act]:
+        """A 1x1 layer whose output channel group g is needed only at 2x2 cell cells[g].
+
+        Each site's outputs fall into len(cells) equal groups; group g is computed at the
+        pixels of cell cells[g] alone (one batched GEMM), so each site comes back as
+        (groups, pixels of a cell, channels of a group): a quarter of the work.
+        """
+        weight_t, bias, *_ = self._layer(name)
+        index = self._cell_index(name, weight_t.shape[1], len(sites), len(cells))
+        key = f"{name}|cells"
+        weights = self._cache.get(key)
+        if weights is None:
+            weights = self._cache[key] = (weight_t[:, index].permute(1, 0, 2).contiguous(),)
+        v = x.v[0]
+        rows = torch.stack([v[c // 2 :: 2, c % 2 :: 2].reshape(-1, v.shape[-1]) for c in cells])
+        acc = torch.baddbmm(bias[index].unsqueeze(1), rows, weights[0])
+        return self._split(self._requant(acc, name, index.unsqueeze(1)), sites)
+
+    def _cell_index(self, name: str, outputs: int, sites: int, groups: int) -> torch.Tensor:
+        """(groups, sites * per group) output channels: group g of every site, in site order."""
+        per_site = outputs // sites
+        per_group = per_site // groups
+        starts = torch.arange(groups)[:, None, None] * per_group
+        starts = starts + torch.arange(sites)[None, :, None] * per_site
+        return (starts + torch.arange(per_group)).reshape(groups, -1)
+
     def conv3x3(self, name: str, x: Act, site: str) -> Act:
         return Act(self._gemm(name, _im2col(x.v)), self.exp(site))
 
     def depthwise(self, name: str, x: Act, site: str) -> Act:
-        weight, bias, *_ = self._layer(name)
-        if split_exact(weight):
-            acc = _depthwise_split(x.v, weight.float()) + bias.long()
+        _, bias, *_ = self._layer(name)
+        kernel = self._kernel(name)
+        if split_exact(kernel):
+            acc = _depthwise_split(x.v, kernel.float()).add_(bias)
         else:
-            acc = _depthwise_sum(x.v.double(), weight, bias)
+            acc = _depthwise_sum(x.v, kernel, bias)
         return Act(self._requant(acc, name), self.exp(site))
 
+    def _kernel(self, name: str) -> torch.Tensor:
+        """A depthwise layer's (C, kh, kw) integer kernel in float64."""
+        key = f"{name}|kernel"
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = (self.t[f"{name}.weight"].double(),)
+        return got[0]
+
     def layernorm(self, name: str, x: Act) -> Act:
-        c = x.v.shape[-1]
-        total = x.v.sum(-1, keepdim=True)
+        v = x.v.long()
+        c = v.shape[-1]
+        total = v.sum(-1, keepdim=True)
         mu = torch.div(2 * total + c, 2 * c, rounding_mode="floor")
-        d = x.v - mu
+        d = v - mu
         ss = (d * d).sum(-1, keepdim=True)
         eps = int(self.t[f"{name}.eps"])
         n = torch.div((1 << (2 * LN_PRECISION)) * c, ss + c * eps, rounding_mode="floor")
         t = d * isqrt(n)  # (x - mean) / sigma with LN_PRECISION fractional bits
         gain, offset = self.t[f"{name}.gain"].long(), self.t[f"{name}.offset"].long()
-        return Act(
-            _clamp(rshift_round(t * gain + offset, int(self.t[f"{name}.shift"]))), self.exp(name)
-        )
+        out = _clamp(rshift_round(t * gain + offset, int(self.t[f"{name}.shift"])))
+        return Act(out.double(), self.exp(name))
 
     def gelu(self, x: Act) -> Act:
-        index = (x.v - ACT_MIN).reshape(-1)
-        return Act(self._long(f"gelu.{x.f}").index_select(0, index).view(x.v.shape), x.f)
+        index = (x.v - ACT_MIN).long().reshape(-1)
+        return Act(self._table(f"gelu.{x.f}").index_select(0, index).view(x.v.shape), x.f)
 
-    def _long(self, key: str) -> torch.Tensor:
+    def _table(self, key: str) -> torch.Tensor:
         got = self._cache.get(key)
         if got is None:
-            got = self._cache[key] = (self.t[key].long(),)
+            got = self._cache[key] = (self.t[key].double(),)
         return got[0]
 
     def mul(self, site: str, a: Act, b: Act) -> Act:
         f = self.exp(site)
-        return Act(_clamp(rshift_round(a.v * b.v, a.f + b.f - f)), f)
+        return Act(_round_scaled(a.v * b.v, a.f + b.f - f), f)
 
     def rescale(self, site: str, x: Act) -> Act:
         f = self.exp(site)
-        return Act(_clamp(rshift_round(x.v, x.f - f)), f)
+        if f == x.f:
+            return Act(x.v, f)  # already 16-bit
+        return Act(_round_scaled(x.v.clone(), x.f - f), f)
 
     def add(self, site: str, x: Act, r: Act) -> Act:
-        return Act(_clamp(self.rescale(site, x).v + r.v), r.f)
+        f = self.exp(site)
+        if f == x.f:
+            return Act(_clamp(x.v + r.v), r.f)
+        return Act(_clamp(_round_scaled(x.v.clone(), x.f - f).add_(r.v)), r.f)
+
+
+def _round_scaled(v: torch.Tensor, k: int) -> torch.Tensor:
+    """clamp16(rshift_round(v, k)) of integers |v| <= 2**30 in float64, in place.
+
+    Multiplying by 2**-k is exact; adding 1/2 is exact for k <= 53 and, beyond, only
+    rounds a value that lies within 2**-23 of 1/2 and floors to 0 either way; a product
+    too large to be exact saturates either way.
+    """
+    v.mul_(2.0**-k)
+    if k > 0:
+        v.add_(0.5).floor_()
+    return _clamp(v)
 
 
 # --------------------------------------------------------------------------- float ops
@@ -512,7 +603,7 @@ class IntegerEntropy:
         """h_s's input from the z symbols (1, C, h, w): sym * 2**f_z + median, 16-bit."""
         v = z_sym.long().clamp(-SYMBOL_CLAMP, SYMBOL_CLAMP) << self.f_z
         v = _clamp(v + self.median.view(1, -1, 1, 1))
-        return Act(v.permute(0, 2, 3, 1), self.f_z)
+        return Act(v.permute(0, 2, 3, 1).double(), self.f_z)
 
     def coded_and_tables(
         self, mask: torch.Tensor, scale: torch.Tensor
@@ -552,21 +643,38 @@ class IntegerEntropy:
     ) -> tuple[torch.Tensor, bytes]:
         ops, cfg = self.ops, self.cfg
         digest = hashlib.sha256()
-        ctx = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)
-        ctx = Act(ctx.v.permute(0, 3, 1, 2), ctx.f)  # NCHW for the masks
-        masks = step_masks(cfg.latent_channels, *y_size, ctx.v.device)
-        y_hat = torch.zeros(ctx.v.shape, dtype=torch.float64)
+        base = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)
+        ctx = base.v.permute(0, 3, 1, 2).long()  # NCHW for the masks
+        masks = step_masks(cfg.latent_channels, *y_size, ctx.device)
+        y_hat = torch.zeros(ctx.shape, dtype=torch.float64)
         for k in range(STEPS):
-            nhwc = Act(ctx.v.permute(0, 2, 3, 1), ctx.f)
-            mean, scale = (a.v.permute(0, 3, 1, 2) for a in context_params(ops, k, nhwc, cfg))
+            nhwc = Act(ctx.permute(0, 2, 3, 1).double(), base.f)
+            cells = POSITIONS[k]
+            mean, scale = (
+                _scatter(a.v, cells, ctx.shape) for a in context_params(ops, k, nhwc, cfg, cells)
+            )
             mask = masks[k]
             digest.update(mean[mask].to(torch.int16).numpy().astype("<i2").tobytes())
             digest.update(scale[mask].to(torch.int16).numpy().astype("<i2").tobytes())
             sym = code_step(k, mask, mean, scale)
             coded_int = _clamp((sym.clamp(-SYMBOL_CLAMP, SYMBOL_CLAMP) << self.f_ctx) + mean)
-            ctx = Act(torch.where(mask, coded_int, ctx.v), ctx.f)
+            ctx = torch.where(mask, coded_int, ctx)
             y_hat = torch.where(mask, sym.double() + self.mean_real(mean), y_hat)
         return y_hat.float(), digest.digest()
+
+
+def _scatter(sel: torch.Tensor, cells: tuple[int, ...], shape: torch.Size) -> torch.Tensor:
+    """(groups, cell pixels, group channels) from ``linear_cells`` into (1, M, h, w) int64.
+
+    Channel group g lands at its cell cells[g]; every other position stays 0 (unused).
+    """
+    _, m, h, w = shape
+    per_group = m // len(cells)
+    out = torch.zeros(shape, dtype=torch.int64)
+    for g, c in enumerate(cells):
+        part = sel[g].t().reshape(per_group, h // 2, w // 2)
+        out[0, g * per_group : (g + 1) * per_group, c // 2 :: 2, c % 2 :: 2] = part
+    return out
 
 
 # --------------------------------------------------------------------------- conversion
