@@ -171,27 +171,47 @@ def _depthwise_sum(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
     return out.permute(0, 2, 3, 1)
 
 
-def _depthwise_split(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The depthwise sums without bias, exactly, from two float32 convolutions (float64 out).
+def _depthwise_split(v: torch.Tensor, digits: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The depthwise sums without bias, exactly, from float32 convolutions (float64 out).
 
-    v (integers in float64) = 256 * hi + lo with hi in [-128, 127] and lo in [0, 255];
-    with |q| * 255 * taps below 2**24 (``split_exact``) every product and partial sum of
-    both halves is an integer float32 holds exactly, and float32 convolutions run several
-    times faster than float64 ones.
+    v (NHWC integers in float64) = 256 * hi + lo with hi in [-128, 127] and lo in
+    [0, 255], both made in float32 (exactly) and convolved in one batch as channels-last
+    views with each of the kernel's digits (``kernel_digits``: the kernel itself, or its
+    high and low bytes). Every product and partial sum is then an integer below 2**24,
+    which float32 holds exactly in any order; the parts are recombined in float64.
     """
-    kh, kw = weight.shape[1:]
     n = v.shape[0]
-    hi = torch.floor(v * (1 / 256))
-    halves = torch.cat((hi, v - hi * 256)).permute(0, 3, 1, 2).float().contiguous()
-    out = F.conv2d(halves, weight[:, None], padding=(kh // 2, kw // 2), groups=len(weight))
-    out = out.permute(0, 2, 3, 1).double()
-    return out[:n].mul_(256).add_(out[n:])
+    kh, kw = digits[0].shape[2:]
+    v32 = v.float()
+    halves = torch.empty((2 * n, *v.shape[1:]), dtype=torch.float32)
+    torch.mul(v32, 1 / 256, out=halves[:n]).floor_()
+    torch.sub(v32, halves[:n], alpha=256, out=halves[n:])
+    outs = [
+        F.conv2d(halves.permute(0, 3, 1, 2), k, padding=(kh // 2, kw // 2), groups=len(k))
+        .permute(0, 2, 3, 1)
+        .double()
+        for k in digits
+    ]
+    acc = outs[0][:n].mul_(256).add_(outs[0][n:])  # (256 hi + lo) * q, or * q_hi
+    if len(outs) == 2:  # q = 256 q_hi + q_lo
+        acc.mul_(256).add_(outs[1][:n].mul_(256)).add_(outs[1][n:])
+    return acc
 
 
-def split_exact(weight: torch.Tensor) -> bool:
-    """Whether ``_depthwise_split`` is exact for these integer depthwise weights (C, kh, kw)."""
+def kernel_digits(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """An integer depthwise kernel (C, kh, kw) as float32 digits for ``_depthwise_split``.
+
+    With |q| * 255 * taps below 2**24 the kernel itself; else (16-bit weights) its bytes
+    q = 256 hi + lo (hi in [-128, 127], lo in [0, 255]): products of two bytes stay below
+    2**16, so sums of up to 256 taps stay below 2**24. Each is (C, 1, kh, kw).
+    """
     taps = weight.shape[1] * weight.shape[2]
-    return int(weight.abs().max()) * 255 * taps < 1 << 24
+    if int(weight.abs().max()) * 255 * taps < 1 << 24:
+        return (weight.float()[:, None],)
+    if taps > 256:
+        raise ValueError(f"depthwise kernel of {taps} taps: at most 256 run exactly")
+    hi = torch.floor(weight / 256)
+    return hi.float()[:, None], (weight - 256 * hi).float()[:, None]
 
 
 def _clamp(v: torch.Tensor) -> torch.Tensor:
@@ -303,7 +323,7 @@ class IntOps:
         if index is not None:
             scale = scale[index]
         if wide is None:
-            return _clamp(acc.mul_(scale).add_(0.5).floor_())
+            return torch.addcmul(_HALF, acc, scale, out=acc).floor_().clamp_(ACT_MIN, ACT_MAX)
         mult, shift = wide if index is None else (wide[0][index], wide[1][index])
         rounding = torch.ones_like(shift) << (shift - 1)
         return _clamp((acc.long() * mult + rounding) >> shift).double()
@@ -354,20 +374,15 @@ class IntOps:
 
     def depthwise(self, name: str, x: Act, site: str) -> Act:
         _, bias, *_ = self._layer(name)
-        kernel = self._kernel(name)
-        if split_exact(kernel):
-            acc = _depthwise_split(x.v, kernel.float()).add_(bias)
-        else:
-            acc = _depthwise_sum(x.v, kernel, bias)
+        acc = _depthwise_split(x.v, self._digits(name)).add_(bias)
         return Act(self._requant(acc, name), self.exp(site))
 
-    def _kernel(self, name: str) -> torch.Tensor:
-        """A depthwise layer's (C, kh, kw) integer kernel in float64."""
-        key = f"{name}|kernel"
+    def _digits(self, name: str) -> tuple[torch.Tensor, ...]:
+        key = f"{name}|digits"
         got = self._cache.get(key)
         if got is None:
-            got = self._cache[key] = (self.t[f"{name}.weight"].double(),)
-        return got[0]
+            got = self._cache[key] = kernel_digits(self.t[f"{name}.weight"].double())
+        return got
 
     def layernorm(self, name: str, x: Act) -> Act:
         v = x.v.long()
@@ -384,7 +399,7 @@ class IntOps:
         return Act(out.double(), self.exp(name))
 
     def gelu(self, x: Act) -> Act:
-        index = (x.v - ACT_MIN).long().reshape(-1)
+        index = x.v.long().sub_(ACT_MIN).reshape(-1)
         return Act(self._table(f"gelu.{x.f}").index_select(0, index).view(x.v.shape), x.f)
 
     def _table(self, key: str) -> torch.Tensor:
@@ -395,32 +410,32 @@ class IntOps:
 
     def mul(self, site: str, a: Act, b: Act) -> Act:
         f = self.exp(site)
-        return Act(_round_scaled(a.v * b.v, a.f + b.f - f), f)
+        k = a.f + b.f - f
+        if k > 0:  # 1/2 + a * b * 2**-k in one pass: products below 2**31, all exact
+            out = torch.addcmul(_HALF, a.v, b.v, value=2.0**-k).floor_()
+        else:
+            out = (a.v * b.v).mul_(2.0**-k)
+        return Act(out.clamp_(ACT_MIN, ACT_MAX), f)
 
     def rescale(self, site: str, x: Act) -> Act:
         f = self.exp(site)
-        if f == x.f:
+        k = x.f - f
+        if k == 0:
             return Act(x.v, f)  # already 16-bit
-        return Act(_round_scaled(x.v.clone(), x.f - f), f)
+        if k > 0:  # smaller: no saturation
+            return Act(torch.add(_HALF, x.v, alpha=2.0**-k).floor_(), f)
+        return Act((x.v * 2.0**-k).clamp_(ACT_MIN, ACT_MAX), f)
 
     def add(self, site: str, x: Act, r: Act) -> Act:
-        f = self.exp(site)
-        if f == x.f:
-            return Act(_clamp(x.v + r.v), r.f)
-        return Act(_clamp(_round_scaled(x.v.clone(), x.f - f).add_(r.v)), r.f)
+        k = x.f - self.exp(site)
+        if k > 0:  # rescale(x) + r = floor(x * 2**-k + 1/2 + r): r is an integer
+            out = torch.add(r.v, x.v, alpha=2.0**-k).add_(0.5).floor_()
+        else:
+            out = self.rescale(site, x).v + r.v
+        return Act(out.clamp_(ACT_MIN, ACT_MAX), r.f)
 
 
-def _round_scaled(v: torch.Tensor, k: int) -> torch.Tensor:
-    """clamp16(rshift_round(v, k)) of integers |v| <= 2**30 in float64, in place.
-
-    Multiplying by 2**-k is exact; adding 1/2 is exact for k <= 53 and, beyond, only
-    rounds a value that lies within 2**-23 of 1/2 and floors to 0 either way; a product
-    too large to be exact saturates either way.
-    """
-    v.mul_(2.0**-k)
-    if k > 0:
-        v.add_(0.5).floor_()
-    return _clamp(v)
+_HALF = torch.tensor(0.5, dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------- float ops
@@ -605,11 +620,9 @@ class IntegerEntropy:
         v = _clamp(v + self.median.view(1, -1, 1, 1))
         return Act(v.permute(0, 2, 3, 1).double(), self.f_z)
 
-    def coded_and_tables(
-        self, mask: torch.Tensor, scale: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Which positions of the step are coded, and their table indices (0..63)."""
-        coded = mask & (scale >= self.thresholds[0])
+    def coded_and_tables(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which of a step's positions are coded, and their table indices (0..63)."""
+        coded = scale >= self.thresholds[0]
         idx = torch.searchsorted(self.thresholds[1:], scale[coded], right=True)
         return coded, idx
 
@@ -620,13 +633,15 @@ class IntegerEntropy:
         self,
         z_sym: torch.Tensor,
         y_size: tuple[int, int],
-        code_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        code_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, bytes]:
-        """h_s and the four steps; code_step(k, mask, mean, scale) -> symbols (NCHW int64).
+        """h_s and the four steps; returns y_hat (float32, sym + mean exactly) and the digest.
 
-        Returns y_hat (float32, sym + mean exactly) and the entropy digest. Runs on one
-        thread: its tensors are small, and on two cores more threads only add waiting
-        (measured 0.2 s on one thread, 0.5-1.0 s on two beside another busy process).
+        ``code_step(k, mean, scale)`` gets step k's integer means and scales at its
+        positions (int64, in C order of the (M, h, w) latent, as ``step_values`` takes
+        them from a tensor) and returns their symbols (0 where a position is not coded).
+        Runs on one thread: its tensors are small, and on two cores more threads only add
+        waiting (measured 0.2 s on one thread, 0.5-1.0 s on two beside another busy process).
         """
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -639,42 +654,50 @@ class IntegerEntropy:
         self,
         z_sym: torch.Tensor,
         y_size: tuple[int, int],
-        code_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        code_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, bytes]:
         ops, cfg = self.ops, self.cfg
         digest = hashlib.sha256()
-        base = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)
-        ctx = base.v.permute(0, 3, 1, 2).long()  # NCHW for the masks
-        masks = step_masks(cfg.latent_channels, *y_size, ctx.device)
-        y_hat = torch.zeros(ctx.shape, dtype=torch.float64)
+        ctx = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)  # NHWC
+        y_hat = torch.zeros(1, cfg.latent_channels, *y_size, dtype=torch.float64)
         for k in range(STEPS):
-            nhwc = Act(ctx.permute(0, 2, 3, 1).double(), base.f)
             cells = POSITIONS[k]
             mean, scale = (
-                _scatter(a.v, cells, ctx.shape) for a in context_params(ops, k, nhwc, cfg, cells)
+                a.v.transpose(1, 2).reshape(-1).long()
+                for a in context_params(ops, k, ctx, cfg, cells)
             )
-            mask = masks[k]
-            digest.update(mean[mask].to(torch.int16).numpy().astype("<i2").tobytes())
-            digest.update(scale[mask].to(torch.int16).numpy().astype("<i2").tobytes())
-            sym = code_step(k, mask, mean, scale)
-            coded_int = _clamp((sym.clamp(-SYMBOL_CLAMP, SYMBOL_CLAMP) << self.f_ctx) + mean)
-            ctx = torch.where(mask, coded_int, ctx)
-            y_hat = torch.where(mask, sym.double() + self.mean_real(mean), y_hat)
+            digest.update(mean.to(torch.int16).numpy().astype("<i2").tobytes())
+            digest.update(scale.to(torch.int16).numpy().astype("<i2").tobytes())
+            sym = code_step(k, mean, scale)
+            coded = _clamp((sym.clamp(-SYMBOL_CLAMP, SYMBOL_CLAMP) << self.f_ctx) + mean)
+            _set_step(ctx.v.permute(0, 3, 1, 2), cells, coded)
+            _set_step(y_hat, cells, sym.double() + self.mean_real(mean))
         return y_hat.float(), digest.digest()
 
 
-def _scatter(sel: torch.Tensor, cells: tuple[int, ...], shape: torch.Size) -> torch.Tensor:
-    """(groups, cell pixels, group channels) from ``linear_cells`` into (1, M, h, w) int64.
+def _step_parts(t: torch.Tensor, cells: tuple[int, ...]) -> list[tuple[int, torch.Tensor]]:
+    """Views of a (1, M, h, w) tensor at one step's positions: (group, its channels at its cell).
 
-    Channel group g lands at its cell cells[g]; every other position stays 0 (unused).
+    The step's positions in C order of (M, h, w) are these views flattened, in group order.
     """
-    _, m, h, w = shape
-    per_group = m // len(cells)
-    out = torch.zeros(shape, dtype=torch.int64)
-    for g, c in enumerate(cells):
-        part = sel[g].t().reshape(per_group, h // 2, w // 2)
-        out[0, g * per_group : (g + 1) * per_group, c // 2 :: 2, c % 2 :: 2] = part
-    return out
+    per_group = t.shape[1] // len(cells)
+    return [
+        (g, t[0, g * per_group : (g + 1) * per_group, c // 2 :: 2, c % 2 :: 2])
+        for g, c in enumerate(cells)
+    ]
+
+
+def _set_step(t: torch.Tensor, cells: tuple[int, ...], values: torch.Tensor) -> None:
+    """Write a step's values (1-D, C order) into a (1, M, h, w) tensor, in place."""
+    parts = _step_parts(t, cells)
+    values = values.view(len(parts), *parts[0][1].shape)
+    for g, part in parts:
+        part.copy_(values[g])
+
+
+def step_values(t: torch.Tensor, step: int) -> torch.Tensor:
+    """A (1, M, h, w) tensor's values at step ``step``'s positions, in C order (1-D)."""
+    return torch.cat([part.reshape(-1) for _, part in _step_parts(t, POSITIONS[step])])
 
 
 # --------------------------------------------------------------------------- conversion

@@ -28,7 +28,7 @@ from .entropy_models import (
     scale_indexes,
     table_scales,
 )
-from .intnet import IntegerEntropy
+from .intnet import IntegerEntropy, step_values
 from .tables import MAX_BINS, FreqTables
 from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
 
@@ -204,10 +204,10 @@ class AEIC(nn.Module):
         streams, bits = [enc.finish()], [enc.bits]
         y64 = y.double()
 
-        def code_step(k: int, mask: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
-            coded, tables = ie.coded_and_tables(mask, scale)
-            sym = torch.round(y64 - ie.mean_real(mean)).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
-            sym = torch.where(coded, sym, 0.0).long()
+        def code_step(k: int, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            coded, tables = ie.coded_and_tables(scale)
+            sym = torch.round(step_values(y64, k) - ie.mean_real(mean))
+            sym = torch.where(coded, sym.clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT), 0.0).long()
             enc = StreamEncoder()
             enc.encode(sym[coded].numpy(), tables.numpy(), y_tables)
             streams.append(enc.finish())
@@ -256,8 +256,8 @@ class AEIC(nn.Module):
         z_sym = StreamDecoder(streams[0]).decode(_z_ids((1, c, zh, zw)), z_tables)
         z = torch.from_numpy(z_sym).view(1, c, zh, zw)
 
-        def code_step(k: int, mask: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
-            coded, tables = ie.coded_and_tables(mask, scale)
+        def code_step(k: int, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            coded, tables = ie.coded_and_tables(scale)
             values = StreamDecoder(streams[k + 1]).decode(tables.numpy(), y_tables)
             sym = torch.zeros(mean.shape, dtype=torch.int64)
             sym[coded] = torch.from_numpy(values)
