@@ -19,6 +19,7 @@ from .imageio import DEFAULT_MAX_PIXELS
 if TYPE_CHECKING:
     import torch
 
+    from .config import ModelConfig
     from .model import AEIC
     from .realism import RealismDecoder
     from .tiling import Progress
@@ -110,10 +111,10 @@ def encode_image(
     ``integer`` picks the entropy path: the integer one (format version 3) whenever the
     model has it, unless False; ``device`` runs the analysis networks there.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
-    from .colour import DEFAULT_GRID, grid_levels, source_stats
-    from .grid_coder import encode_grid
     from .model import PAD
     from .transforms import from_pixels, pad_reflect
 
@@ -126,23 +127,37 @@ def encode_image(
     pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
     x = pad_reflect(from_pixels(x), PAD)
-    result = model.compress(x, integer=integer, device=device)
     if colour_fix is None:
         colour_fix = h * w > model.cfg.colorfix_min_pixels
-    colour = source_stats(image) if colour_fix else None
     if colour_grid is None:
         colour_grid = bool(model.cfg.colour_grid)
-    grid = None
-    if colour_grid:
-        cfg = model.cfg
-        cell, step = (cfg.colour_grid, cfg.colour_grid_step) if cfg.colour_grid else DEFAULT_GRID
-        grid = ColourGrid(cell, step, encode_grid(grid_levels(image, cell, step), step))
+    y, z = model.analyse(x, device)
+    # The entropy path computes on one thread; the other measures the source's colours
+    # and range-codes each stream as its symbols come.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool.submit(_colour_info, image, model.cfg, colour_fix, colour_grid)
+        result = model.code(y, z, integer=integer, pool=pool)
+        colour, grid = side.result()
     digest = result.digest[:DIGEST_SIZE] if result.digest is not None else None
     model_id = model.identity if digest is None else model.integer_identity
     if model_id is None:
         raise BundleError("the model's integer path has no identity: load it from a bundle")
     f = AeicFile(w, h, bytes.fromhex(model_id), tuple(result.streams), colour, grid, digest)
     return EncodeResult(pack(f), result.stream_bits, result.y_hat, result.digest)
+
+
+def _colour_info(
+    image: np.ndarray, cfg: ModelConfig, colour_fix: bool, colour_grid: bool
+) -> tuple[tuple[int, ...] | None, ColourGrid | None]:
+    """The colour statistics and the coded colour grid a file carries (None: not sent)."""
+    from .colour import DEFAULT_GRID, grid_levels, source_stats
+    from .grid_coder import encode_grid
+
+    colour = source_stats(image) if colour_fix else None
+    if not colour_grid:
+        return colour, None
+    cell, step = (cfg.colour_grid, cfg.colour_grid_step) if cfg.colour_grid else DEFAULT_GRID
+    return colour, ColourGrid(cell, step, encode_grid(grid_levels(image, cell, step), step))
 
 
 def encode(

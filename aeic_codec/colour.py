@@ -10,6 +10,9 @@ travel as bytes coded by grid_coder.py, beside the container.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 
 from .grid_coder import grid_shape
@@ -31,9 +34,37 @@ def _mean_std(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def source_stats(img_uint8_hwc: np.ndarray) -> tuple[int, ...]:
-    """Six uint16 values: mean R, G, B then std R, G, B of the image in [0, 1]."""
+    """Six uint16 values: mean R, G, B then std R, G, B of the image in [0, 1].
+
+    The values are those of ``_float_stats`` (float64 sums over the pixels), found about
+    eight times faster from each channel's histogram: its mean and variance are exact
+    ratios of integers, and wherever float64 summation could round across a .5 boundary
+    (the exact value lies within its error bound, 65535 * pixels * 1e-15, of one),
+    ``_float_stats`` decides.
+    """
     if img_uint8_hwc.ndim != 3 or img_uint8_hwc.shape[-1] != 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {img_uint8_hwc.shape}")
+    pixels = img_uint8_hwc.reshape(-1, 3)
+    n = len(pixels)
+    margin = max(1e-3, LEVELS * n * 1e-15)
+    levels = np.arange(256, dtype=np.int64)
+    means, stds = [], []
+    for c in range(3):
+        hist = np.bincount(pixels[:, c], minlength=256).astype(np.int64)
+        s1, s2 = int(hist @ levels), int(hist @ (levels * levels))
+        mean = Fraction(257 * s1, n)  # the mean times 65535 (= 255 * 257)
+        var = Fraction(n * s2 - s1 * s1, 255 * 255 * n * max(n - 1, 1))
+        std = float(np.sqrt(float(var) + STD_EPS)) * LEVELS
+        for v in (float(mean - math.floor(mean)), std - math.floor(std)):
+            if abs(v - 0.5) < margin:
+                return _float_stats(img_uint8_hwc)
+        means.append(min(round(mean), LEVELS))
+        stds.append(min(round(std), LEVELS))
+    return (*means, *stds)
+
+
+def _float_stats(img_uint8_hwc: np.ndarray) -> tuple[int, ...]:
+    """``source_stats`` as defined: float64 mean and std of the pixels scaled to [0, 1]."""
     mean, std = _mean_std(img_uint8_hwc.astype(np.float64) / 255.0)
     values = np.clip(np.round(np.concatenate([mean, std]) * LEVELS), 0, LEVELS)
     return tuple(int(v) for v in values)

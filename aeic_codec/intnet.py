@@ -658,7 +658,8 @@ class IntegerEntropy:
     ) -> tuple[torch.Tensor, bytes]:
         ops, cfg = self.ops, self.cfg
         digest = hashlib.sha256()
-        ctx = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)  # NHWC
+        ctx = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)
+        ctx = Act(ctx.v.contiguous(), ctx.f)  # NHWC, written in place step by step
         y_hat = torch.zeros(1, cfg.latent_channels, *y_size, dtype=torch.float64)
         for k in range(STEPS):
             cells = POSITIONS[k]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aeic_codec import colour
 from aeic_codec.colour import apply_colour_fix, apply_grid, grid_levels, source_stats
 from aeic_codec.grid_coder import GridError, decode_grid, encode_grid, grid_shape
 from tests.conftest import make_image
@@ -32,6 +33,21 @@ def test_source_stats_of_flat_and_tiny_images() -> None:
     assert source_stats(flat[:1, :1]) == source_stats(flat)
     with pytest.raises(ValueError):
         source_stats(flat[..., 0])
+
+
+def test_source_stats_equal_float64_summation(monkeypatch) -> None:
+    """The histogram path gives what float64 sums give; values near a .5 go to those."""
+    reference = colour._float_stats
+    calls = []
+    monkeypatch.setattr(colour, "_float_stats", lambda img: calls.append(1) or reference(img))
+    rng = np.random.default_rng(3)
+    images = [make_image(150, 200, seed=s) for s in range(3)]
+    for _ in range(300):
+        h, w = rng.integers(1, 24, 2)
+        images.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    for img in images:
+        assert source_stats(img) == reference(img)
+    assert 0 < len(calls) < len(images) // 2  # both paths ran (ties come with few pixels)
 
 
 def test_colour_fix_takes_on_the_given_statistics() -> None:
