@@ -1,80 +1,116 @@
-"""Time aeic's encode work on a 1920x1088 image with a full-size random-weight AEIC-SE.
+"""Encode speed, side by side in one run: the shallow encoder against AVIF, integer against float.
 
-Prints seconds per image (best of N runs) of the float entropy path, split into the
-networks (g_a, h_a, h_s and the four context passes, timed alone) and the rest (entropy
-coding and bookkeeping: total minus networks), and of the integer entropy path (the model
-integerized in memory, calibrated on the same random image). Model construction is
-excluded.
+Two comparisons, each timed in alternating rounds (one call of each per round, so that a
+change in the machine's load hits both alike), reporting the median and the best round:
 
-Usage: python -m bench.encode_speed [--runs 3] [--size 1088x1920] [--variant AEIC-SE]
+- ``small``: ``api.encode_image`` of kodim23 (768x512) with a shipped bundle (default
+  ``aeic-small-l12``; integer entropy path, file bytes included) against Pillow's AVIF
+  encoder at quality 0 on the same image, and their ratio (issue 19's target: at most 2.5).
+- ``se``: a full-size AEIC-SE with random weights, integerized in memory after the fact as
+  the importer does for a published checkpoint (16-bit integer weights, calibrated on a
+  768x512 crop of the timing image), encoding a 1920x1088 image through both entropy paths
+  (``AEIC.compress``; the networks g_a and h_a are the same for both).
+
+Usage: python -m bench.encode_speed [--only small|se] [--rounds 5] [--threads 2]
+                                    [--bundle weights/aeic-small-l12.safetensors]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from aeic_codec.config import PRESETS
-from aeic_codec.intnet import IntegerEntropy, integerize
-from aeic_codec.model import AEIC
 from bench._machine import machine_line
 
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = ROOT / "docs" / "kodim23.png"
 
-def _best(fn, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
+
+def side_by_side(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each function: a warm-up round, then ``rounds`` alternating rounds."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
-@torch.no_grad()
-def measure(variant: str, height: int, width: int, runs: int) -> dict[str, float]:
-    """Whole compress, and the networks alone (g_a, h_a, h_s, 4 context passes)."""
+def small(rounds: int, bundle: Path) -> dict[str, list[float]]:
+    """A bundle's api.encode_image against Pillow AVIF q0, on kodim23."""
+    from aeic_codec import api
+    from aeic_codec.bundle import load_bundle
+
+    model = load_bundle(bundle, decoder=False)
+    image = np.asarray(Image.open(IMAGE).convert("RGB"))
+    pil = Image.fromarray(image)
+    return side_by_side(
+        {
+            "AVIF q0 (Pillow)": lambda: pil.save(io.BytesIO(), "AVIF", quality=0),
+            f"{bundle.stem} api.encode_image": lambda: api.encode_image(image, model),
+        },
+        rounds,
+    )
+
+
+def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, list[float]]:
+    """AEIC-SE with random weights: AEIC.compress through the integer and the float path."""
+    from aeic_codec.config import PRESETS
+    from aeic_codec.integerize import padded
+    from aeic_codec.intnet import IntegerEntropy, integerize
+    from aeic_codec.model import AEIC
+
     torch.manual_seed(0)
-    model = AEIC(PRESETS[variant], decoder=False).eval()
+    model = AEIC(PRESETS["AEIC-SE"], decoder=False).eval()
     model.build_tables()
-    x = torch.rand(1, 3, height, width) * 2 - 1
+    photo = np.asarray(Image.open(IMAGE).convert("RGB"))
+    model.integer = IntegerEntropy(model.cfg, integerize(model, [padded(photo)]))
+    big = np.asarray(Image.fromarray(photo).resize((width, height), Image.BICUBIC))
+    x = padded(big)
+    return side_by_side(
+        {
+            "AEIC-SE integer path": lambda: model.compress(x, integer=True),
+            "AEIC-SE float path": lambda: model.compress(x, integer=False),
+        },
+        rounds,
+    )
 
-    def networks() -> None:
-        y = model.g_a(x)
-        base = model.h_s(model.h_a(y), y.shape[-2:])
-        for k in range(4):
-            model.context.params(k, base)
 
-    total = _best(lambda: model.compress(x, integer=False), runs)
-    nets = _best(networks, runs)
-    size = sum(map(len, model.compress(x, integer=False).streams))
-    model.integer = IntegerEntropy(model.cfg, integerize(model, [x]))
-    integer = _best(lambda: model.compress(x, integer=True), runs)
-    return {
-        "total": total,
-        "networks": nets,
-        "coding": max(total - nets, 0.0),
-        "bytes": size,
-        "integer": integer,
-    }
+def report(title: str, times: dict[str, list[float]]) -> None:
+    print(title)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    first = next(iter(medians.values()))
+    for name, t in times.items():
+        print(
+            f"  {name:34s} median {medians[name]:8.3f} s  best {min(t):8.3f} s  "
+            f"({medians[name] / first:.2f}x the first)"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--size", default="1088x1920", help="HxW")
-    p.add_argument("--variant", default="AEIC-SE", choices=sorted(PRESETS))
+    p.add_argument("--only", choices=("small", "se"))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bundle", type=Path, default=ROOT / "weights" / "aeic-small-l12.safetensors")
     args = p.parse_args()
-    h, w = (int(v) for v in args.size.split("x"))
+    torch.set_num_threads(args.threads)
     print(machine_line())
-    r = measure(args.variant, h, w, args.runs)
-    print(
-        f"{args.variant} {w}x{h}: {r['total']:.3f} s per image "
-        f"on the float entropy path (networks {r['networks']:.3f} s, entropy coding "
-        f"{r['coding']:.3f} s), {r['bytes']} payload bytes with random weights; "
-        f"{r['integer']:.3f} s on the integer path"
-    )
+    if args.only in (None, "small"):
+        report("kodim23 768x512, side by side:", small(args.rounds, args.bundle))
+    if args.only in (None, "se"):
+        report("AEIC-SE (random weights) 1920x1088, side by side:", aeic_se(args.rounds))
 
 
 if __name__ == "__main__":
