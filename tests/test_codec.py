@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from aeic_codec import api
+from aeic_codec import api, blocks
 from aeic_codec.bundle import load_bundle
 from aeic_codec.colour import grid_levels
 from aeic_codec.complexity import (
@@ -209,6 +209,26 @@ def test_pad_reflect_matches_torch_reflect_when_legal():
     assert torch.equal(pad_reflect(x, 64), ref)
     tiny = pad_reflect(torch.ones(1, 3, 1, 1), 64)
     assert tiny.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_g_a_in_bands_computes_the_same_transform(monkeypatch, threads):
+    """Inference runs g_a's StarBlocks a band of rows at a time; training runs them whole."""
+    monkeypatch.setattr(blocks, "BAND_PIXELS", 40)  # several bands per level
+    torch.manual_seed(2)
+    g_a = AEIC(tiny_config(), decoder=False).g_a.eval()
+    x = _image_tensor(128, 192)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            banded = g_a(x)
+            whole = g_a.analysis_transform(x)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    assert banded.shape == whole.shape == (1, 16, 4, 6)
+    torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_tiny_config_runs_everything_through_the_same_code():
