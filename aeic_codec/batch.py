@@ -154,6 +154,7 @@ class EncodeWork(_Work):
     colour_grid: bool | None = None
     integer: bool | None = None
     device: str = "cpu"
+    verify: bool = False
     debug: bool = False
     _model: Any = None
 
@@ -172,6 +173,7 @@ class EncodeWork(_Work):
             colour_grid=self.colour_grid,
             integer=self.integer,
             device=self.device,
+            verify=self.verify,
         )
         outcome.data = result.data
         h, w = image.shape[:2]

@@ -11,8 +11,6 @@ without renaming: ``dwconv``/``depthconv``, ``norm``, ``fc1``, ``fc2``, ``conv``
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,41 +116,24 @@ class StarBlock(nn.Module):
         a, b = pointwise(self.fc1, self.norm(to_nhwc(self.dwconv(x)))).chunk(2, dim=-1)
         return x + to_nchw(pointwise(self.fc2, F.gelu(a) * b))
 
-    def forward_banded(self, x: torch.Tensor, pool: Executor | None = None) -> torch.Tensor:
+    def forward_banded(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` for inference on one NCHW image, its pointwise half in bands of rows.
 
         Everything after the depthwise mixing works per pixel, so bands of about
         BAND_PIXELS pixels keep the 4x-wide intermediate in cache instead of streaming it
         through memory several times: about 3x faster at g_a's full-resolution levels,
-        and on the reference machine the same values bit for bit. With ``pool`` the bands
-        are shared among its threads, each computing on one (tiny operations parallelise
-        poorly inside, and a thread that waits for a busy core stalls all of them).
+        and on the reference machine the same values bit for bit.
         """
         mixed = self.dwconv(x)
         out = torch.empty_like(x)
         rows = max(1, BAND_PIXELS // x.shape[-1])
         w1, w2 = self.fc1.weight.flatten(1), self.fc2.weight.flatten(1)
-
-        def band(r: int) -> None:
-            with torch.no_grad():  # grad mode is per thread
-                part = slice(r, r + rows)
-                t = self.norm(mixed[0, :, part].permute(1, 2, 0))
-                a, b = F.linear(t, w1, self.fc1.bias).chunk(2, dim=-1)
-                res = F.linear(F.gelu(a).mul_(b), w2, self.fc2.bias)
-                torch.add(x[0, :, part], res.permute(2, 0, 1), out=out[0, :, part])
-
-        starts = range(0, x.shape[-2], rows)
-        if pool is None:
-            for r in starts:
-                band(r)
-            return out
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            for _ in pool.map(band, starts):
-                pass
-        finally:
-            torch.set_num_threads(threads)
+        for r in range(0, x.shape[-2], rows):
+            band = slice(r, r + rows)
+            t = self.norm(mixed[0, :, band].permute(1, 2, 0))
+            a, b = F.linear(t, w1, self.fc1.bias).chunk(2, dim=-1)
+            res = F.linear(F.gelu(a).mul_(b), w2, self.fc2.bias)
+            torch.add(x[0, :, band], res.permute(2, 0, 1), out=out[0, :, band])
         return out
 
 

@@ -334,6 +334,12 @@ LAMBDA_HELP = (
     help="Use the float entropy path (format version 1/2, as the published pipeline) even "
     "when the bundle has the integer one; such files decode reliably only on a like machine.",
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Decode each file's latents again before writing it and fail unless they (and the "
+    "entropy digest) are the encoder's; about half the encode time again.",
+)
 def encode(
     inputs: tuple[str, ...],
     output: str | None,
@@ -350,6 +356,7 @@ def encode(
     colour_grid: bool | None,
     device: str,
     float_entropy: bool,
+    verify: bool,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
     from . import api
@@ -372,6 +379,7 @@ def encode(
             colour_grid,
             integer=False if float_entropy else None,
             device=device,
+            verify=verify,
         )
         _run(work, todo, jobs, report, debug)
     report.finish("encoded")

@@ -8,7 +8,7 @@ value itself as two 16-bit uniform symbols (zigzag).
 
 Termination: constriction emits whole 32-bit words. ``finish`` then shortens the tail
 to the fewest bytes that still decode to the same symbols (the decoder reads missing
-bytes as zeros), checked by actually decoding, which saves up to 7 bytes per stream.
+bytes as zeros), which saves up to 7 bytes per stream.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class _Models:
     def __init__(self, tables: FreqTables) -> None:
         self.tables = tables
         self._cache: dict[int, object] = {}
+        self.costs = PRECISION - np.log2(tables.freqs.astype(np.float64))  # bits per bin
 
     def get(self, i: int) -> object:
         model = self._cache.get(i)
@@ -80,7 +81,6 @@ class StreamEncoder:
 
     def __init__(self) -> None:
         self._coder = constriction.stream.queue.RangeEncoder()
-        self._calls: list[tuple[FreqTables, np.ndarray, Groups, np.ndarray]] = []
         self.bits = 0.0  # ideal code length under the tables: -log2(freq / 2**16), 32 per escape
 
     def encode(self, values: np.ndarray, table_ids: np.ndarray, tables: FreqTables) -> None:
@@ -89,36 +89,42 @@ class StreamEncoder:
         if np.abs(values).max(initial=0) > ESCAPE_LIMIT:
             raise ValueError("symbol magnitude beyond the escape range")
         models = models_for(tables)
-        groups = _groups(table_ids)
-        for t, idx in groups:
-            n = tables.starts[t + 1] - tables.starts[t]
-            bins = values[idx] - tables.lows[t]
-            escaped = (bins < 0) | (bins >= n - 1)
-            bins[escaped] = n - 1
-            self._coder.encode(bins.astype(np.int32), models.get(t))
-            freqs = tables.table(t)[bins].astype(np.float64)
-            self.bits += float(np.sum(PRECISION - np.log2(freqs))) + 32 * int(escaped.sum())
-            if escaped.any():
-                z = _zigzag(values[idx][escaped])
+        sizes = np.diff(tables.starts)[table_ids]
+        bins = values - tables.lows[table_ids]
+        escaped = (bins < 0) | (bins >= sizes - 1)
+        bins[escaped] = sizes[escaped] - 1
+        costs = models.costs[tables.starts[table_ids] + bins]
+        self.bits += float(costs.sum()) + 32 * int(escaped.sum())
+        bins32 = bins.astype(np.int32)
+        for t, idx in _groups(table_ids):
+            self._coder.encode(bins32[idx], models.get(t))
+            out = escaped[idx]
+            if out.any():
+                z = _zigzag(values[idx][out])
                 pairs = np.stack((z >> 16, z & 0xFFFF), axis=1).ravel().astype(np.int32)
                 self._coder.encode(pairs, _UNIFORM)
-        self._calls.append((tables, table_ids, groups, values))
 
     def finish(self) -> bytes:
         """The stream's bytes, its tail cut to the fewest that decode to the same symbols.
 
-        A range decoder reproduces every symbol exactly when the number its bytes spell
-        (zeros read past the end) lies in the encoder's final interval, so each candidate
-        is tested by two integer comparisons instead of a decode. The result is then
-        decoded once, as a check; should that ever fail, the search repeats with decodes.
+        Cuts of 1 to 8 bytes are tried in turn (each also + 1 in its last byte), stopping
+        at the first that fails; trailing zero bytes of one that passes drop. A range
+        decoder reproduces every symbol exactly when the number its bytes spell (zeros
+        read past the end) lies in the encoder's final interval, so a candidate is tested
+        by two integer comparisons instead of a decode.
         """
         words = self._coder.get_compressed()
         data = words.astype(">u4").tobytes().rstrip(b"\0")
         if not data:
             return data
-        best = _shortest(data, self._final_interval(words))
-        if not self._decodes(best):
-            best = _shortest(data, self._decodes)
+        inside = self._final_interval(words)
+        best = data
+        for cut in range(1, min(8, len(data)) + 1):
+            head = data[: len(data) - cut]
+            found = next((c for c in (head, _increment(head)) if c is not None and inside(c)), None)
+            if found is None:
+                break
+            best = found.rstrip(b"\0")
         return best
 
     def _final_interval(self, words: np.ndarray) -> Callable[[bytes], bool]:
@@ -137,36 +143,6 @@ class StreamEncoder:
 
         low = ((number(words.astype(">u4").tobytes()) - lower) >> 64 << 64) + lower
         return lambda data: low <= number(data) < low + size
-
-    def _decodes(self, data: bytes) -> bool:
-        try:
-            dec = StreamDecoder(data)
-            return all(
-                np.array_equal(dec.decode(ids, tables, groups), vals)
-                for tables, ids, groups, vals in self._calls
-            )
-        except CodingError:
-            return False
-
-
-def _shortest(data: bytes, valid: Callable[[bytes], bool]) -> bytes:
-    """The shortest cut of data's tail (or cut + 1 in its last byte) that is still valid.
-
-    Cuts 1 to 8 bytes are tried in turn and the search stops at the first that neither
-    the cut nor the cut + 1 passes; trailing zero bytes of a passing candidate drop.
-    """
-    best = data
-    for cut in range(1, min(8, len(data)) + 1):
-        head = data[: len(data) - cut]
-        found = None
-        for cand in (head, _increment(head)):
-            if cand is not None and valid(cand):
-                found = cand
-                break
-        if found is None:
-            break
-        best = found.rstrip(b"\0")
-    return best
 
 
 def _increment(head: bytes) -> bytes | None:
@@ -187,15 +163,13 @@ class StreamDecoder:
         words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
         self._coder = constriction.stream.queue.RangeDecoder(words)
 
-    def decode(
-        self, table_ids: np.ndarray, tables: FreqTables, groups: Groups | None = None
-    ) -> np.ndarray:
-        """The values of one ``encode`` call; ``groups`` (of these ids) may be passed in."""
+    def decode(self, table_ids: np.ndarray, tables: FreqTables) -> np.ndarray:
+        """The values of one ``encode`` call."""
         table_ids = np.asarray(table_ids, dtype=np.int64).ravel()
         out = np.zeros(table_ids.size, dtype=np.int64)
         models = models_for(tables)
         try:
-            for t, idx in groups if groups is not None else _groups(table_ids):
+            for t, idx in _groups(table_ids):
                 n = tables.starts[t + 1] - tables.starts[t]
                 bins = np.asarray(self._coder.decode(models.get(t), idx.size), dtype=np.int64)
                 vals = bins + tables.lows[t]

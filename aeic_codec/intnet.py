@@ -640,22 +640,8 @@ class IntegerEntropy:
         ``code_step(k, mean, scale)`` gets step k's integer means and scales at its
         positions (int64, in C order of the (M, h, w) latent, as ``step_values`` takes
         them from a tensor) and returns their symbols (0 where a position is not coded).
-        Runs on one thread: its tensors are small, and on two cores more threads only add
-        waiting (measured 0.2 s on one thread, 0.5-1.0 s on two beside another busy process).
+        Every operation's result is exact, so any number of threads gives the same values.
         """
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._run(z_sym, y_size, code_step)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _run(
-        self,
-        z_sym: torch.Tensor,
-        y_size: tuple[int, int],
-        code_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, bytes]:
         ops, cfg = self.ops, self.cfg
         digest = hashlib.sha256()
         ctx = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)

@@ -11,7 +11,6 @@ and 2, which the published checkpoints were trained with; see docs/format.md.
 from __future__ import annotations
 
 import math
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,26 +166,10 @@ class AEIC(nn.Module):
         parameters are computed on the CPU: the integer path gives the same integers
         anywhere, and it is cheap next to g_a.
         """
-        y, z = self.analyse(x, device)
-        return self.code(y, z, integer)
-
-    @torch.no_grad()
-    def code(
-        self,
-        y: torch.Tensor,
-        z: torch.Tensor,
-        integer: bool | None = None,
-        pool: Executor | None = None,
-    ) -> Compressed:
-        """The five streams of ``analyse``'s y and z (see ``compress``).
-
-        With ``pool`` (an executor with one worker) the integer path range-codes each
-        stream there while it computes the next step's parameters: the coder needs
-        only the symbols, and the networks run on one thread.
-        """
         z_tables, y_tables = self._tables()
+        y, z = self.analyse(x, device)
         if self.integer is not None if integer is None else integer:
-            return self._compress_integer(y, z, pool)
+            return self._compress_integer(y, z)
         eb = self.entropy_bottleneck
         med = eb.medians.detach().view(1, -1, 1, 1)
         z_sym = torch.round(z - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
@@ -211,32 +194,28 @@ class AEIC(nn.Module):
         y_hat = self.context.run(base, code_step)
         return Compressed(streams, y_hat, bits)
 
-    def _compress_integer(
-        self, y: torch.Tensor, z: torch.Tensor, pool: Executor | None
-    ) -> Compressed:
-        ie = self._integer()
+    def _compress_integer(self, y: torch.Tensor, z: torch.Tensor) -> Compressed:
         z_tables, y_tables = self._tables()
-        coded: list = []  # (bytes, bits) per stream, or futures of them
-
-        def code(values: torch.Tensor, ids: np.ndarray, tables: FreqTables) -> None:
-            args = (values.numpy().ravel(), ids, tables)
-            coded.append(_code_stream(*args) if pool is None else pool.submit(_code_stream, *args))
-
+        ie = self._integer()
         med = ie.median_real().view(1, -1, 1, 1)
         z_sym = torch.round(z.double() - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT).long()
-        code(z_sym, _z_ids(z_sym.shape), z_tables)
+        enc = StreamEncoder()
+        enc.encode(z_sym.numpy().ravel(), _z_ids(z_sym.shape), z_tables)
+        streams, bits = [enc.finish()], [enc.bits]
         y64 = y.double()
 
         def code_step(k: int, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            mask, tables = ie.coded_and_tables(scale)
+            coded, tables = ie.coded_and_tables(scale)
             sym = torch.round(step_values(y64, k) - ie.mean_real(mean))
-            sym = torch.where(mask, sym.clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT), 0.0).long()
-            code(sym[mask], tables.numpy(), y_tables)
+            sym = torch.where(coded, sym.clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT), 0.0).long()
+            enc = StreamEncoder()
+            enc.encode(sym[coded].numpy(), tables.numpy(), y_tables)
+            streams.append(enc.finish())
+            bits.append(enc.bits)
             return sym
 
         y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step)
-        streams, bits = zip(*(c if pool is None else c.result() for c in coded), strict=True)
-        return Compressed(list(streams), y_hat, list(bits), digest)
+        return Compressed(streams, y_hat, bits, digest)
 
     @torch.no_grad()
     def decompress(self, streams: list[bytes] | tuple[bytes, ...], y_size: tuple[int, int]):
@@ -310,13 +289,6 @@ def _z_ids(shape: tuple[int, ...] | torch.Size) -> np.ndarray:
     """Table id of every z symbol in C order: its channel."""
     _, c, h, w = shape
     return np.repeat(np.arange(c), h * w)
-
-
-def _code_stream(values: np.ndarray, ids: np.ndarray, tables: FreqTables) -> tuple[bytes, float]:
-    """One stream of the integer path and its information estimate."""
-    enc = StreamEncoder()
-    enc.encode(values, ids, tables)
-    return enc.finish(), enc.bits
 
 
 def _encode_z(z_sym: torch.Tensor, tables: FreqTables) -> bytes:

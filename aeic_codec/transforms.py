@@ -6,9 +6,6 @@ docs/architecture.md section 3 describes them; the image enters them through
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,12 +61,9 @@ class AnalysisTransform(nn.Module):
         if torch.is_grad_enabled() or x.shape[0] != 1 or x.device.type != "cpu":
             return self.analysis_transform(x)
         # Encoding on the CPU: StarBlocks in bands of rows (their memory traffic, not
-        # their arithmetic, is most of g_a's time at full resolution), spread over
-        # threads of their own.
-        threads = torch.get_num_threads()
-        with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-            for layer in self.analysis_transform:
-                x = layer.forward_banded(x, pool) if isinstance(layer, StarBlock) else layer(x)
+        # their arithmetic, is most of g_a's time at full resolution).
+        for layer in self.analysis_transform:
+            x = layer.forward_banded(x) if isinstance(layer, StarBlock) else layer(x)
         return x
 
 

@@ -76,17 +76,6 @@ def test_trimmed_streams_are_what_a_decoding_search_finds(tables):
     assert trimmed > 100  # the trimming is not vacuous
 
 
-def test_a_wrong_interval_falls_back_to_decoding(tables, monkeypatch):
-    """The final decode catches a trimming the interval test got wrong."""
-    monkeypatch.setattr(StreamEncoder, "_final_interval", lambda self, words: lambda data: True)
-    rng = np.random.default_rng(12)
-    for _ in range(30):
-        calls = _calls(rng, tables)
-        enc, data = _encode(calls, tables)
-        full = enc._coder.get_compressed().astype(">u4").tobytes().rstrip(b"\0")
-        assert data == _searched(full, calls, tables)
-
-
 def test_empty_stream(tables):
     enc = StreamEncoder()
     enc.encode(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), tables)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from aeic_codec import api
 from aeic_codec.bundle import load_bundle, read_info, save_bundle
 from aeic_codec.cli import main
-from aeic_codec.coder import StreamDecoder
+from aeic_codec.coder import StreamDecoder, StreamEncoder
 from aeic_codec.config import tiny_config
 from aeic_codec.container import FormatError, pack, unpack
 from aeic_codec.context import STEPS, step_masks
@@ -354,6 +354,37 @@ def test_cli_prints_the_digest_and_the_path(int_bundle, tmp_path):
         "entropy path    float"
         in CliRunner().invoke(main, ["info", str(tmp_path / "b.aeic")]).stdout
     )
+
+
+def test_verify_passes_good_files_and_catches_a_broken_coder(int_bundle, tmp_path, monkeypatch):
+    model = load_bundle(int_bundle, decoder=False)
+    image = make_image(64, 96, seed=8)
+    plain = _encode(model, image)
+    assert _encode(model, image, verify=True).data == plain.data
+    floats = _encode(model, image, integer=False).data
+    assert _encode(model, image, integer=False, verify=True).data == floats
+    src = tmp_path / "a.png"
+    Image.fromarray(image).save(src)
+    weights = ["--weights", str(int_bundle)]
+    good = tmp_path / "good.aeic"
+    run = CliRunner().invoke(main, ["encode", str(src), "-o", str(good), "--verify", *weights])
+    assert run.exit_code == 0, run.stderr
+    assert good.read_bytes() == plain.data
+    finish = StreamEncoder.finish
+
+    def broken(self: StreamEncoder) -> bytes:  # a coder whose streams decode to garbage
+        data = finish(self)
+        return bytes([data[0] ^ 0xFF]) + data[1:] if data else data
+
+    monkeypatch.setattr(StreamEncoder, "finish", broken)
+    with pytest.raises(api.VerifyError):
+        _encode(model, image, verify=True)
+    assert _encode(model, image).data != plain.data  # without --verify it goes unnoticed
+    bad = tmp_path / "bad.aeic"
+    run = CliRunner().invoke(main, ["encode", str(src), "-o", str(bad), "--verify", *weights])
+    assert run.exit_code == 1 and not bad.exists()
+    errors = [line for line in run.stderr.splitlines() if line.startswith("aeic: error")]
+    assert len(errors) == 1 and "the encoded file d" in errors[0]
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
