@@ -399,7 +399,7 @@ class IntOps:
         return Act(out.double(), self.exp(name))
 
     def gelu(self, x: Act) -> Act:
-        index = x.v.long().sub_(ACT_MIN).reshape(-1)
+        index = x.v.int().sub_(ACT_MIN).reshape(-1)
         return Act(self._table(f"gelu.{x.f}").index_select(0, index).view(x.v.shape), x.f)
 
     def _table(self, key: str) -> torch.Tensor:

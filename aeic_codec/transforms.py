@@ -16,7 +16,7 @@ from .config import ModelConfig
 
 def from_pixels(x: torch.Tensor) -> torch.Tensor:
     """8-bit pixel values (0..255, any dtype) to the [-1, 1] float the networks take."""
-    return x.float() / 127.5 - 1.0
+    return x.to(torch.float32, copy=True).div_(127.5).sub_(1.0)
 
 
 def pad_reflect(x: torch.Tensor, multiple: int) -> torch.Tensor:
