@@ -23,12 +23,17 @@ def grid_shape(height: int, width: int, cell: int) -> tuple[int, int]:
 
 def _residuals(levels: np.ndarray, mid: int) -> np.ndarray:
     """Prediction residuals of one channel (raster order, JPEG-LS's median predictor)."""
-    gh, gw = levels.shape
-    out = np.zeros_like(levels)
-    for y in range(gh):
-        for x in range(gw):
-            out[y, x] = levels[y, x] - _predict(levels, y, x, mid)
-    return out
+    a = np.empty_like(levels)  # the left neighbour, or above on the first column
+    a[:, 1:], a[1:, 0], a[0, 0] = levels[:, :-1], levels[:-1, 0], mid
+    b, c = levels[:-1, 1:], levels[:-1, :-1]  # above and upper left, from the second row
+    left = levels[1:, :-1]
+    median = np.where(
+        c >= np.maximum(left, b),
+        np.minimum(left, b),
+        np.where(c <= np.minimum(left, b), np.maximum(left, b), left + b - c),
+    )
+    a[1:, 1:] = median
+    return levels - a
 
 
 def _predict(levels: np.ndarray, y: int, x: int, mid: int) -> int:
@@ -56,27 +61,23 @@ def encode_grid(levels: np.ndarray, step: int) -> bytes:
 
     Bits are packed most significant first; the last byte is padded with zeros.
     """
-    bits: list[int] = []
-
-    def put(value: int, count: int) -> None:
-        bits.extend((value >> (count - 1 - i)) & 1 for i in range(count))
-
+    codes: list[str] = []
     mid = 128 // step
     for channel in levels:
         r = _residuals(channel.astype(np.int64), mid).ravel()
         u = np.where(r >= 0, 2 * r, -2 * r - 1)
         k = min(range(8), key=lambda k: _rice_bits(u, k))
-        put(k, 3)
+        codes.append(format(k, "03b"))
         for value in u.tolist():
             q = value >> k
-            if q < RICE_LIMIT:
-                put((1 << (q + 1)) - 2, q + 1)  # q ones, then a zero
-                put(value & ((1 << k) - 1), k)
+            if q < RICE_LIMIT:  # q ones, a zero, then the k low bits
+                low = format(value & ((1 << k) - 1), f"0{k}b") if k else ""
+                codes.append("1" * q + "0" + low)
             else:
-                put((1 << RICE_LIMIT) - 1, RICE_LIMIT)
-                put(value, _RAW_BITS)
-    bits.extend([0] * (-len(bits) % 8))
-    return np.packbits(np.array(bits, dtype=np.uint8)).tobytes() if bits else b""
+                codes.append("1" * RICE_LIMIT + format(value, f"0{_RAW_BITS}b"))
+    bits = "".join(codes)
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
 
 
 def decode_grid(data: bytes, height: int, width: int, cell: int, step: int) -> np.ndarray:
