@@ -11,10 +11,12 @@ root and GELU through a stored table. docs/format.md ("Integer entropy path") sp
 every operation bit for bit; ``tests/test_intnet.py`` checks this module against a numpy
 int64 reference.
 
-The dense products run as float64 GEMMs on integer operands: every product and partial
-sum is an integer below 2**53 (|activation| <= 2**15, |weight| < 2**15, at most 2048
-terms, |bias| <= 2**45), so every float64 addition is exact whatever its order and the
-result is the integer sum. Everything else runs on int64 tensors.
+IntOps holds the integers in float64 tensors. The dense products run as float64 GEMMs:
+every product and partial sum is an integer below 2**53 (|activation| <= 2**15,
+|weight| < 2**15, at most 2048 terms, |bias| <= 2**45), so every float64 addition is
+exact whatever its order and the result is the integer sum. Depthwise layers run as
+float32 convolutions of byte digits (partial sums below 2**24), requantisation as an
+exact float64 multiply where the shift allows (else in int64), LayerNorm in int64.
 
 One program (``hyper_synthesis``, ``context_params``) describes the networks; it runs on
 ``FloatOps`` (float64 reals, to calibrate the exponents and to build the integer
