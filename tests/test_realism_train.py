@@ -147,3 +147,17 @@ def test_the_image_term_trains_d_frozen(setup: dict[str, Path]) -> None:
     vae = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
     for key, value in load_file(str(setup["taef2"] / "taef2_decoder.safetensors")).items():
         assert torch.equal(vae[f"vae.{key}"], value), key
+
+
+def test_a_log_row_after_resuming_averages_the_steps_it_covers(setup: dict[str, Path]) -> None:
+    every = setup["root"] / "every-step"
+    run(config(setup, 2), setup["data"], every, resume=False)
+    paired = setup["root"] / "paired"
+    run(replace(config(setup, 1), log_every=2), setup["data"], paired, resume=False)
+    run(replace(config(setup, 2), log_every=2), setup["data"], paired, resume=True)
+    rows = [json.loads(r) for r in (every / "log.jsonl").read_text().splitlines()]
+    want = next(r for r in rows if r["step"] == 2 and "latent" in r)
+    rows = [json.loads(r) for r in (paired / "log.jsonl").read_text().splitlines()]
+    got = next(r for r in rows if r["step"] == 2 and "latent" in r)
+    assert got["latent"] == pytest.approx(want["latent"], rel=1e-6)
+    assert got["adv"] == pytest.approx(want["adv"], rel=1e-6)

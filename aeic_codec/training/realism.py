@@ -474,20 +474,22 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
                 image = read_image(path)[0]
                 evals.append((image, base.compress(padded_input(image)).y_hat))
     log = (out / "log.jsonl").open("a", encoding="utf-8")
-    sums: dict[str, float] = {}
+    sums: dict[str, float] = {}  # since the last log row, with how many steps gave each
+    counts: dict[str, int] = {}
     last_save, started = time.monotonic(), time.monotonic()
     with StopSignals() as stop:
         while trainer.step < cfg.steps:
             batch = crops(ys, lats, cfg.crop, cfg.batch, cfg.seed, trainer.step, photos)
             for k, v in trainer.train_step(*batch).items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             step = trainer.step
             if step % cfg.log_every == 0:
-                row = {k: v / cfg.log_every for k, v in sums.items()}
+                row = {k: v / counts[k] for k, v in sums.items()}
                 row.update(step=step, seconds=round(time.monotonic() - started, 1))
                 log.write(json.dumps(row, sort_keys=True) + "\n")
                 log.flush()
-                sums = {}
+                sums, counts = {}, {}
             if evals and (step % cfg.eval_every == 0 or step == cfg.steps):
                 log.write(json.dumps({"step": step, **trainer.evaluate(evals)}) + "\n")
                 log.flush()
