@@ -44,6 +44,7 @@ import math
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -176,46 +177,28 @@ def training_image(path: Path, max_pixels: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
 
 
-def photo_cache(files: list[Path], max_pixels: int, path: Path) -> list[torch.Tensor]:
-    """Every training photo as the caches saw it (downscaled, padded), uint8, cached once."""
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    photos = [
-        ((padded_input(training_image(f, max_pixels))[0] + 1) * 127.5).round().to(torch.uint8)
-        for f in files
-    ]
-    torch.save(photos, path)
-    return photos
-
-
 @torch.no_grad()
-def build_cache(
-    files: list[Path],
-    max_pixels: int,
-    base: AEIC,
-    encoder: TinyEncoder,
-    y_path: Path,
-    latent_path: Path,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """y_hat of every image (as its file would carry it) and E(x), each cached once."""
-    ys = torch.load(y_path, weights_only=True) if y_path.exists() else None
-    lats = torch.load(latent_path, weights_only=True) if latent_path.exists() else None
-    if ys is None or lats is None:
-        new_ys, new_lats = [], []
+def build_caches(
+    files: list[Path], max_pixels: int, makers: dict[Path, Callable[[torch.Tensor], torch.Tensor]]
+) -> list[list[torch.Tensor]]:
+    """One tensor per training photo for each cache file, in the order of ``makers``.
+
+    A missing cache is made by its function from the photo as the encoder sees it
+    (downscaled, padded, in [-1, 1]); all the missing ones in one pass over the photos.
+    """
+    caches = {p: torch.load(p, weights_only=True) for p in makers if p.exists()}
+    missing = [p for p in makers if p not in caches]
+    if missing:
+        made: dict[Path, list[torch.Tensor]] = {p: [] for p in missing}
         for i, path in enumerate(files):
             x = padded_input(training_image(path, max_pixels))
-            if ys is None:
-                new_ys.append(base.compress(x).y_hat[0].half())
-            if lats is None:
-                new_lats.append(encoder((x + 1) / 2)[0].half())
+            for p in missing:
+                made[p].append(makers[p](x))
             print(f"cache {i + 1}/{len(files)}", flush=True)
-        if ys is None:
-            ys = new_ys
-            torch.save(ys, y_path)
-        if lats is None:
-            lats = new_lats
-            torch.save(lats, latent_path)
-    return ys, lats
+        for p in missing:
+            torch.save(made[p], p)
+        caches.update(made)
+    return [caches[p] for p in makers]
 
 
 def crops(
@@ -453,20 +436,17 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
     if resume and ckpt.exists():
         trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     base = load_bundle(cfg.base_bundle, decoder=False)
-    encoder = TinyEncoder()
+    encoder = TinyEncoder().eval()
     encoder.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_encoder.safetensors"))
     files = find_images(data)
-    ys, lats = build_cache(
-        files,
-        cfg.max_pixels,
-        base,
-        encoder.eval(),
-        out / f"cache-y-{base.identity}.pt",
-        out / "cache-taef2.pt",
-    )
-    photos = None
+    makers = {
+        out / f"cache-y-{base.identity}.pt": lambda x: base.compress(x).y_hat[0].half(),
+        out / "cache-taef2.pt": lambda x: encoder((x + 1) / 2)[0].half(),
+    }
     if needs_photos(cfg):
-        photos = photo_cache(files, cfg.max_pixels, out / "cache-photos.pt")
+        makers[out / "cache-photos.pt"] = lambda x: ((x[0] + 1) * 127.5).round().to(torch.uint8)
+    ys, lats, *rest = build_caches(files, cfg.max_pixels, makers)
+    photos = rest[0] if rest else None
     evals = []
     if cfg.eval_dir and cfg.eval_every:
         with torch.no_grad():
