@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -288,22 +288,45 @@ def _outcomes(
         yield from pool.imap(_run_in_worker, tasks)
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so that a file on disk is also a file reported."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and previous is not signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
 def run(
     work: _Work,
     tasks: list[Task],
+    deliver: Callable[[Outcome], None],
     jobs: int = 1,
     progress: Progress | None = None,
-) -> Iterator[Outcome]:
-    """Yield one Outcome per task, in order, its output written; ``jobs`` > 1 uses processes.
+) -> None:
+    """Run every task in order, write its output and hand its Outcome to ``deliver``.
 
-    ``progress`` (tiles done, tiles in all) is called for the current file when jobs is 1.
+    Writing a file and delivering its outcome happen with Ctrl-C held back, so an
+    interrupted batch has reported exactly the files it wrote. ``jobs`` > 1 uses
+    processes; ``progress`` (tiles done, tiles in all) is called for the current file
+    when jobs is 1.
     """
     jobs = max(1, min(jobs, len(tasks)))
-    for outcome in _outcomes(work, tasks, jobs, progress if jobs == 1 else None):
-        if outcome.data is not None:
-            try:
-                write_target(outcome.task.target, outcome.data, work.force)
-            except TaskFailed as exc:
-                outcome.error, outcome.record = str(exc), None
-            outcome.data = None
-        yield outcome
+    outcomes = _outcomes(work, tasks, jobs, progress if jobs == 1 else None)
+    with contextlib.closing(outcomes):  # on Ctrl-C or an error: the workers stop at once
+        for outcome in outcomes:
+            with _sigint_deferred():
+                if outcome.data is not None:
+                    try:
+                        write_target(outcome.task.target, outcome.data, work.force)
+                    except TaskFailed as exc:
+                        outcome.error, outcome.record = str(exc), None
+                    outcome.data = None
+                deliver(outcome)

@@ -7,7 +7,6 @@ line starting "aeic: error:"; tracebacks only with --debug.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -282,15 +281,20 @@ def _run(work: Any, todo: list[Task], jobs: int, report: _Reporter, debug: bool)
     report.show_progress(len(todo))
     progress = report.progress
     jobs = 1 if todo and todo[0].source == "-" else jobs
-    outcomes = batch.run(work, todo, jobs, progress.tiles if progress else None)
+    names = iter(todo)
+
+    def deliver(outcome: Outcome) -> None:
+        report.outcome(outcome)
+        if progress is not None:
+            progress.finished()
+            following = next(names, None)
+            if following is not None:
+                progress.begin(_shown(following.source))
+
     try:
-        with contextlib.closing(outcomes):
-            for task in todo:
-                if progress is not None:
-                    progress.begin(_shown(task.source))
-                report.outcome(next(outcomes))
-                if progress is not None:
-                    progress.finished()
+        if progress is not None and todo:
+            progress.begin(_shown(next(names).source))
+        batch.run(work, todo, deliver, jobs, progress.tiles if progress else None)
     except KeyboardInterrupt:  # the workers are stopped by now (closing the batch)
         report.say(f"aeic: interrupted; {report.files} of {len(todo)} file(s) written")
         sys.exit(INTERRUPTED)

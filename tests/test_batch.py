@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from aeic_codec import batch
 from aeic_codec.cli import main
 
 from .conftest import make_image
@@ -85,3 +89,31 @@ def test_usage_errors_exit_2(tmp_path: Path, png_file: Path):
     assert CliRunner().invoke(main, ["encode"]).exit_code == 2
     result = CliRunner().invoke(main, ["encode", str(png_file), str(png_file), "-o", "-"])
     assert result.exit_code == 2
+
+
+class _Bytes(batch._Work):
+    """A batch whose every task's output is its own name."""
+
+    debug = False
+    force = False
+
+    def run(self, task: batch.Task, outcome: batch.Outcome, progress: object) -> dict:
+        outcome.data = task.source.encode()
+        return {"bytes": len(outcome.data)}
+
+
+def test_ctrl_c_while_a_file_is_written_waits_until_it_is_reported(tmp_path: Path):
+    """A Ctrl-C between writing a file and reporting it must not leave an unreported file."""
+    tasks = [batch.Task(f"in{i}", str(tmp_path / f"out{i}")) for i in range(3)]
+    delivered: list[str] = []
+
+    def deliver(outcome: batch.Outcome) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives after the file is on disk
+        delivered.append(outcome.task.source)
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.run(_Bytes(), tasks, deliver)
+    assert delivered == ["in0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out0"]
+    assert (tmp_path / "out0").read_bytes() == b"in0"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

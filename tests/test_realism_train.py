@@ -161,3 +161,30 @@ def test_a_log_row_after_resuming_averages_the_steps_it_covers(setup: dict[str, 
     got = next(r for r in rows if r["step"] == 2 and "latent" in r)
     assert got["latent"] == pytest.approx(want["latent"], rel=1e-6)
     assert got["adv"] == pytest.approx(want["adv"], rel=1e-6)
+
+
+def test_the_renderings_critic_resumes_and_a_bundle_starts_a_run(setup: dict[str, Path]) -> None:
+    cfg = replace(config(setup, 3), image_crop=32, image_adv=0.5)
+    straight, split = setup["root"] / "critic-straight", setup["root"] / "critic-split"
+    run(cfg, setup["data"], straight, resume=False)
+    run(replace(cfg, steps=2), setup["data"], split, resume=False)
+    run(cfg, setup["data"], split, resume=True)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a["image_critic"].keys() == b["image_critic"].keys()
+    for key, value in a["image_critic"].items():
+        assert torch.equal(value, b["image_critic"][key]), key
+    rows = [json.loads(r) for r in (straight / "log.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "latent" in r]
+    assert all(r["image_disc"] > 0 for r in rows)  # the critic trains from step 0
+    assert ["image_adv" in r for r in rows] == [False, True, True]  # adv_start = 1
+
+    bundle = setup["root"] / "critic.safetensors"
+    export(cfg, straight / "checkpoint.pt", bundle, "test.toml")
+    shipped = load_bundle(bundle, encoder=False, decoder=False, realism=True).realism
+    started = setup["root"] / "from-bundle"
+    run(replace(cfg, init=str(bundle), steps=0), setup["data"], started, resume=False)
+    state = torch.load(started / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 0
+    for key, value in shipped.state_dict().items():  # the int8-stored weights, as shipped
+        assert torch.equal(state["decoder"][key], value), key

@@ -63,10 +63,11 @@ from ..realism import RealismDecoder, realism_config
 from ..tiny_vae import TinyEncoder, read_taef2
 from ..transforms import pad_reflect
 from .data import find_images
-from .losses import colour_grid_fix
+from .losses import PatchDiscriminator, colour_grid_fix, critic_loss
 from .run import StopSignals
 
 LATENT_SCALE = 8  # D's latent is at 1/8 of the image size, y at 1/32
+IMAGE_TERMS = ("image", "phase", "pixel", "perceptual")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ class RealismConfig:
     base_bundle: str = ""
     taef2: str = ""  # folder with taef2_encoder.safetensors and taef2_decoder.safetensors
     preset: str = "aeic-small-taef2"
-    init: str = ""  # a checkpoint.pt of another realism run to start from (else the base's g_s)
+    # Where to start: a checkpoint.pt of another realism run, or a bundle's realism decoder
+    # (a .safetensors file; the critics then start afresh). Empty: the base's own g_s.
+    init: str = ""
     seed: int = 0
     threads: int = 2
     steps: int = 3000
@@ -98,6 +101,7 @@ class RealismConfig:
     phase: float = 0.0  # weight of the lattice term
     pixel: float = 0.0  # weight of full-resolution MSE on the renderings
     perceptual: float = 0.0  # weight of the TAEF2-encoder feature distance on them
+    image_adv: float = 0.0  # weight of a hinge critic on the renderings themselves
     grid_cell: int = 64  # the colour grid applied to evaluation decodes
     grid_step: int = 4
     eval_dir: str = ""
@@ -110,7 +114,7 @@ class RealismConfig:
 
 def needs_photos(cfg: RealismConfig) -> bool:
     """Whether any term renders crops through D and compares them with the photos."""
-    return any(getattr(cfg, k) > 0 for k in ("image", "phase", "pixel", "perceptual"))
+    return any(getattr(cfg, k) > 0 for k in (*IMAGE_TERMS, "image_adv"))
 
 
 def load_config(path: str | Path) -> RealismConfig:
@@ -260,17 +264,28 @@ class RealismTrainer:
             self.features = TinyEncoder()
             self.features.load_state_dict(read_taef2(Path(cfg.taef2) / "taef2_encoder.safetensors"))
             self.features.requires_grad_(False).eval()
+        # The renderings' critic: it sees what the latent critic cannot, brush strokes and
+        # painted texture against a photo's.
+        self.image_critic = PatchDiscriminator(cfg.disc_width) if cfg.image_adv > 0 else None
         self.warm_started = 0
-        if cfg.init:
+        if cfg.init.endswith(".safetensors"):
+            realism = load_bundle(cfg.init, encoder=False, decoder=False, realism=True).realism
+            self.decoder.load_state_dict(realism.state_dict())
+        elif cfg.init:
             state = torch.load(cfg.init, map_location="cpu", weights_only=True)
             self.decoder.load_state_dict(state["decoder"])
             self.critic.load_state_dict(state["critic"])
+            if self.image_critic is not None and "image_critic" in state:
+                self.image_critic.load_state_dict(state["image_critic"])
         else:
             self._warm_start(load_bundle(cfg.base_bundle, encoder=False))
         body = [p for n, p in self.decoder.named_parameters() if not n.startswith("vae.")]
         self.opt = torch.optim.AdamW(body, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+        critics = list(self.critic.parameters())
+        if self.image_critic is not None:
+            critics += list(self.image_critic.parameters())
         self.disc_opt = torch.optim.AdamW(
-            self.critic.parameters(), lr=cfg.disc_lr, weight_decay=0.0, betas=(0.5, 0.9)
+            critics, lr=cfg.disc_lr, weight_decay=0.0, betas=(0.5, 0.9)
         )
         self.step = 0
 
@@ -292,14 +307,20 @@ class RealismTrainer:
         t = (step - c.warmup) / max(1, c.steps - c.warmup)
         return c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(t, 1.0)))
 
-    def adv_at(self, step: int) -> float:
+    def adv_ramp_at(self, step: int) -> float:
+        """How much of the adversarial weights applies: 0 before adv_start, then up to 1."""
         c = self.cfg
         if step < c.adv_start:
             return 0.0
-        return c.adv * min(1.0, (step - c.adv_start + 1) / max(1, c.adv_ramp))
+        return min(1.0, (step - c.adv_start + 1) / max(1, c.adv_ramp))
 
-    def image_terms(self, l_0: torch.Tensor, photo: torch.Tensor) -> dict[str, torch.Tensor]:
-        """D renders each crop's centre; the image-space terms against the photo's crop."""
+    def image_terms(
+        self, l_0: torch.Tensor, photo: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """D renders each crop's centre; the image-space terms against the photo's crop.
+
+        Also returns the rendering and the photo's crop, for the renderings' critic.
+        """
         c = self.cfg
         side = c.image_crop // LATENT_SCALE
         top = (l_0.shape[-1] - side) // 2
@@ -314,7 +335,7 @@ class RealismTrainer:
         }
         if self.features is not None:
             terms["perceptual"] = self.feature_distance(x_hat, x)
-        return terms
+        return terms, x_hat, x
 
     def feature_distance(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Sum over TAEF2-encoder levels of the mean squared unit-feature difference."""
@@ -343,18 +364,26 @@ class RealismTrainer:
             "lowpass": F.mse_loss(F.avg_pool2d(l_0, 4), F.avg_pool2d(target, 4)),
         }
         loss = c.latent * terms["latent"] + c.lowpass * terms["lowpass"]
+        x_hat = x = None
         if photo is not None:
-            terms.update(self.image_terms(l_0, photo))
-            for key in ("image", "phase", "pixel", "perceptual"):
+            image_terms, x_hat, x = self.image_terms(l_0, photo)
+            terms.update(image_terms)
+            for key in IMAGE_TERMS:
                 loss = loss + getattr(c, key) * terms.get(key, 0.0)
         elif needs_photos(c):
             raise ValueError("the image-space terms need the photo crops")
-        adv_w = self.adv_at(self.step)
-        if adv_w > 0:
+        ramp = self.adv_ramp_at(self.step)
+        adv_w = c.adv * ramp
+        if ramp > 0:
             self.critic.requires_grad_(False)
             terms["adv"] = -self.critic(l_0, y_hat).mean()
             loss = loss + adv_w * terms["adv"]
             self.critic.requires_grad_(True)
+            if self.image_critic is not None and x_hat is not None:
+                self.image_critic.requires_grad_(False)
+                terms["image_adv"] = -self.image_critic(x_hat).mean()
+                loss = loss + c.image_adv * ramp * terms["image_adv"]
+                self.image_critic.requires_grad_(True)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.step}")
         self.opt.zero_grad(set_to_none=True)
@@ -363,6 +392,9 @@ class RealismTrainer:
         self.opt.step()
         real = self.critic(target, y_hat)
         disc = F.relu(1 - real).mean() + F.relu(1 + self.critic(l_0.detach(), y_hat)).mean()
+        if self.image_critic is not None and x_hat is not None:
+            terms["image_disc"] = critic_loss(self.image_critic, x, x_hat)
+            disc = disc + terms["image_disc"]
         self.disc_opt.zero_grad(set_to_none=True)
         disc.backward()
         self.disc_opt.step()
@@ -399,6 +431,7 @@ class RealismTrainer:
         return {
             "decoder": self.decoder.state_dict(),
             "critic": self.critic.state_dict(),
+            **({"image_critic": self.image_critic.state_dict()} if self.image_critic else {}),
             "opt": self.opt.state_dict(),
             "disc_opt": self.disc_opt.state_dict(),
             "step": self.step,
@@ -409,6 +442,8 @@ class RealismTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decoder.load_state_dict(state["decoder"])
         self.critic.load_state_dict(state["critic"])
+        if self.image_critic is not None:
+            self.image_critic.load_state_dict(state["image_critic"])
         self.opt.load_state_dict(state["opt"])
         self.disc_opt.load_state_dict(state["disc_opt"])
         self.step = int(state["step"])
