@@ -314,6 +314,7 @@ def synthesize(
     with torch.no_grad():
         y = y_hat.to(device=device, dtype=dtype).contiguous(memory_format=layout)
         l_t, l_res = model.g_s(y)
+        l_t = model.denoiser.with_noise(l_t)  # whole l_T before tiling: the tiles agree
         # One progress count over both tiled phases, so that a bar never starts over.
         lh, lw = l_t.shape[-2:]
         n_eps = denoise_steps(lh, lw, eps_tile, overlap)

@@ -53,6 +53,8 @@ class ModelConfig:
     vae_kind: str = "sd"
     vae_blocks: tuple[int, ...] = ()
     vae_pooled: int = 0
+    # eps also takes Gaussian noise on l_T, scaled per channel (denoiser.py, with_noise).
+    latent_noise: bool = False
     # Tiling in latent (1/8 resolution) units and the colour-fix threshold (its key keeps
     # the old spelling: every bundle stores it, and bundle identities hash it).
     eps_tile: int = 192
@@ -150,7 +152,12 @@ class ModelConfig:
 
 VAE_KINDS = ("sd", "tiny")
 # Fields added after bundles were first written: left out of the JSON at these values.
-_LATER_DEFAULTS: dict[str, Any] = {"vae_kind": "sd", "vae_blocks": (), "vae_pooled": 0}
+_LATER_DEFAULTS: dict[str, Any] = {
+    "vae_kind": "sd",
+    "vae_blocks": (),
+    "vae_pooled": 0,
+    "latent_noise": False,
+}
 
 AEIC_SE = ModelConfig()
 
@@ -206,11 +213,15 @@ AEIC_SMALL_TAEF2 = AEIC_SMALL.replace(
     vae_norm_groups=4,
 )
 
+# The same with a noise input to eps: the source of grain and fine texture.
+AEIC_SMALL_TAEF2_NOISE = AEIC_SMALL_TAEF2.replace(name="aeic-small-taef2-noise", latent_noise=True)
+
 PRESETS: dict[str, ModelConfig] = {
     "AEIC-SE": AEIC_SE,
     "AEIC-ME": AEIC_ME,
     "aeic-small": AEIC_SMALL,
     "aeic-small-taef2": AEIC_SMALL_TAEF2,
+    "aeic-small-taef2-noise": AEIC_SMALL_TAEF2_NOISE,
 }
 
 

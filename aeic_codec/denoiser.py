@@ -25,6 +25,7 @@ UNetMidBlock2D = _blocks.UNetMidBlock2D
 UNetMidBlock2DCrossAttn = _blocks.UNetMidBlock2DCrossAttn
 UpBlock2D = _blocks.UpBlock2D
 
+NOISE_SEED = 0  # of the noise a decoder with ``latent_noise`` adds to l_T
 NORM_EPS = 1e-5  # SD 2.1's norm_eps; the transformers' own GroupNorm keeps diffusers' 1e-6
 
 
@@ -122,6 +123,28 @@ class Denoiser(nn.Module):
         self.conv_norm_out = nn.GroupNorm(groups, widths[0], eps=NORM_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(widths[0], cfg.decoder_latent, 3, padding=1)
+        # Zero at first: a decoder trained without noise continues exactly as it was.
+        self.noise_scale = nn.Parameter(torch.zeros(cfg.denoiser_in)) if cfg.latent_noise else None
+
+    def with_noise(self, l_t: torch.Tensor, fresh: bool = False) -> torch.Tensor:
+        """l_T plus Gaussian noise scaled per channel (unchanged without ``latent_noise``).
+
+        A deterministic decoder can only draw detail it derives from y_hat, which at these
+        rates comes out smooth and stroke-like; noise gives eps something to shape into
+        grain and texture, as StyleGAN's noise inputs do. Training asks for ``fresh`` noise
+        (torch's global generator) each step. Decoding draws it for the whole of l_T, before
+        any tiling, from torch's CPU generator seeded with NOISE_SEED (float32 normal values
+        in l_T's shape), so a file always decodes to the same picture and tiles agree.
+        """
+        if self.noise_scale is None:
+            return l_t
+        if fresh:
+            noise = torch.randn_like(l_t)
+        else:
+            generator = torch.Generator().manual_seed(NOISE_SEED)
+            noise = torch.randn(l_t.shape, generator=generator)
+        noise = noise.to(device=l_t.device, dtype=l_t.dtype)
+        return l_t + self.noise_scale.to(l_t.dtype).view(1, -1, 1, 1) * noise
 
     def forward(self, l_t: torch.Tensor) -> torch.Tensor:
         """Predict the clean-latent residual from l_T; no timestep and no prompt.

@@ -39,6 +39,7 @@ DECODER_FIELDS = (
     "vae_kind",
     "vae_blocks",
     "vae_pooled",
+    "latent_noise",
     "eps_tile",
     "eps_overlap",
     "vae_tile",
@@ -63,5 +64,5 @@ class RealismDecoder(nn.Module):
     def forward(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Untiled decode (training): the image in [-1, 1] and the latent D was given."""
         l_t, l_res = self.g_s(y_hat)
-        l_0 = self.denoiser(l_t) + l_res
+        l_0 = self.denoiser(self.denoiser.with_noise(l_t)) + l_res
         return self.vae(l_0), l_0

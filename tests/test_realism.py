@@ -163,3 +163,37 @@ def test_cli_decode_realism(realism_bundle: tuple[Path, Path], tmp_path: Path) -
     assert not (tmp_path / "x.png").exists()
     out_of_range = runner.invoke(main, [*args, str(plain), "--realism", "2"])
     assert out_of_range.exit_code == 2
+
+
+def test_the_noise_input_is_configuration_and_decodes_the_same_every_time(
+    realism_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    plain, _ = realism_bundle
+    cfg = tiny_realism_config().replace(latent_noise=True)
+    assert "latent_noise" not in json.loads(tiny_realism_config().to_json())  # identities kept
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    torch.manual_seed(11)
+    decoder = RealismDecoder(cfg)
+    eps = decoder.denoiser
+    assert eps.noise_scale is not None and not eps.noise_scale.any()  # starts as no noise
+    l_t = torch.randn(1, cfg.denoiser_in, 6, 10)
+    assert torch.equal(eps.with_noise(l_t), l_t)
+    with torch.no_grad():
+        eps.noise_scale.fill_(0.5)
+    drawn = (eps.with_noise(l_t) - l_t).detach()
+    assert torch.equal((eps.with_noise(l_t) - l_t).detach(), drawn)  # a function of the shape
+    assert 0.3 < float(drawn.std()) < 0.7
+    assert not torch.equal(eps.with_noise(l_t, fresh=True), eps.with_noise(l_t, fresh=True))
+    assert RealismDecoder(tiny_realism_config()).denoiser.noise_scale is None
+
+    noisy = tmp_path / "noisy.safetensors"
+    attach_realism(plain, decoder, noisy, "int8")
+    model = load_bundle(noisy, realism=True)
+    assert model.realism.cfg.latent_noise
+    assert torch.equal(model.realism.denoiser.noise_scale, torch.full((cfg.denoiser_in,), 0.5))
+    data = api.encode(make_image(48, 80), model)
+    first = api.decode(data, model, precision="fp32", realism=1)
+    assert np.array_equal(first, api.decode(data, model, precision="fp32", realism=1))
+    with torch.no_grad():
+        model.realism.denoiser.noise_scale.zero_()
+    assert not np.array_equal(first, api.decode(data, model, precision="fp32", realism=1))

@@ -188,3 +188,25 @@ def test_the_renderings_critic_resumes_and_a_bundle_starts_a_run(setup: dict[str
     assert state["step"] == 0
     for key, value in shipped.state_dict().items():  # the int8-stored weights, as shipped
         assert torch.equal(state["decoder"][key], value), key
+
+
+def test_a_decoder_without_noise_starts_one_with_the_noise_off(setup: dict[str, Path]) -> None:
+    plain = setup["root"] / "before-noise"
+    run(config(setup, 1), setup["data"], plain, resume=False)
+    cfg = replace(
+        config(setup, 0), preset="aeic-small-taef2-noise", init=str(plain / "checkpoint.pt")
+    )
+    noisy = setup["root"] / "with-noise"
+    run(cfg, setup["data"], noisy, resume=False)
+    before = torch.load(plain / "checkpoint.pt", weights_only=True)["decoder"]
+    after = torch.load(noisy / "checkpoint.pt", weights_only=True)["decoder"]
+    assert set(after) - set(before) == {"denoiser.noise_scale"}
+    assert not after["denoiser.noise_scale"].any()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    run(replace(cfg, steps=1), setup["data"], noisy, resume=True)
+    trained = torch.load(noisy / "checkpoint.pt", weights_only=True)["decoder"]
+    assert trained["denoiser.noise_scale"].abs().min() > 0  # every channel trains from zero
+
+    foreign = replace(cfg, preset="aeic-small-taef2", init=str(noisy / "checkpoint.pt"))
+    with pytest.raises(ValueError, match="not a realism decoder of preset aeic-small-taef2"):
+        run(foreign, setup["data"], setup["root"] / "foreign", resume=False)

@@ -79,7 +79,7 @@ def forward_train(model: AEIC, x: torch.Tensor, share: Share | None = None) -> F
 
     y_hat = model.context.run(base, code_step)
     l_t, l_res = model.g_s(y_hat)
-    l_0 = model.denoiser(l_t) + l_res
+    l_0 = model.denoiser(model.denoiser.with_noise(l_t, fresh=True)) + l_res
     x_hat = model.vae(l_0).float()
     features = {
         "y": y,
@@ -111,7 +111,8 @@ def teacher_features(teacher: AEIC, x: torch.Tensor, decoder: bool) -> dict[str,
     features = {"y": y, "z": z, "base": base, "y_hat": y_hat}
     if decoder:
         l_t, l_res = teacher.g_s(y_hat)
-        features.update(l_t=l_t, l_res=l_res, l_0=teacher.denoiser(l_t) + l_res)
+        l_0 = teacher.denoiser(teacher.denoiser.with_noise(l_t)) + l_res
+        features.update(l_t=l_t, l_res=l_res, l_0=l_0)
     return features
 
 

@@ -68,6 +68,7 @@ from .run import StopSignals
 
 LATENT_SCALE = 8  # D's latent is at 1/8 of the image size, y at 1/32
 IMAGE_TERMS = ("image", "phase", "pixel", "perceptual")
+NOISE_KEY = "denoiser.noise_scale"  # the noise input's scales (denoiser.py, with_noise)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class RealismConfig:
     pixel: float = 0.0  # weight of full-resolution MSE on the renderings
     perceptual: float = 0.0  # weight of the TAEF2-encoder feature distance on them
     image_adv: float = 0.0  # weight of a hinge critic on the renderings themselves
+    # The noise input's per-channel scales (preset with latent_noise) learn this many times
+    # faster than the rest: from zero, they have to grow to l_T's own scale (about 0.6).
+    noise_lr: float = 100.0
     grid_cell: int = 64  # the colour grid applied to evaluation decodes
     grid_step: int = 4
     eval_dir: str = ""
@@ -270,17 +274,23 @@ class RealismTrainer:
         self.warm_started = 0
         if cfg.init.endswith(".safetensors"):
             realism = load_bundle(cfg.init, encoder=False, decoder=False, realism=True).realism
-            self.decoder.load_state_dict(realism.state_dict())
+            self._start_from(realism.state_dict())
         elif cfg.init:
             state = torch.load(cfg.init, map_location="cpu", weights_only=True)
-            self.decoder.load_state_dict(state["decoder"])
+            self._start_from(state["decoder"])
             self.critic.load_state_dict(state["critic"])
             if self.image_critic is not None and "image_critic" in state:
                 self.image_critic.load_state_dict(state["image_critic"])
         else:
             self._warm_start(load_bundle(cfg.base_bundle, encoder=False))
-        body = [p for n, p in self.decoder.named_parameters() if not n.startswith("vae.")]
-        self.opt = torch.optim.AdamW(body, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+        trained = [(n, p) for n, p in self.decoder.named_parameters() if not n.startswith("vae.")]
+        groups = [
+            {"params": [p for n, p in trained if not n.endswith(NOISE_KEY)], "lr_mult": 1.0},
+            {"params": [p for n, p in trained if n.endswith(NOISE_KEY)], "lr_mult": cfg.noise_lr},
+        ]
+        self.opt = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99)
+        )
         critics = list(self.critic.parameters())
         if self.image_critic is not None:
             critics += list(self.image_critic.parameters())
@@ -288,6 +298,15 @@ class RealismTrainer:
             critics, lr=cfg.disc_lr, weight_decay=0.0, betas=(0.5, 0.9)
         )
         self.step = 0
+
+    def _start_from(self, state: dict[str, torch.Tensor]) -> None:
+        """Load another realism decoder; one without a noise input gives this one's zero scales."""
+        missing, unexpected = self.decoder.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {NOISE_KEY}:
+            raise ValueError(
+                f"{self.cfg.init}: not a realism decoder of preset {self.cfg.preset} "
+                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+            )
 
     def _warm_start(self, fidelity: AEIC) -> None:
         """Copy every g_s and eps tensor whose name and shape match the fidelity decoder's."""
@@ -356,9 +375,10 @@ class RealismTrainer:
         c = self.cfg
         lr = self.lr_at(self.step)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_mult"]
         l_t, l_res = self.decoder.g_s(y_hat)
-        l_0 = self.decoder.denoiser(l_t) + l_res
+        eps = self.decoder.denoiser
+        l_0 = eps(eps.with_noise(l_t, fresh=True)) + l_res
         terms = {
             "latent": F.mse_loss(l_0, target),
             "lowpass": F.mse_loss(F.avg_pool2d(l_0, 4), F.avg_pool2d(target, 4)),
