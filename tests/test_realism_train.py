@@ -210,3 +210,34 @@ def test_a_decoder_without_noise_starts_one_with_the_noise_off(setup: dict[str, 
     foreign = replace(cfg, preset="aeic-small-taef2", init=str(noisy / "checkpoint.pt"))
     with pytest.raises(ValueError, match="not a realism decoder of preset aeic-small-taef2"):
         run(foreign, setup["data"], setup["root"] / "foreign", resume=False)
+
+
+def test_a_moving_average_resumes_exactly_and_is_what_ships(setup: dict[str, Path]) -> None:
+    cfg = replace(config(setup, 3), ema=0.5, lr=0.01, warmup=1)  # big steps: ema != last
+    straight, split = setup["root"] / "ema-straight", setup["root"] / "ema-split"
+    run(cfg, setup["data"], straight, resume=False)
+    run(replace(cfg, steps=2), setup["data"], split, resume=False)
+    run(cfg, setup["data"], split, resume=True)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a["ema"].keys() == b["ema"].keys()
+    for key, value in a["ema"].items():
+        assert torch.equal(value, b["ema"][key]), key
+        assert not key.startswith("vae.")
+    assert any(not torch.equal(v, a["decoder"][k]) for k, v in a["ema"].items())
+    assert sorted(p.name for p in straight.glob("checkpoint-*.pt")) == [
+        "checkpoint-2.pt",
+        "checkpoint-3.pt",
+    ]
+
+    out = setup["root"] / "ema.safetensors"
+    export(cfg, straight / "checkpoint.pt", out, "ema.toml")
+    assert read_info(out).provenance["realism"]["ema"] == 0.5
+    shipped = load_bundle(out, encoder=False, decoder=False, realism=True).realism.state_dict()
+
+    def gap(weights: dict[str, torch.Tensor], key: str) -> float:
+        return float((shipped[key] - weights[key]).abs().max() / weights[key].abs().max())
+
+    keys = [k for k in a["ema"] if a["ema"][k].dim() > 1]  # stored in int8: 1/127 steps
+    assert max(gap(a["ema"], k) for k in keys) <= 1 / 127
+    assert max(gap(a["decoder"], k) for k in keys) > 2 / 127

@@ -39,12 +39,13 @@ Run: ``python -m aeic_codec.training.realism --config configs/realism-l12.toml -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,9 @@ class RealismConfig:
     # The noise input's per-channel scales (preset with latent_noise) learn this many times
     # faster than the rest: from zero, they have to grow to l_T's own scale (about 0.6).
     noise_lr: float = 100.0
+    # Decay of a moving average of the decoder's weights (0: none). Evaluation and export
+    # use the average: a decoder trained against critics swings from step to step.
+    ema: float = 0.0
     grid_cell: int = 64  # the colour grid applied to evaluation decodes
     grid_step: int = 4
     eval_dir: str = ""
@@ -291,6 +295,8 @@ class RealismTrainer:
         self.opt = torch.optim.AdamW(
             [g for g in groups if g["params"]], lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99)
         )
+        self.trained = dict(trained)
+        self.ema = self._weights() if cfg.ema > 0 else None
         critics = list(self.critic.parameters())
         if self.image_critic is not None:
             critics += list(self.image_critic.parameters())
@@ -410,6 +416,10 @@ class RealismTrainer:
         loss.backward()
         grad = nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], 1.0)
         self.opt.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for name, p in self.trained.items():
+                    self.ema[name].lerp_(p, 1 - c.ema)
         real = self.critic(target, y_hat)
         disc = F.relu(1 - real).mean() + F.relu(1 + self.critic(l_0.detach(), y_hat)).mean()
         if self.image_critic is not None and x_hat is not None:
@@ -431,8 +441,31 @@ class RealismTrainer:
         cell = math.gcd(self.cfg.grid_cell, math.gcd(*x_hat.shape[-2:]))
         return colour_grid_fix((x_hat + 1) / 2, source, cell, self.cfg.grid_step)[0].clamp(0, 1)
 
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.trained.items()}
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """The decoder with its moving-average weights inside the block (if it keeps one)."""
+        if self.ema is None:
+            yield
+            return
+        current = self._weights()
+        self.decoder.load_state_dict(self.ema, strict=False)
+        try:
+            yield
+        finally:
+            self.decoder.load_state_dict(current, strict=False)
+
     def evaluate(self, images: list[tuple[np.ndarray, torch.Tensor]]) -> dict[str, float]:
-        """PSNR, MS-SSIM and luma bands of whole images, decoded untiled with the colour grid."""
+        """PSNR, MS-SSIM and luma bands of whole images, decoded untiled with the colour grid.
+
+        With a moving average, of the averaged decoder (what export writes).
+        """
+        with self.averaged():
+            return self._evaluate(images)
+
+    def _evaluate(self, images: list[tuple[np.ndarray, torch.Tensor]]) -> dict[str, float]:
         psnrs, ssims, bands, cells = [], [], [], []
         for image, y_hat in images:
             h, w = image.shape[:2]
@@ -457,6 +490,7 @@ class RealismTrainer:
             "step": self.step,
             "decoder_config": self.decoder.cfg.to_json(),
             "rng": torch.get_rng_state(),
+            **({"ema": self.ema} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -468,6 +502,8 @@ class RealismTrainer:
         self.disc_opt.load_state_dict(state["disc_opt"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"])
+        if self.ema is not None:  # a run that starts averaging on resume starts from here
+            self.ema = state.get("ema") or self._weights()
 
 
 def _save(trainer: RealismTrainer, path: Path) -> None:
@@ -528,6 +564,7 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
             if evals and (step % cfg.eval_every == 0 or step == cfg.steps):
                 log.write(json.dumps({"step": step, **trainer.evaluate(evals)}) + "\n")
                 log.flush()
+                _save(trainer, out / f"checkpoint-{step}.pt")  # any evaluated step can ship
             if stop.requested or time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
                 _save(trainer, ckpt)
                 last_save = time.monotonic()
@@ -547,6 +584,9 @@ def export(cfg: RealismConfig, checkpoint: Path, output: Path, config_name: str)
     decoder = RealismDecoder(ModelConfig.from_json(state["decoder_config"]))
     decoder.load_state_dict(state["decoder"])
     provenance = {"config": config_name, "steps": int(state["step"]), "seed": cfg.seed}
+    if "ema" in state:
+        decoder.load_state_dict(state["ema"], strict=False)
+        provenance["ema"] = cfg.ema
     return attach_realism(cfg.base_bundle, decoder, output, "int8", provenance)
 
 
