@@ -241,3 +241,16 @@ def test_a_moving_average_resumes_exactly_and_is_what_ships(setup: dict[str, Pat
     keys = [k for k in a["ema"] if a["ema"][k].dim() > 1]  # stored in int8: 1/127 steps
     assert max(gap(a["ema"], k) for k in keys) <= 1 / 127
     assert max(gap(a["decoder"], k) for k in keys) > 2 / 127
+
+
+def test_a_run_starts_from_the_average_another_run_kept(setup: dict[str, Path]) -> None:
+    averaged = setup["root"] / "averaged"
+    first = replace(config(setup, 2), ema=0.5, lr=0.01, warmup=1)
+    run(first, setup["data"], averaged, resume=False)
+    state = torch.load(averaged / "checkpoint.pt", weights_only=True)
+    follow = setup["root"] / "follow"
+    cfg = replace(config(setup, 0), init=str(averaged / "checkpoint.pt"))
+    run(cfg, setup["data"], follow, resume=False)
+    started = torch.load(follow / "checkpoint.pt", weights_only=True)["decoder"]
+    for key, value in state["decoder"].items():
+        assert torch.equal(started[key], state["ema"].get(key, value)), key

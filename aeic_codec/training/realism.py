@@ -281,7 +281,8 @@ class RealismTrainer:
             self._start_from(realism.state_dict())
         elif cfg.init:
             state = torch.load(cfg.init, map_location="cpu", weights_only=True)
-            self._start_from(state["decoder"])
+            # A run that kept a moving average made that average (what it exports).
+            self._start_from({**state["decoder"], **state.get("ema", {})})
             self.critic.load_state_dict(state["critic"])
             if self.image_critic is not None and "image_critic" in state:
                 self.image_critic.load_state_dict(state["image_critic"])
