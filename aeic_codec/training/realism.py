@@ -600,11 +600,15 @@ def main() -> None:
     parser.add_argument(
         "--export", metavar="BUNDLE", help="write the bundle from the run's checkpoint"
     )
+    parser.add_argument(
+        "--step", type=int, help="with --export: the checkpoint kept at this evaluated step"
+    )
     args = parser.parse_args()
     cfg = load_config(args.config)
     if args.export:
         name = Path(args.config).name
-        print(export(cfg, Path(args.out) / "checkpoint.pt", Path(args.export), name))
+        checkpoint = f"checkpoint-{args.step}.pt" if args.step is not None else "checkpoint.pt"
+        print(export(cfg, Path(args.out) / checkpoint, Path(args.export), name))
     elif not args.data:
         parser.error("--data is needed to train")
     else:
