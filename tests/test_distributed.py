@@ -87,11 +87,15 @@ def steps(run: Path) -> list[dict]:
 
 
 def assert_same_curve(a: Path, b: Path) -> None:
+    """Equal but for rounding: sums over two processes round differently from one's, and
+    Adam carries that on. Over 30 steps it reached 7.5e-4 relative (the loss) on an AMD
+    EPYC, under 5e-4 on an Intel Xeon; a resume that lost any state (crops, noise, optimizer
+    moments) is off by a percent or more within a few steps."""
     rows_a, rows_b = steps(a), steps(b)
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
     for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in ("loss", "bpp", "mse", "psnr", "aux", "lr", "lambda"):
-            assert ra[key] == pytest.approx(rb[key], rel=5e-4, abs=1e-6), (ra["step"], key)
+            assert ra[key] == pytest.approx(rb[key], rel=2e-3, abs=1e-6), (ra["step"], key)
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
