@@ -5,11 +5,12 @@ file's size, and of PSNR (RGB, 8 bit), MS-SSIM and the luma power kept per frequ
 (``metrics.band_power_db``: 0 dB keeps the original's energy, below 0 is blur) between the
 source and the decoded PNG, and the lattice figure (``metrics.lattice_rms``: the mean 8 x 8
 cell of the decoded picture against the source's, 8-bit levels; a decoder that paints its
-upsampling grid over the picture shows there, not in PSNR). A bundle with a realism decoder
-gives two points, decoded with realism 0 (its fidelity decoder) and 1 (the same files). An
-anchor point does the same with Pillow's encoder at its lowest quality setting (JPEG 1, WebP
-0, AVIF 0) or with "downscale by k, AVIF, upscale bicubic", swept over a few AVIF qualities
-so that it forms a curve over the ultra-low rates.
+upsampling grid over the picture shows there, not in PSNR; "lattice 32" the same over
+32 x 32 cells, which also sees patterns repeating every 16 or 32 pixels, y's grid). A
+bundle with a realism decoder gives two points, decoded with realism 0 (its fidelity
+decoder) and 1 (the same files). An anchor point does the same with Pillow's encoder at
+its lowest quality setting (JPEG 1, WebP 0, AVIF 0) or with "downscale by k, AVIF, upscale
+bicubic", swept over a few AVIF qualities so that it forms a curve over the ultra-low rates.
 
 Usage:
     python -m bench.rd_kodak                        # shipped bundles, all 24 images
@@ -48,6 +49,7 @@ class Point:
     psnr: float = 0.0
     msssim: float = 0.0
     lattice: float = 0.0  # metrics.lattice_rms: an 8-pixel grid painted over the picture
+    lattice32: float = 0.0  # the same over 32-pixel cells: y's grid, and periods 8 and 16 too
     encode_s: float = 0.0
     decode_s: float = 0.0
     bands: list[float] = field(default_factory=list)  # dB per SPECTRUM_BANDS, mean of images
@@ -57,13 +59,14 @@ class Point:
         bpp = nbytes * 8 / (src.shape[0] * src.shape[1])
         row = {"image": name, "bpp": bpp, "psnr": psnr_u8(src, out), "msssim": ms_ssim_u8(src, out)}
         row["lattice"] = lattice_rms(out, src)
+        row["lattice32"] = lattice_rms(out, src, 32)
         bands = band_power_db(out.astype(np.float64), src.astype(np.float64))
         self.per_image.append(row | {"encode_s": enc, "decode_s": dec, "bands": bands})
 
     def finish(self) -> Point:
         rows = self.per_image
         self.images = len(rows)
-        for key in ("bpp", "psnr", "msssim", "lattice", "encode_s", "decode_s"):
+        for key in ("bpp", "psnr", "msssim", "lattice", "lattice32", "encode_s", "decode_s"):
             setattr(self, key, float(np.mean([r[key] for r in rows])) if rows else 0.0)
         if rows:
             self.bands = [float(b) for b in np.mean([r["bands"] for r in rows], axis=0)]
@@ -196,19 +199,20 @@ def band_label(low: float, high: float) -> str:
 
 
 def table(points: list[Point]) -> str:
-    """Markdown: rate, quality, the luma power kept per band (dB), the 8-px lattice, speed."""
+    """Markdown: rate, quality, the luma power kept per band (dB), the lattices, speed."""
     bands = " | ".join(band_label(lo, hi) for lo, hi in SPECTRUM_BANDS)
     head = (
         f"| codec | setting | images | bpp | PSNR dB | MS-SSIM | {bands} | lattice | "
-        "encode s | decode s |"
+        "lattice 32 | encode s | decode s |"
     )
-    lines = [head, "|---" * (9 + len(SPECTRUM_BANDS)) + "|"]
+    lines = [head, "|---" * (10 + len(SPECTRUM_BANDS)) + "|"]
     for p in points:
         dec = f"{p.decode_s:.2f}" if p.method == "aeic" else "-"
         kept = " | ".join(f"{b:+.1f}" for b in p.bands)
         lines.append(
             f"| {p.method} | {p.setting} | {p.images} | {p.bpp:.4f} | {p.psnr:.2f} | "
-            f"{p.msssim:.3f} | {kept} | {p.lattice:.2f} | {p.encode_s:.2f} | {dec} |"
+            f"{p.msssim:.3f} | {kept} | {p.lattice:.2f} | {p.lattice32:.2f} | "
+            f"{p.encode_s:.2f} | {dec} |"
         )
     return "\n".join(lines)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from bench.rd_kodak import Point, table
 from bench.run_all import run, slice_plan
+
+from .conftest import make_image
 
 SECTIONS = (
     "## Complexity",
@@ -40,3 +45,15 @@ def test_report_slice_writes_every_section_and_its_plots(tmp_path: Path) -> None
     for name in ("benchmarks-rd-psnr.png", "benchmarks-rd-msssim.png", "benchmarks-crops.png"):
         assert (plan.out / name).read_bytes()[:8] == PNG
         assert f"]({name})" in text  # linked from the report
+
+
+def test_the_32_pixel_lattice_sees_a_pattern_the_8_pixel_one_cannot() -> None:
+    src = make_image(128, 160)
+    y, x = np.mgrid[:128, :160]
+    squares = (((y % 32) < 16) ^ ((x % 32) < 16)) * 12.0  # 16-pixel squares, period 32
+    out = np.clip(src + squares[..., None], 0, 255).astype(np.uint8)
+    point = Point("aeic", "test")
+    point.add("a", 100, src, out, 0.0, 0.0)
+    point.finish()
+    assert point.lattice < 1.0 and point.lattice32 > 5.0  # constant over every 8x8 cell
+    assert f"| {point.lattice:.2f} | {point.lattice32:.2f} |" in table([point])
