@@ -163,14 +163,22 @@ def test_a_log_row_after_resuming_averages_the_steps_it_covers(setup: dict[str, 
     assert got["adv"] == pytest.approx(want["adv"], rel=1e-6)
 
 
-def test_the_renderings_critic_resumes_and_a_bundle_starts_a_run(setup: dict[str, Path]) -> None:
-    cfg = replace(config(setup, 3), image_crop=32, image_adv=0.5)
-    straight, split = setup["root"] / "critic-straight", setup["root"] / "critic-split"
+def straight_and_split(
+    setup: dict[str, Path], cfg: RealismConfig, name: str
+) -> tuple[dict, dict, Path]:
+    """``cfg`` run straight and split (resumed for its last step): both checkpoints, the folder."""
+    straight, split = setup["root"] / f"{name}-straight", setup["root"] / f"{name}-split"
     run(cfg, setup["data"], straight, resume=False)
-    run(replace(cfg, steps=2), setup["data"], split, resume=False)
+    run(replace(cfg, steps=cfg.steps - 1), setup["data"], split, resume=False)
     run(cfg, setup["data"], split, resume=True)
     a = torch.load(straight / "checkpoint.pt", weights_only=True)
     b = torch.load(split / "checkpoint.pt", weights_only=True)
+    return a, b, straight
+
+
+def test_the_renderings_critic_resumes_and_a_bundle_starts_a_run(setup: dict[str, Path]) -> None:
+    cfg = replace(config(setup, 3), image_crop=32, image_adv=0.5)
+    a, b, straight = straight_and_split(setup, cfg, "critic")
     assert a["image_critic"].keys() == b["image_critic"].keys()
     for key, value in a["image_critic"].items():
         assert torch.equal(value, b["image_critic"][key]), key
@@ -214,12 +222,7 @@ def test_a_decoder_without_noise_starts_one_with_the_noise_off(setup: dict[str, 
 
 def test_a_moving_average_resumes_exactly_and_is_what_ships(setup: dict[str, Path]) -> None:
     cfg = replace(config(setup, 3), ema=0.5, lr=0.01, warmup=1)  # big steps: ema != last
-    straight, split = setup["root"] / "ema-straight", setup["root"] / "ema-split"
-    run(cfg, setup["data"], straight, resume=False)
-    run(replace(cfg, steps=2), setup["data"], split, resume=False)
-    run(cfg, setup["data"], split, resume=True)
-    a = torch.load(straight / "checkpoint.pt", weights_only=True)
-    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    a, b, straight = straight_and_split(setup, cfg, "ema")
     assert a["ema"].keys() == b["ema"].keys()
     for key, value in a["ema"].items():
         assert torch.equal(value, b["ema"][key]), key
