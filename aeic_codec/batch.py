@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import startup
 from .bundle import BundleError
 from .container import FormatError
 from .imageio import ImageError
@@ -241,6 +242,7 @@ _WORK: Any = None
 
 
 def _init_worker(work: Any, threads: int) -> None:
+    startup.defer_collection()
     import torch
 
     global _WORK
@@ -252,7 +254,10 @@ def _init_worker(work: Any, threads: int) -> None:
 
 
 def _run_in_worker(task: Task) -> Outcome:
-    return _WORK(task)
+    try:
+        return _WORK(task)
+    finally:
+        startup.resume_collection()
 
 
 @contextlib.contextmanager
@@ -330,3 +335,4 @@ def run(
                         outcome.error, outcome.record = str(exc), None
                     outcome.data = None
                 deliver(outcome)
+            startup.resume_collection()

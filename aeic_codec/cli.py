@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import batch
+from . import batch, startup
 from .batch import Outcome, Task, TaskFailed, read_source
 from .bundle import BundleError
 from .container import FormatError
@@ -43,6 +43,7 @@ class _Aeic(click.Group):
         if not standalone_mode:  # the caller handles click's exceptions itself
             return super().main(*args, standalone_mode=False, **kwargs)
         help_errors = getattr(click.exceptions, "NoArgsIsHelpError", ())
+        startup.defer_collection()  # until the first file is done (startup.py)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except help_errors as exc:  # `aeic` alone: click shows the help
@@ -60,6 +61,8 @@ class _Aeic(click.Group):
         except click.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
             click.echo("aeic: interrupted", err=True)
             sys.exit(INTERRUPTED)
+        finally:  # a command that ran no file, or a caller in this process (tests)
+            startup.resume_collection()
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

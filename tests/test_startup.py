@@ -70,3 +70,44 @@ def test_a_diffusers_that_needs_what_is_hidden_is_imported_the_ordinary_way():
         "keys = sorted(Denoiser(tiny_config()).state_dict())\n"
         "assert any('attentions' in k for k in keys), keys[:5]\n"
     )
+
+
+def test_no_collection_runs_before_the_first_file_and_collection_is_back_after(
+    tmp_path: Path, png_file: Path, tiny_bundle: Path
+):
+    coded = tmp_path / "img.aeic"
+    args = ["encode", str(png_file), "-o", str(coded), "--weights", str(tiny_bundle)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    out = tmp_path / "out.png"
+    decode = ["decode", str(coded), "-o", str(out), "--weights", str(tiny_bundle)]
+    in_fresh_python(
+        "import gc, os\n"
+        "from aeic_codec.cli import main\n"
+        "early = []\n"
+        "def seen(phase, info):\n"
+        f"    if phase == 'start' and not os.path.exists({str(out)!r}):\n"
+        "        early.append(info)\n"
+        "gc.callbacks.append(seen)\n"
+        f"try:\n    main({decode!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "assert not early, early\n"
+        "assert gc.isenabled() and gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
+    )
+    assert out.stat().st_size > 0
+
+
+def test_collection_stays_as_the_caller_left_it():
+    import gc
+
+    from aeic_codec import startup
+
+    gc.disable()
+    try:
+        startup.defer_collection()
+        startup.resume_collection()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    startup.defer_collection()
+    assert not gc.isenabled()
+    startup.resume_collection()
+    assert gc.isenabled()

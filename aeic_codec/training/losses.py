@@ -16,7 +16,7 @@ from torch import nn
 
 from ..colour import YCC, YCC_OFFSET
 from ..config import ModelConfig
-from ..metrics import ms_ssim
+from ..metrics import SPECTRUM_BANDS, ms_ssim
 from ..model import AEIC
 from .config import LossWeights, TrainConfigError
 from .distributed import Share
@@ -45,6 +45,37 @@ def colour_grid_fix(x_hat: torch.Tensor, x: torch.Tensor, cell: int, step: int) 
     shift = torch.einsum("ij,bjhw->bihw", to_rgb, target - means(x_hat)) / 255.0
     field = F.interpolate(shift, scale_factor=cell, mode="bilinear", align_corners=False)
     return x_hat + field.to(x_hat.dtype)
+
+
+def spectrum_distance(
+    x_hat: torch.Tensor, x: torch.Tensor, bands: int = 3, floor: float = 1e-5
+) -> torch.Tensor:
+    """Mean squared log-ratio of luma power in the finest ``bands`` octave bands.
+
+    Images (B, 3, H, W) in [-1, 1]; the bands are metrics.SPECTRUM_BANDS' finest, each
+    image's power taken under a Hann window as band_power_db takes it. Blind to phase,
+    so it asks for as much detail at each scale as the photo has there (none on a clear
+    sky, much in foliage) without asking for the detail the file cannot carry. ``floor``
+    is the windowed power of white noise of one 8-bit level rms: below it, flat crops
+    would weigh in with their noise.
+    """
+    luma = torch.tensor(YCC[0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    h, w = x.shape[-2:]
+    window = torch.outer(torch.hann_window(h, periodic=False), torch.hann_window(w, periodic=False))
+    radius = torch.hypot(torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :])
+
+    def power(img: torch.Tensor) -> torch.Tensor:
+        y = (img * luma).sum(1)
+        y = (y - y.mean((-2, -1), keepdim=True)) * window.to(y)
+        return torch.fft.rfft2(y).abs().square() / (h * w)
+
+    p_hat, p = power(x_hat), power(x)
+    total = x_hat.new_zeros(())
+    for low, high in SPECTRUM_BANDS[-bands:]:
+        band = ((radius >= low) & (radius <= high)).to(x.device)
+        a, b = p_hat[:, band].mean(1), p[:, band].mean(1)
+        total = total + (torch.log(a + floor) - torch.log(b + floor)).square().mean()
+    return total / bands
 
 
 class Distiller(nn.Module):

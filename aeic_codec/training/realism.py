@@ -20,6 +20,9 @@ that need nothing downloaded:
   unit-normalised per position, as LPIPS does without learned weights). They tell texture
   where the photo has it from texture painted on smooth sails and skies, which neither a
   critic on latents nor pooled means can;
+- optionally (``spectrum`` > 0), the luma power of the renderings in the three finest
+  octave bands held to the photo's (log ratio, phase-blind): as much detail at each
+  scale as the photo has there, which the fidelity terms alone never ask for;
 - optionally (``phase`` > 0), a lattice term on the same renderings: the batch's mean
   8 x 8 block (each pixel position within D's 8-pixel upsampling cell averaged over every
   cell) held to the photos'. Photos have almost none; a D fed latents it does not know
@@ -64,11 +67,11 @@ from ..realism import RealismDecoder, realism_config
 from ..tiny_vae import TinyEncoder, read_taef2
 from ..transforms import pad_reflect
 from .data import find_images
-from .losses import PatchDiscriminator, colour_grid_fix, critic_loss
+from .losses import PatchDiscriminator, colour_grid_fix, critic_loss, spectrum_distance
 from .run import StopSignals
 
 LATENT_SCALE = 8  # D's latent is at 1/8 of the image size, y at 1/32
-IMAGE_TERMS = ("image", "phase", "pixel", "perceptual")
+IMAGE_TERMS = ("image", "phase", "pixel", "perceptual", "spectrum")
 NOISE_KEY = "denoiser.noise_scale"  # the noise input's scales (denoiser.py, with_noise)
 
 
@@ -104,6 +107,7 @@ class RealismConfig:
     pixel: float = 0.0  # weight of full-resolution MSE on the renderings
     perceptual: float = 0.0  # weight of the TAEF2-encoder feature distance on them
     image_adv: float = 0.0  # weight of a hinge critic on the renderings themselves
+    spectrum: float = 0.0  # weight of the renderings' band-power distance (losses.py)
     # The noise input's per-channel scales (preset with latent_noise) learn this many times
     # faster than the rest: from zero, they have to grow to l_T's own scale (about 0.6).
     noise_lr: float = 100.0
@@ -358,6 +362,7 @@ class RealismTrainer:
             "image": F.mse_loss(*pool),
             "phase": F.mse_loss(lattice_cell(x_hat), lattice_cell(x)),
             "pixel": F.mse_loss(x_hat, x),
+            "spectrum": spectrum_distance(x_hat, x),
         }
         if self.features is not None:
             terms["perceptual"] = self.feature_distance(x_hat, x)
