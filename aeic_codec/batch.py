@@ -155,6 +155,7 @@ class EncodeWork(_Work):
     colour_grid: bool | None = None
     integer: bool | None = None
     device: str = "cpu"
+    precision: str = "auto"
     verify: bool = False
     debug: bool = False
     _model: Any = None
@@ -174,6 +175,7 @@ class EncodeWork(_Work):
             colour_grid=self.colour_grid,
             integer=self.integer,
             device=self.device,
+            precision=self.precision,
             verify=self.verify,
         )
         outcome.data = result.data

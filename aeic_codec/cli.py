@@ -336,6 +336,14 @@ LAMBDA_HELP = (
     help="Where the analysis networks run; the integer entropy path gives the same file anywhere.",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Precision of the analysis transform (auto: bf16 where the CPU computes it natively); "
+    "any decoder reads the files of any precision.",
+)
+@click.option(
     "--float-entropy",
     is_flag=True,
     help="Use the float entropy path (format version 1/2, as the published pipeline) even "
@@ -362,6 +370,7 @@ def encode(
     colour_fix: bool | None,
     colour_grid: bool | None,
     device: str,
+    precision: str,
     float_entropy: bool,
     verify: bool,
 ) -> None:
@@ -374,6 +383,7 @@ def encode(
     try:
         info = find_bundle(weights, lambda_=lambda_, variant=variant)
         api.check_device(device)
+        api.resolve_precision(precision, device)
     except (BundleError, ValueError) as exc:
         _usage(exc, debug)
     todo = _todo(tasks, force, report)
@@ -386,6 +396,7 @@ def encode(
             colour_grid,
             integer=False if float_entropy else None,
             device=device,
+            precision=precision,
             verify=verify,
         )
         _run(work, todo, jobs, report, debug)

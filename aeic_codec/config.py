@@ -55,6 +55,10 @@ class ModelConfig:
     vae_pooled: int = 0
     # eps also takes Gaussian noise on l_T, scaled per channel (denoiser.py, with_noise).
     latent_noise: bool = False
+    # Realism decoders only: above 0, their picture gives only its detail, what a Gaussian
+    # blur of this sigma (pixels) removes; the bundle's own decoder gives the rest
+    # (realism.py, detail_blend).
+    detail_sigma: float = 0.0
     # Tiling in latent (1/8 resolution) units and the colour-fix threshold (its key keeps
     # the old spelling: every bundle stores it, and bundle identities hash it).
     eps_tile: int = 192
@@ -157,6 +161,7 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "vae_blocks": (),
     "vae_pooled": 0,
     "latent_noise": False,
+    "detail_sigma": 0.0,
 }
 
 AEIC_SE = ModelConfig()

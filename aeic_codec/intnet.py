@@ -14,7 +14,11 @@ int64 reference.
 IntOps holds the integers in float64 tensors. The dense products run as float64 GEMMs:
 every product and partial sum is an integer below 2**53 (|activation| <= 2**15,
 |weight| < 2**15, at most 2048 terms, |bias| <= 2**45), so every float64 addition is
-exact whatever its order and the result is the integer sum. Depthwise layers run as
+exact whatever its order and the result is the integer sum. On any CPU where a check of
+the worst cases finds torch's int8 GEMM (int32 sums) exact, they run on it instead: the
+bytes of the activations times the weights' bytes (one for int8 weights, two for 16-bit
+ones), recombined exactly (``_digit_gemm``; 3-10x faster where the CPU has int8 dot
+products). Depthwise layers run as
 float32 convolutions of byte digits (partial sums below 2**24), requantisation as an
 exact float64 multiply where the shift allows (else in int64), LayerNorm in int64.
 
@@ -25,6 +29,7 @@ parameters) and on ``IntOps`` (the integer path both coder sides run).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable
@@ -50,6 +55,7 @@ LN_PRECISION = 24  # LayerNorm's 1 / sigma has this many fractional bits
 LN_EPS = 1e-6
 EXPONENT_RANGE = (-16, 40)
 SYMBOL_CLAMP = 1 << 16  # symbols beyond saturate the 16-bit context either way
+DIGIT_CHUNK = 1 << 20  # output values per band of rows in _digit_gemm
 FLOAT_SHIFT_MAX = 37  # requantisation shifts up to this run exactly in float64 (IntOps)
 
 
@@ -216,6 +222,71 @@ def kernel_digits(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return hi.float()[:, None], (weight - 256 * hi).float()[:, None]
 
 
+@functools.cache
+def int8_gemm_exact() -> bool:
+    """Whether torch's int8 GEMM (int32 sums) is available and exact here.
+
+    CPUs without int8 dot-product instructions add pairs of byte products in saturating
+    16-bit lanes, which the extremes of both operands overflow; so the extremes are what
+    is checked, once per process, against int64 sums.
+    """
+    a = torch.tensor([[127] * 64, [-128] * 64, [127, -128] * 32], dtype=torch.int8)
+    w = torch.tensor([[127, -128, 127], [127, -128, -128]] * 32, dtype=torch.int8)
+    try:
+        return torch.equal(torch._int_mm(a, w).long(), a.long() @ w.long())
+    except RuntimeError:
+        return False
+
+
+class ByteWeights(NamedTuple):
+    """A layer's weights as int8 bytes for ``_digit_gemm``.
+
+    ``w8`` is weight.T (K, N) itself for int8 weights; for 16-bit ones, their high and
+    low bytes side by side (K, 2N), w = 256 hi + lo + 128. ``offset`` is what the digit
+    products leave out: the bias, plus 128 times the column sums of each byte matrix.
+    """
+
+    w8: torch.Tensor
+    offset: torch.Tensor
+    wide: bool
+
+
+def byte_weights(weight_t: torch.Tensor, bias: torch.Tensor) -> ByteWeights:
+    """ByteWeights of integer weights (K, N) (float64 holding int8 or 16-bit values)."""
+    if weight_t.numel() == 0 or -128 <= float(weight_t.min()) <= float(weight_t.max()) <= 127:
+        return ByteWeights(weight_t.to(torch.int8), bias + 128 * weight_t.sum(0), False)
+    hi = torch.floor(weight_t / 256)
+    lo = weight_t - 256 * hi - 128
+    offset = bias + 128 * (256 * hi.sum(0) + lo.sum(0))
+    return ByteWeights(torch.cat((hi, lo), 1).to(torch.int8), offset, True)
+
+
+def _digit_gemm(flat: torch.Tensor, weights: ByteWeights) -> torch.Tensor:
+    """``flat @ weight.T + bias`` exactly, for integers ``flat`` in [-2**15, 2**15) (float64).
+
+    flat = 256 hi + lo + 128 with hi and lo in [-128, 127] (hi its high byte, lo its low
+    byte less 128): one int8 GEMM of both digits against the weight bytes (sums of at most
+    MAX_TERMS products, below 2**25 in int32), recombined in float64, where everything
+    stays an integer below 2**53. With 16-bit weights (``wide``), the two byte products
+    are recombined likewise, and the weights' 128 needs flat's row sums.
+    """
+    m = flat.shape[0]
+    rows = max(1, DIGIT_CHUNK // weights.w8.shape[1])
+    if m > rows:  # in bands of rows, whose temporaries stay in cache and reuse their memory
+        out = torch.empty(m, len(weights.offset), dtype=torch.float64)
+        for r in range(0, m, rows):
+            out[r : r + rows] = _digit_gemm(flat[r : r + rows], weights)
+        return out
+    v = flat.to(torch.int16)
+    digits = torch.cat((v >> 8, (v & 255).sub_(128))).to(torch.int8)
+    products = torch._int_mm(digits, weights.w8).double()  # before scaling: 256 x overflows int32
+    acc = products[:m].mul_(256).add_(products[m:])  # flat @ w8, less 128 * column sums
+    if weights.wide:
+        n = acc.shape[1] // 2
+        acc = acc[:, :n].mul(256).add_(acc[:, n:]).add_(flat.sum(1, keepdim=True), alpha=128)
+    return acc.add_(weights.offset)
+
+
 def _clamp(v: torch.Tensor) -> torch.Tensor:
     return v.clamp(ACT_MIN, ACT_MAX)
 
@@ -334,10 +405,21 @@ class IntOps:
         parts = v.chunk(len(sites), -1)
         return [Act(p, self.exp(s)) for p, s in zip(parts, sites, strict=True)]
 
+    def _bytes(self, name: str) -> ByteWeights | None:
+        """The layer's weights for _digit_gemm, or None where this CPU's int8 GEMM is inexact."""
+        key = f"{name}|bytes"
+        if key not in self._cache:
+            weight_t, bias, *_ = self._layer(name)
+            exact = weight_t.shape[0] <= MAX_TERMS and int8_gemm_exact()
+            self._cache[key] = byte_weights(weight_t, bias) if exact else None
+        return self._cache[key]
+
     def _gemm(self, name: str, x: torch.Tensor) -> torch.Tensor:
         weight_t, bias, *_ = self._layer(name)
         flat = x.reshape(-1, x.shape[-1])
-        acc = torch.addmm(bias, flat, weight_t)  # exact: integers below 2**53
+        b = self._bytes(name)
+        # Either way exact (integers below 2**53), so either gives the same values.
+        acc = torch.addmm(bias, flat, weight_t) if b is None else _digit_gemm(flat, b)
         return self._requant(acc, name).view(*x.shape[:-1], -1)
 
     def linear(self, name: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
@@ -354,13 +436,22 @@ class IntOps:
         """
         weight_t, bias, *_ = self._layer(name)
         index = self._cell_index(name, weight_t.shape[1], len(sites), len(cells))
+        b = self._bytes(name)
         key = f"{name}|cells"
         weights = self._cache.get(key)
         if weights is None:
-            weights = self._cache[key] = (weight_t[:, index].permute(1, 0, 2).contiguous(),)
+            # Per group: its weight columns (float64, or bytes for _digit_gemm).
+            if b is None:
+                weights = (weight_t[:, index].permute(1, 0, 2).contiguous(),)
+            else:
+                weights = tuple(byte_weights(weight_t[:, i], bias[i]) for i in index)
+            self._cache[key] = weights
         v = x.v[0]
         rows = torch.stack([v[c // 2 :: 2, c % 2 :: 2].reshape(-1, v.shape[-1]) for c in cells])
-        acc = torch.baddbmm(bias[index].unsqueeze(1), rows, weights[0])
+        if b is None:
+            acc = torch.baddbmm(bias[index].unsqueeze(1), rows, weights[0])
+        else:
+            acc = torch.stack([_digit_gemm(r, w) for r, w in zip(rows, weights, strict=True)])
         return self._split(self._requant(acc, name, index.unsqueeze(1)), sites)
 
     def _cell_index(self, name: str, outputs: int, sites: int, groups: int) -> torch.Tensor:

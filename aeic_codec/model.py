@@ -144,30 +144,43 @@ class AEIC(nn.Module):
         return self.integer
 
     @torch.no_grad()
-    def analyse(self, x: torch.Tensor, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """y and z (float32, on the CPU) of a padded image, g_a and h_a run on ``device``."""
+    def analyse(
+        self, x: torch.Tensor, device: str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """y and z (float32, on the CPU) of a padded image, g_a and h_a run on ``device``.
+
+        A ``dtype`` other than float32 runs g_a's convolutions and products in it
+        (autocast): y moves by a fraction of a quantisation step, which changes a few
+        symbols and no decoder's arithmetic (the entropy path takes y as it comes).
+        """
         if self.g_a is None or self.h_a is None:
             raise RuntimeError("this model was loaded without its encoder")
         if device != "cpu":
             self.g_a.to(device)
             self.h_a.to(device)
-        y = self.g_a(x.to(device)).float()
+        kind = torch.device(device).type
+        with torch.autocast(kind, dtype=dtype, enabled=dtype != torch.float32):
+            y = self.g_a(x.to(device)).float()
         z = self.h_a(y).float()
         return y.cpu(), z.cpu()
 
     @torch.no_grad()
     def compress(
-        self, x: torch.Tensor, integer: bool | None = None, device: str = "cpu"
+        self,
+        x: torch.Tensor,
+        integer: bool | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> Compressed:
         """Code a padded image (1, 3, H, W) in [-1, 1] into five streams.
 
         ``integer`` picks the entropy path (default: the integer one when the model has
-        it); ``device`` runs the encoder's own networks (g_a, h_a) there. The entropy
-        parameters are computed on the CPU: the integer path gives the same integers
-        anywhere, and it is cheap next to g_a.
+        it); ``device`` and ``dtype`` are where and how g_a runs (``analyse``). The
+        entropy parameters are computed on the CPU: the integer path gives the same
+        integers anywhere, and it is cheap next to g_a.
         """
         z_tables, y_tables = self._tables()
-        y, z = self.analyse(x, device)
+        y, z = self.analyse(x, device, dtype)
         if self.integer is not None if integer is None else integer:
             return self._compress_integer(y, z)
         eb = self.entropy_bottleneck

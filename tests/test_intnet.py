@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from aeic_codec import api
+from aeic_codec import api, intnet
 from aeic_codec.bundle import load_bundle, read_info, save_bundle
 from aeic_codec.cli import main
 from aeic_codec.coder import StreamDecoder, StreamEncoder
@@ -238,6 +238,33 @@ def test_shipped_bundles_equal_the_numpy_reference():
         assert np.array_equal(y_hat, result.y_hat.numpy()), path.name
 
 
+@pytest.mark.parametrize("weight_bits", [8, 16])
+def test_digit_gemm_is_exact_at_the_extremes(weight_bits):
+    rng = np.random.default_rng(5)
+    flat = rng.integers(-(1 << 15), 1 << 15, size=(33, 2048))
+    flat[0], flat[1], flat[2, ::2] = -(1 << 15), (1 << 15) - 1, -(1 << 15)
+    top = 1 << (weight_bits - 1)
+    w = rng.integers(-top + 1, top, size=(2048, 7))
+    w[:, 0], w[:, 1], w[::2, 2] = -top + 1, top - 1, -top + 1
+    bias = rng.integers(-(1 << 45), 1 << 45, size=7)
+    expected = flat @ w + bias  # numpy int64: below 2**60, exact
+    weights = intnet.byte_weights(torch.from_numpy(w).double(), torch.from_numpy(bias).double())
+    assert weights.wide == (weight_bits == 16)
+    got = intnet._digit_gemm(torch.from_numpy(flat).double(), weights)
+    assert np.array_equal(got.long().numpy(), expected)
+
+
+def test_integer_layers_take_the_int8_gemm(int_bundle):
+    if not intnet.int8_gemm_exact():
+        pytest.skip("this CPU's int8 GEMM is not exact: the float64 GEMM runs everywhere")
+    for ops in (
+        load_bundle(SHIPPED[0], decoder=False)._integer().ops,
+        load_bundle(int_bundle, decoder=False)._integer().ops,
+    ):
+        int8 = ops.t["h_s.increase.1.fc1.weight"].dtype == torch.int8
+        assert ops._bytes("h_s.increase.1.fc1").wide == (not int8)
+
+
 def test_one_and_two_threads_give_the_same_files(int_bundle):
     model = load_bundle(int_bundle, decoder=False)
     image = make_image(130, 190, seed=4)
@@ -256,7 +283,7 @@ _CHILD = """
 import json, sys
 import numpy as np, torch
 from PIL import Image
-from aeic_codec import api
+from aeic_codec import api, intnet
 from aeic_codec.bundle import load_bundle
 torch.set_num_threads(int(sys.argv[1]))
 image = np.asarray(Image.open(sys.argv[2]).convert("RGB"))[:128, :192]

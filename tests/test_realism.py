@@ -197,3 +197,53 @@ def test_the_noise_input_is_configuration_and_decodes_the_same_every_time(
     with torch.no_grad():
         model.realism.denoiser.noise_scale.zero_()
     assert not np.array_equal(first, api.decode(data, model, precision="fp32", realism=1))
+
+
+def test_gaussian_blur_is_the_documented_sum() -> None:
+    from aeic_codec.realism import gaussian_blur
+
+    rng = np.random.default_rng(3)
+    image = rng.random((3, 20, 31))
+    sigma, radius = 1.5, 5
+    t = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(t**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    padded = np.pad(image, ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
+    rows = sum(k * padded[:, :, i : i + 31] for i, k in enumerate(kernel))
+    expected = sum(k * rows[:, i : i + 20] for i, k in enumerate(kernel))
+    got = gaussian_blur(torch.from_numpy(image), sigma).numpy()
+    assert np.abs(got - expected).max() < 1e-12
+    flat = torch.full((3, 4, 4), 0.25, dtype=torch.float64)  # smaller than the radius
+    assert torch.allclose(gaussian_blur(flat, sigma), flat)
+
+
+def test_a_detail_decoder_adds_detail_to_the_fidelity_picture(
+    realism_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from aeic_codec.realism import gaussian_blur
+
+    plain, _ = realism_bundle
+    assert "detail_sigma" not in json.loads(tiny_realism_config().to_json())  # identities kept
+    cfg = tiny_realism_config().replace(detail_sigma=2.0)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    torch.manual_seed(12)
+    detail = tmp_path / "detail.safetensors"
+    attach_realism(plain, RealismDecoder(cfg), detail, "int8")
+    image = make_image(48, 80)
+    model = load_bundle(detail, realism=True)
+    data = api.encode(image, model)
+    y_hat = api.latent_and_digest(api.read_header(data), model)[0]
+    fid, real = (
+        api.synthesize(m, y_hat, 48, 80, dtype=torch.float32) for m in (model, model.realism)
+    )
+    decoder = api.load_decoder(detail, read_info(detail).identity, realism=1)
+    assert decoder.g_s is not None  # the fidelity decoder is loaded for realism 1 too
+    for r in (1.0, 0.5):
+        got = api.decode_image(data, decoder, precision="fp32", realism=r)
+        expected = fid + r * ((real - fid) - gaussian_blur(real - fid, 2.0))
+        pixels = np.clip(np.round((expected + 1) / 2 * 255), 0, 255).permute(1, 2, 0)
+        assert np.abs(got.image.astype(int) - pixels.numpy().astype(int)).max() <= 1
+    assert not np.array_equal(
+        api.decode(data, decoder, precision="fp32", realism=1),
+        api.decode(data, decoder, precision="fp32"),
+    )

@@ -114,6 +114,10 @@ class RealismConfig:
     # Decay of a moving average of the decoder's weights (0: none). Evaluation and export
     # use the average: a decoder trained against critics swings from step to step.
     ema: float = 0.0
+    # The exported decoder gives only detail finer than this Gaussian sigma, in pixels
+    # (ModelConfig.detail_sigma; 0: its whole picture). Evaluations here use its whole
+    # picture either way.
+    detail_sigma: float = 0.0
     grid_cell: int = 64  # the colour grid applied to evaluation decodes
     grid_step: int = 4
     eval_dir: str = ""
@@ -587,7 +591,8 @@ def export(cfg: RealismConfig, checkpoint: Path, output: Path, config_name: str)
     from ..config import ModelConfig
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    decoder = RealismDecoder(ModelConfig.from_json(state["decoder_config"]))
+    dcfg = ModelConfig.from_json(state["decoder_config"]).replace(detail_sigma=cfg.detail_sigma)
+    decoder = RealismDecoder(dcfg)
     decoder.load_state_dict(state["decoder"])
     provenance = {"config": config_name, "steps": int(state["step"]), "seed": cfg.seed}
     if "ema" in state:
