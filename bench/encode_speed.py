@@ -4,12 +4,15 @@ Two comparisons, each timed in alternating rounds (one call of each per round, s
 change in the machine's load hits both alike), reporting the median and the best round:
 
 - ``small``: ``api.encode_image`` of kodim23 (768x512) with a shipped bundle (default
-  ``aeic-small-l12``; integer entropy path, file bytes included) against Pillow's AVIF
-  encoder at quality 0 on the same image, and their ratio (issue 19's target: at most 2.5).
+  ``aeic-small-l12``; integer entropy path, file bytes included; precision auto, and fp32)
+  against Pillow's AVIF encoder at quality 0 on the same image, and their ratio (issue
+  19's target: at most 2.5).
 - ``se``: a full-size AEIC-SE with random weights, integerized in memory after the fact as
   the importer does for a published checkpoint (16-bit integer weights, calibrated on a
-  768x512 crop of the timing image), encoding a 1920x1088 image through both entropy paths
-  (``AEIC.compress``; the networks g_a and h_a are the same for both).
+  768x512 crop of the timing image), encoding a 1920x1088 image (``AEIC.compress``)
+  through the float entropy path with g_a in fp32 (the published pipeline, and aeic's
+  before the integer path), and through the integer path with g_a in fp32 and in the
+  precision ``auto`` picks here.
 
 Usage: python -m bench.encode_speed [--only small|se] [--rounds 5] [--threads 2]
                                     [--bundle weights/aeic-small-l12.safetensors]
@@ -59,6 +62,7 @@ def small(rounds: int, bundle: Path) -> dict[str, list[float]]:
         {
             "AVIF q0 (Pillow)": lambda: pil.save(io.BytesIO(), "AVIF", quality=0),
             f"{bundle.stem} api.encode_image": lambda: api.encode_image(image, model),
+            f"{bundle.stem} fp32 g_a": lambda: api.encode_image(image, model, precision="fp32"),
         },
         rounds,
     )
@@ -66,6 +70,7 @@ def small(rounds: int, bundle: Path) -> dict[str, list[float]]:
 
 def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, list[float]]:
     """AEIC-SE with random weights: AEIC.compress through the integer and the float path."""
+    from aeic_codec import api
     from aeic_codec.config import PRESETS
     from aeic_codec.integerize import padded
     from aeic_codec.intnet import IntegerEntropy, integerize
@@ -77,11 +82,14 @@ def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, lis
     photo = np.asarray(Image.open(IMAGE).convert("RGB"))
     model.integer = IntegerEntropy(model.cfg, integerize(model, [padded(photo)]))
     big = np.asarray(Image.fromarray(photo).resize((width, height), Image.BICUBIC))
+    dtype = api.resolve_precision("auto")
+    auto = f"auto ({str(dtype).removeprefix('torch.')})"
     x = padded(big)
     return side_by_side(
         {
-            "AEIC-SE integer path": lambda: model.compress(x, integer=True),
-            "AEIC-SE float path": lambda: model.compress(x, integer=False),
+            "AEIC-SE float path, fp32": lambda: model.compress(x, integer=False),
+            "AEIC-SE integer path, fp32": lambda: model.compress(x, integer=True),
+            f"AEIC-SE integer path, {auto}": lambda: model.compress(x, integer=True, dtype=dtype),
         },
         rounds,
     )

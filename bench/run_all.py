@@ -441,7 +441,7 @@ def startup(plan: Plan, files: dict[tuple[int, int], bytes]) -> str:
     rows = []
     for (command, what), secs in medians.items():
         computes = command.startswith(("aeic encode", "aeic decode"))
-        extra = f"+{secs - floor:.2f}" if computes else "-"
+        extra = f"{secs - floor:+.2f}" if computes else "-"
         rows.append([f"`{command}`", what, f"{secs:.2f}", extra])
         log(f"whole command {command} {what}: {secs:.2f} s")
     return (

@@ -215,6 +215,20 @@ def test_a_decoder_without_noise_starts_one_with_the_noise_off(setup: dict[str, 
     trained = torch.load(noisy / "checkpoint.pt", weights_only=True)["decoder"]
     assert trained["denoiser.noise_scale"].abs().min() > 0  # every channel trains from zero
 
+    started = setup["root"] / "noise-started"
+    run(replace(cfg, noise_init=0.3), setup["data"], started, resume=False)
+    scales = torch.load(started / "checkpoint.pt", weights_only=True)["decoder"]
+    assert torch.equal(
+        scales["denoiser.noise_scale"], torch.full_like(scales["denoiser.noise_scale"], 0.3)
+    )
+    with pytest.raises(ValueError, match="no noise input"):
+        run(
+            replace(cfg, preset="aeic-small-taef2", init="", noise_init=0.3),
+            setup["data"],
+            started / "x",
+            resume=False,
+        )
+
     foreign = replace(cfg, preset="aeic-small-taef2", init=str(noisy / "checkpoint.pt"))
     with pytest.raises(ValueError, match="not a realism decoder of preset aeic-small-taef2"):
         run(foreign, setup["data"], setup["root"] / "foreign", resume=False)

@@ -111,6 +111,9 @@ class RealismConfig:
     # The noise input's per-channel scales (preset with latent_noise) learn this many times
     # faster than the rest: from zero, they have to grow to l_T's own scale (about 0.6).
     noise_lr: float = 100.0
+    # Above 0, the noise scales start at this value instead (whatever ``init`` holds): a
+    # decoder whose scales start at zero may never learn to use the noise.
+    noise_init: float = 0.0
     # Decay of a moving average of the decoder's weights (0: none). Evaluation and export
     # use the average: a decoder trained against critics swings from step to step.
     ema: float = 0.0
@@ -296,6 +299,12 @@ class RealismTrainer:
                 self.image_critic.load_state_dict(state["image_critic"])
         else:
             self._warm_start(load_bundle(cfg.base_bundle, encoder=False))
+        if cfg.noise_init > 0:
+            scales = self.decoder.denoiser.noise_scale
+            if scales is None:
+                raise ValueError(f"noise_init: preset {cfg.preset} has no noise input")
+            with torch.no_grad():
+                scales.fill_(cfg.noise_init)
         trained = [(n, p) for n, p in self.decoder.named_parameters() if not n.startswith("vae.")]
         groups = [
             {"params": [p for n, p in trained if not n.endswith(NOISE_KEY)], "lr_mult": 1.0},
