@@ -279,8 +279,14 @@ def _digit_gemm(flat: torch.Tensor, weights: ByteWeights) -> torch.Tensor:
         return out
     v = flat.to(torch.int16)
     digits = torch.cat((v >> 8, (v & 255).sub_(128))).to(torch.int8)
-    products = torch._int_mm(digits, weights.w8).double()  # before scaling: 256 x overflows int32
-    acc = products[:m].mul_(256).add_(products[m:])  # flat @ w8, less 128 * column sums
+    products = torch._int_mm(digits, weights.w8)
+    # flat @ w8, less 128 * column sums: in int32 while |256 hi + lo| products, at most
+    # 257 * 2**14 per term, cannot overflow it; else after the conversion to float64.
+    if flat.shape[1] * 257 << 14 < 1 << 31:
+        acc = torch.add(products[m:], products[:m], alpha=256).double()
+    else:
+        products = products.double()
+        acc = products[:m].mul_(256).add_(products[m:])
     if weights.wide:
         n = acc.shape[1] // 2
         acc = acc[:, :n].mul(256).add_(acc[:, n:]).add_(flat.sum(1, keepdim=True), alpha=128)

@@ -238,13 +238,14 @@ def test_shipped_bundles_equal_the_numpy_reference():
         assert np.array_equal(y_hat, result.y_hat.numpy()), path.name
 
 
+@pytest.mark.parametrize("terms", [510, 2048])  # digits recombined in int32 / in float64
 @pytest.mark.parametrize("weight_bits", [8, 16])
-def test_digit_gemm_is_exact_at_the_extremes(weight_bits):
+def test_digit_gemm_is_exact_at_the_extremes(weight_bits, terms):
     rng = np.random.default_rng(5)
-    flat = rng.integers(-(1 << 15), 1 << 15, size=(33, 2048))
+    flat = rng.integers(-(1 << 15), 1 << 15, size=(33, terms))
     flat[0], flat[1], flat[2, ::2] = -(1 << 15), (1 << 15) - 1, -(1 << 15)
     top = 1 << (weight_bits - 1)
-    w = rng.integers(-top + 1, top, size=(2048, 7))
+    w = rng.integers(-top + 1, top, size=(terms, 7))
     w[:, 0], w[:, 1], w[::2, 2] = -top + 1, top - 1, -top + 1
     bias = rng.integers(-(1 << 45), 1 << 45, size=7)
     expected = flat @ w + bias  # numpy int64: below 2**60, exact
