@@ -266,9 +266,10 @@ def _digit_gemm(flat: torch.Tensor, weights: ByteWeights) -> torch.Tensor:
 
     flat = 256 hi + lo + 128 with hi and lo in [-128, 127] (hi its high byte, lo its low
     byte less 128): one int8 GEMM of both digits against the weight bytes (sums of at most
-    MAX_TERMS products, below 2**25 in int32), recombined in float64, where everything
-    stays an integer below 2**53. With 16-bit weights (``wide``), the two byte products
-    are recombined likewise, and the weights' 128 needs flat's row sums.
+    MAX_TERMS products, below 2**25 in int32), recombined exactly: in int32 where the
+    number of terms allows, else in float64, where everything stays an integer below
+    2**53. With 16-bit weights (``wide``), the two byte products are recombined likewise
+    in float64, and the weights' 128 needs flat's row sums.
     """
     m = flat.shape[0]
     rows = max(1, DIGIT_CHUNK // weights.w8.shape[1])
