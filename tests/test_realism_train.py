@@ -271,3 +271,13 @@ def test_a_run_starts_from_the_average_another_run_kept(setup: dict[str, Path]) 
     started = torch.load(follow / "checkpoint.pt", weights_only=True)["decoder"]
     for key, value in state["decoder"].items():
         assert torch.equal(started[key], state["ema"].get(key, value)), key
+
+
+def test_band_kernels_stay_zero(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "no-bands"
+    run(replace(config(setup, 2), no_band_kernels=True), setup["data"], out, resume=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
+    bands = [k for k in state if k.startswith("g_s.") and (".dwconv_w." in k or ".dwconv_h." in k)]
+    assert bands and all(not state[k].any() for k in bands)
+    others = [k for k in state if k.startswith("g_s.") and ".dwconv_hw." in k]
+    assert others and all(state[k].any() for k in others)  # the 3x3 branch still trains

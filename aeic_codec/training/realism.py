@@ -72,6 +72,7 @@ from .run import StopSignals
 
 LATENT_SCALE = 8  # D's latent is at 1/8 of the image size, y at 1/32
 IMAGE_TERMS = ("image", "phase", "pixel", "perceptual", "spectrum")
+BAND_KERNELS = ("dwconv_w", "dwconv_h")  # InceptionDW's 1x11 and 11x1 branches (blocks.py)
 NOISE_KEY = "denoiser.noise_scale"  # the noise input's scales (denoiser.py, with_noise)
 
 
@@ -114,6 +115,10 @@ class RealismConfig:
     # Above 0, the noise scales start at this value instead (whatever ``init`` holds): a
     # decoder whose scales start at zero may never learn to use the noise.
     noise_init: float = 0.0
+    # Zero g_s's 1x11 and 11x1 depthwise kernels (InceptionDW's band branches) and keep
+    # them so: they draw long horizontal and vertical structures, which the realism
+    # decoder turns into streaks.
+    no_band_kernels: bool = False
     # Decay of a moving average of the decoder's weights (0: none). Evaluation and export
     # use the average: a decoder trained against critics swings from step to step.
     ema: float = 0.0
@@ -305,6 +310,13 @@ class RealismTrainer:
                 raise ValueError(f"noise_init: preset {cfg.preset} has no noise input")
             with torch.no_grad():
                 scales.fill_(cfg.noise_init)
+        if cfg.no_band_kernels:
+            for name, module in self.decoder.g_s.named_modules():
+                if name.endswith(BAND_KERNELS):
+                    with torch.no_grad():
+                        module.weight.zero_()
+                        module.bias.zero_()
+                    module.requires_grad_(False)
         trained = [(n, p) for n, p in self.decoder.named_parameters() if not n.startswith("vae.")]
         groups = [
             {"params": [p for n, p in trained if not n.endswith(NOISE_KEY)], "lr_mult": 1.0},
