@@ -376,6 +376,19 @@ def decode(
     ).image
 
 
+def _one_count(progress: Progress | None, index: int, count: int) -> Progress | None:
+    """Progress of the ``index``-th of ``count`` decoders run one after the other, reported
+    as one count (each taken as long as the one running), so that a bar never starts over."""
+    if progress is None or count == 1:
+        return progress
+    report = progress
+
+    def share(done: int, total: int) -> None:
+        report(index * total + done, count * total)
+
+    return share
+
+
 def decode_image(
     data: bytes,
     model: AEIC,
@@ -419,9 +432,9 @@ def decode_image(
             dtype=resolve_precision(precision, device),
             device=device,
             tile=tile,
-            progress=progress,
+            progress=_one_count(progress, i, len(parts)),
         )
-        for decoder in parts
+        for i, decoder in enumerate(parts)
     ]
     x = pictures[0] if len(pictures) == 1 else detail_blend(*pictures, r, sigma)
     img = ((x + 1) / 2).permute(1, 2, 0).numpy()

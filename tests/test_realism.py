@@ -238,6 +238,9 @@ def test_a_detail_decoder_adds_detail_to_the_fidelity_picture(
     )
     decoder = api.load_decoder(detail, read_info(detail).identity, realism=1)
     assert decoder.g_s is not None  # the fidelity decoder is loaded for realism 1 too
+    seen: list[float] = []
+    api.decode_image(data, decoder, realism=1, progress=lambda d, t: seen.append(d / t))
+    assert seen == sorted(seen) and seen[-1] == 1.0 and seen[len(seen) // 2] < 1  # one count
     for r in (1.0, 0.5):
         got = api.decode_image(data, decoder, precision="fp32", realism=r)
         expected = fid + r * ((real - fid) - gaussian_blur(real - fid, 2.0))
