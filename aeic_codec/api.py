@@ -90,8 +90,10 @@ def load_decoder(
         raise BundleError(
             f"{info.path}: this bundle has no realism decoder; decode with --realism 0"
         )
-    detail = r > 0 and info.realism is not None and info.realism.detail_sigma > 0
-    return load_bundle(info.path, encoder=False, decoder=r < 1 or detail, realism=r > 0)
+    from .realism import needs_fidelity
+
+    fidelity = needs_fidelity(r, info.realism)
+    return load_bundle(info.path, encoder=False, decoder=fidelity, realism=r > 0)
 
 
 def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> AeicFile:
@@ -410,18 +412,19 @@ def decode_image(
     (README, "Default models").
     """
     from .colour import apply_colour_fix, apply_grid
-    from .realism import detail_blend
+    from .realism import detail_blend, needs_fidelity
 
     r = check_realism(realism)
     if r > 0 and model.realism is None:
         raise ValueError("realism > 0 needs a model loaded with its realism decoder")
-    sigma = model.realism.cfg.detail_sigma if r > 0 and model.realism is not None else 0.0
-    if (r < 1 or sigma > 0) and model.g_s is None:
+    realism_cfg = model.realism.cfg if r > 0 and model.realism is not None else None
+    fidelity = needs_fidelity(r, realism_cfg)
+    if fidelity and model.g_s is None:
         raise ValueError("this realism setting needs a model loaded with its own decoder")
     f = unpack(data, max_pixels=max_pixels)
     levels = read_grid(f)  # before the slow part, so that a corrupt grid fails at once
     y_hat, digest = latent_and_digest(f, model)
-    parts = [model] if r < 1 or sigma > 0 else []
+    parts = [model] if fidelity else []
     parts += [model.realism] if r > 0 else []
     pictures = [
         synthesize(
@@ -436,7 +439,10 @@ def decode_image(
         )
         for i, decoder in enumerate(parts)
     ]
-    x = pictures[0] if len(pictures) == 1 else detail_blend(*pictures, r, sigma)
+    if len(pictures) == 1:
+        x = pictures[0]
+    else:
+        x = detail_blend(*pictures, r, realism_cfg.detail_sigma if realism_cfg else 0.0)
     img = ((x + 1) / 2).permute(1, 2, 0).numpy()
     if f.colour is not None:
         img = apply_colour_fix(img, f.colour)

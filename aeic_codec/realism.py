@@ -78,6 +78,12 @@ class RealismDecoder(nn.Module):
         return self.vae(l_0), l_0
 
 
+def needs_fidelity(realism: float, cfg: ModelConfig | None) -> bool:
+    """Whether a decode at ``realism`` runs the bundle's own decoder (``cfg``: the realism
+    decoder's configuration, None without one)."""
+    return realism < 1 or (cfg is not None and cfg.detail_sigma > 0)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Images (..., C, H, W) blurred per channel by a Gaussian of ``sigma`` pixels.
 

@@ -297,8 +297,7 @@ class RealismTrainer:
             self._start_from(realism.state_dict())
         elif cfg.init:
             state = torch.load(cfg.init, map_location="cpu", weights_only=True)
-            # A run that kept a moving average made that average (what it exports).
-            self._start_from({**state["decoder"], **state.get("ema", {})})
+            self._start_from(shipped_weights(state))
             self.critic.load_state_dict(state["critic"])
             if self.image_critic is not None and "image_critic" in state:
                 self.image_critic.load_state_dict(state["image_critic"])
@@ -606,6 +605,11 @@ def run(cfg: RealismConfig, data: Path, out: Path, resume: bool) -> Path:
     return ckpt
 
 
+def shipped_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A checkpoint's decoder weights as export writes them: its moving average, if it kept one."""
+    return {**state["decoder"], **state.get("ema", {})}
+
+
 def export(cfg: RealismConfig, checkpoint: Path, output: Path, config_name: str) -> str:
     """Write the base bundle with the checkpoint's realism decoder attached (int8)."""
     from ..bundle import attach_realism
@@ -614,10 +618,9 @@ def export(cfg: RealismConfig, checkpoint: Path, output: Path, config_name: str)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     dcfg = ModelConfig.from_json(state["decoder_config"]).replace(detail_sigma=cfg.detail_sigma)
     decoder = RealismDecoder(dcfg)
-    decoder.load_state_dict(state["decoder"])
+    decoder.load_state_dict(shipped_weights(state))
     provenance = {"config": config_name, "steps": int(state["step"]), "seed": cfg.seed}
     if "ema" in state:
-        decoder.load_state_dict(state["ema"], strict=False)
         provenance["ema"] = cfg.ema
     return attach_realism(cfg.base_bundle, decoder, output, "int8", provenance)
 
