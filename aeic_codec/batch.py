@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import startup
+from . import allocator, startup
 from .bundle import BundleError
 from .container import FormatError
 from .imageio import ImageError
@@ -245,6 +245,7 @@ _WORK: Any = None
 
 def _init_worker(work: Any, threads: int) -> None:
     startup.defer_collection()
+    allocator.keep_freed_memory()
     import torch
 
     global _WORK

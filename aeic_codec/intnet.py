@@ -47,6 +47,7 @@ from .entropy_models import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
 INTEGER_FORMAT = "1"  # the bundle's ``integer_format``: the layout of the integer tensors
 ACT_MIN, ACT_MAX = -(1 << 15), (1 << 15) - 1
 WEIGHT_MAX = (1 << 15) - 1
+WEIGHT_BITS = (8, 16)  # integer weights a conversion may write: int8, or 16-bit
 BIAS_MAX = 1 << 45
 MAX_TERMS = 2048  # inputs per output: keeps every accumulator below 2**46
 MULT_BITS = 16  # multipliers are normalised to [2**15, 2**16]
@@ -554,10 +555,12 @@ class FloatOps:
         model: nn.Module,
         exponents: dict[str, int] | None = None,
         stored: dict[str, torch.Tensor] | None = None,
+        weight_bits: int = 16,
     ) -> None:
         self.model = model
         self.exps = exponents
         self.stored = stored or {}
+        self.weight_bits = weight_bits
         self.peaks: dict[str, float] = {}
         self.params: dict[str, torch.Tensor] = {}
 
@@ -582,7 +585,9 @@ class FloatOps:
     def _build(self, name: str, f_in: int, f_out: torch.Tensor) -> None:
         if self.exps is not None and f"{name}.bias" not in self.params:
             real, bias, int8_scale = self._weights(name)
-            self.params.update(quantize_layer(name, real, bias, f_in, f_out, int8_scale))
+            self.params.update(
+                quantize_layer(name, real, bias, f_in, f_out, int8_scale, self.weight_bits)
+            )
 
     def linear(self, name: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
         weight, bias, _ = self._weights(name)
@@ -647,22 +652,29 @@ def quantize_layer(
     f_in: int,
     f_out: torch.Tensor,
     int8_scale: torch.Tensor | None = None,
+    weight_bits: int = 16,
 ) -> dict[str, torch.Tensor]:
     """Integer bias, multiplier and shift of one layer, and its weights unless int8-stored.
 
-    Output channel o has integer weights q (the stored int8 ones, else 16-bit with scale
-    max |w| / (2**15 - 1)) and scale s; the accumulator counts units s * 2**-f_in, and the
-    requant multiplier s * 2**(f_out - f_in) is written as M * 2**-S, M in [2**15, 2**16].
+    Output channel o has integer weights q (the stored int8 ones, else ``weight_bits``-bit
+    ones with scale max |w| / (2**(bits - 1) - 1)) and scale s; the accumulator counts
+    units s * 2**-f_in, and the requant multiplier s * 2**(f_out - f_in) is written as
+    M * 2**-S, M in [2**15, 2**16]. 8-bit weights halve the integer GEMMs' work
+    (``_digit_gemm``) at a small rate cost, which ``integerize.integer_cost`` measures.
     """
     out: dict[str, torch.Tensor] = {}
     rows = real.flatten(1)
     if rows.shape[1] > MAX_TERMS:
         raise ValueError(f"{name}: {rows.shape[1]} inputs per output, at most {MAX_TERMS}")
+    if weight_bits not in WEIGHT_BITS:
+        raise ValueError(f"integer weights of {weight_bits} bits: 8 or 16")
     if int8_scale is None:
+        top = (1 << (weight_bits - 1)) - 1
         peak = rows.abs().amax(1)
-        scale = torch.where(peak > 0, peak / WEIGHT_MAX, torch.ones_like(peak))
-        q = torch.round(rows / scale[:, None]).clamp(-WEIGHT_MAX, WEIGHT_MAX)
-        out[f"{name}.weight"] = q.view(real.shape).to(torch.int16)
+        scale = torch.where(peak > 0, peak / top, torch.ones_like(peak))
+        q = torch.round(rows / scale[:, None]).clamp(-top, top)
+        kind = torch.int8 if weight_bits == 8 else torch.int16
+        out[f"{name}.weight"] = q.view(real.shape).to(kind)
     else:
         scale = int8_scale
     unit = scale * 2.0**-f_in
@@ -821,12 +833,14 @@ def integerize(
     model: nn.Module,
     images: Iterable[torch.Tensor],
     stored: dict[str, torch.Tensor] | None = None,
+    weight_bits: int = 16,
 ) -> dict[str, torch.Tensor]:
     """Integer entropy tensors (without the prefix) for a float model, calibrated on images.
 
     ``images`` are padded (1, 3, H, W) tensors in [-1, 1]; each site's exponent is the
     finest that holds its largest magnitude over them in 16 bits. ``stored`` are the
-    bundle's raw tensors: int8 weights among them are used as they are (not copied).
+    bundle's raw tensors: int8 weights among them are used as they are (not copied);
+    float ones become ``weight_bits``-bit integers.
     """
     median = model.entropy_bottleneck.medians.detach().double()
     calib = FloatOps(model)
@@ -837,7 +851,7 @@ def integerize(
         for y, z in inputs:
             _float_pass(calib, model, y, z, median)
         exps = {site: exponent_for(peak) for site, peak in calib.peaks.items()}
-        build = FloatOps(model, exps, stored)
+        build = FloatOps(model, exps, stored, weight_bits)
         y, z = inputs[0]
         _float_pass(build, model, y[..., :2, :2], z[..., :1, :1], median)
     params = build.params

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from aeic_codec import api
+from aeic_codec.allocator import keep_freed_memory
 from aeic_codec.config import PRESETS
 from aeic_codec.model import AEIC
 from bench._machine import machine_line, peak_rss_mb
@@ -58,7 +59,9 @@ def peak_child(variant: str, h: int, w: int, precision: str) -> dict[str, float]
         "import json, time\n"
         "from bench.decode_speed import build, image\n"
         "from aeic_codec import api\n"
+        "from aeic_codec.allocator import keep_freed_memory\n"
         "from bench._machine import peak_rss_mb\n"
+        "keep_freed_memory()\n"
         f"m, _ = build({variant!r}); data = api.encode(image({h}, {w}), m)\n"
         f"t = time.perf_counter(); api.decode(data, m, precision={precision!r})\n"
         "print(json.dumps({'seconds': time.perf_counter() - t,"
@@ -79,6 +82,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--skip-fp32", action="store_true")
     args = p.parse_args()
+    keep_freed_memory()  # as the aeic command does (aeic_codec/allocator.py)
     print(machine_line())
     model, load = build(args.variant)
     print(f"{args.variant}: model build {load:.1f} s (excluded below)")

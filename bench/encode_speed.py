@@ -8,14 +8,20 @@ change in the machine's load hits both alike), reporting the median and the best
   against Pillow's AVIF encoder at quality 0 on the same image, and their ratio (issue
   19's target: at most 2.5).
 - ``se``: a full-size AEIC-SE with random weights, integerized in memory after the fact as
-  the importer does for a published checkpoint (16-bit integer weights, calibrated on a
-  768x512 crop of the timing image), encoding a 1920x1088 image (``AEIC.compress``)
-  through the float entropy path with g_a in fp32 (the published pipeline, and aeic's
-  before the integer path), and through the integer path with g_a in fp32 and in the
-  precision ``auto`` picks here.
+  the importer does for a published checkpoint (calibrated on the 768x512 timing image;
+  8-bit integer weights, the importer's choice unless they cost more than 1 % in rate,
+  and 16-bit ones), encoding a 1920x1088 image (``AEIC.compress``) through the float
+  entropy path with g_a in fp32 (the published pipeline, and aeic's before the integer
+  path), and through the integer path with g_a in fp32 and in the precision ``auto``
+  picks here. The payload bytes of each are printed too (random weights: a check that
+  the paths agree, not a rate figure).
+
+Like the ``aeic`` command, the process first sets glibc's malloc to keep freed memory
+(``aeic_codec/allocator.py``); ``--glibc-defaults`` leaves it as it is.
 
 Usage: python -m bench.encode_speed [--only small|se] [--rounds 5] [--threads 2]
                                     [--bundle weights/aeic-small-l12.safetensors]
+                                    [--glibc-defaults]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aeic_codec.allocator import keep_freed_memory
 from bench._machine import machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,19 +87,31 @@ def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, lis
     model = AEIC(PRESETS["AEIC-SE"], decoder=False).eval()
     model.build_tables()
     photo = np.asarray(Image.open(IMAGE).convert("RGB"))
-    model.integer = IntegerEntropy(model.cfg, integerize(model, [padded(photo)]))
+    paths = {
+        bits: IntegerEntropy(model.cfg, integerize(model, [padded(photo)], weight_bits=bits))
+        for bits in (8, 16)
+    }
     big = np.asarray(Image.fromarray(photo).resize((width, height), Image.BICUBIC))
     dtype = api.resolve_precision("auto")
     auto = f"auto ({str(dtype).removeprefix('torch.')})"
     x = padded(big)
-    return side_by_side(
-        {
-            "AEIC-SE float path, fp32": lambda: model.compress(x, integer=False),
-            "AEIC-SE integer path, fp32": lambda: model.compress(x, integer=True),
-            f"AEIC-SE integer path, {auto}": lambda: model.compress(x, integer=True, dtype=dtype),
-        },
-        rounds,
-    )
+
+    def integer(bits: int, dtype: torch.dtype) -> Callable[[], object]:
+        def run() -> object:
+            model.integer = paths[bits]
+            return model.compress(x, integer=True, dtype=dtype)
+
+        return run
+
+    runs = {
+        "AEIC-SE float path, fp32": lambda: model.compress(x, integer=False),
+        "AEIC-SE integer 8-bit, fp32": integer(8, torch.float32),
+        f"AEIC-SE integer 8-bit, {auto}": integer(8, dtype),
+        f"AEIC-SE integer 16-bit, {auto}": integer(16, dtype),
+    }
+    for name, run in runs.items():
+        print(f"  {name:38s} payload {sum(len(s) for s in run().streams)} bytes")
+    return side_by_side(runs, rounds)
 
 
 def report(title: str, times: dict[str, list[float]]) -> None:
@@ -101,7 +120,7 @@ def report(title: str, times: dict[str, list[float]]) -> None:
     first = next(iter(medians.values()))
     for name, t in times.items():
         print(
-            f"  {name:34s} median {medians[name]:8.3f} s  best {min(t):8.3f} s  "
+            f"  {name:38s} median {medians[name]:8.3f} s  best {min(t):8.3f} s  "
             f"({medians[name] / first:.2f}x the first)"
         )
 
@@ -112,9 +131,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bundle", type=Path, default=ROOT / "weights" / "aeic-small-l12.safetensors")
+    p.add_argument("--glibc-defaults", action="store_true", help="Leave malloc as it is.")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(machine_line())
+    kept = False if args.glibc_defaults else keep_freed_memory()
+    print(machine_line(), "| malloc keeps freed memory" if kept else "| malloc defaults")
     if args.only in (None, "small"):
         report("kodim23 768x512, side by side:", small(args.rounds, args.bundle))
     if args.only in (None, "se"):

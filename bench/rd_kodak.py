@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from aeic_codec.allocator import keep_freed_memory
 from aeic_codec.metrics import SPECTRUM_BANDS, band_power_db, lattice_rms, ms_ssim_u8, psnr_u8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench._machine import machine_line
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the aeic command does (aeic_codec/allocator.py)
     images = kodak_images(args.kodak, args.limit)
     shipped = shipped_bundles()
     bundles = args.weights if args.weights is not None else shipped

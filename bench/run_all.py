@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from aeic_codec.allocator import keep_freed_memory
 from bench import rd_kodak
 
 if TYPE_CHECKING:
@@ -649,6 +650,7 @@ def child(job: dict[str, Any]) -> None:
     from bench._machine import peak_rss_mb
 
     torch.set_num_threads(int(job["threads"]))
+    keep_freed_memory()  # as the aeic command does
     model = load_model(job["model"], encoder=False)
     loaded = peak_rss_mb()
     data = Path(str(job["file"])).read_bytes()
@@ -730,6 +732,7 @@ def run(plan: Plan, only: str | None = None) -> Path:
     from bench._machine import machine_line
 
     torch.set_num_threads(plan.threads)
+    keep_freed_memory()  # as the aeic command does (aeic_codec/allocator.py)
     plan.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     parts, timings = [], []

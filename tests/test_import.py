@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from aeic_codec import api
 from aeic_codec.bundle import load_bundle, read_info
@@ -183,6 +184,13 @@ def test_import_with_calibration_adds_the_integer_path(published, tmp_path):
     assert result.exit_code == 0, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "integer entropy path added" in line and "on 1 image(s)" in line and "dB" in line
+    bits = 8 if "(8-bit weights" in line else 16
+    assert f"({bits}-bit weights" in line
+    with safe_open(str(out), framework="pt") as fh:
+        names = fh.keys()
+        weights = [k for k in names if k.startswith("integer.") and k.endswith(".weight")]
+        kinds = {fh.get_slice(k).get_dtype() for k in weights}
+    assert kinds == {"I8" if bits == 8 else "I16"}
     info = read_info(out)
     assert info.integer_identity is not None
     model = load_bundle(out, decoder=False)

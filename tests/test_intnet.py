@@ -195,15 +195,19 @@ def _calibration() -> list[np.ndarray]:
     return [make_image(96, 128, seed=s) for s in range(3)]
 
 
-@pytest.fixture(scope="module", params=["int8", "fp32"])
+@pytest.fixture(
+    scope="module", params=[("int8", 16), ("fp32", 16), ("fp32", 8)], ids=["int8", "w16", "w8"]
+)
 def int_bundle(request, tmp_path_factory) -> Path:
-    """A tiny bundle with an integer path: int8 weights used as they are, or 16-bit ones."""
+    """A tiny bundle with an integer path: the bundle's int8 weights used as they are, or
+    float weights made 16-bit or 8-bit integers."""
     torch.manual_seed(5)
-    folder = tmp_path_factory.mktemp(f"int-{request.param}")
+    dtype, bits = request.param
+    folder = tmp_path_factory.mktemp(f"int-{dtype}-{bits}")
     src = folder / "float.safetensors"
-    save_bundle(src, AEIC(tiny_config()), lambda_=8.0, encoder_dtype=request.param)
+    save_bundle(src, AEIC(tiny_config()), lambda_=8.0, encoder_dtype=dtype)
     out = folder / "tiny-l8.safetensors"
-    integerize_bundle(src, out, _calibration(), source="generated")
+    integerize_bundle(src, out, _calibration(), source="generated", weight_bits=bits)
     return out
 
 
@@ -468,6 +472,36 @@ def test_integerize_keeps_other_tensors_and_is_rerunnable(tmp_path):
         main, ["weights", "integerize", str(src), "-o", str(first), "--images", str(tmp_path)]
     )
     assert refused.exit_code == 1 and "exists" in refused.stderr
+
+
+@pytest.mark.parametrize("choice", ["8", "16", "auto", "auto-refused"])
+def test_integer_weights_option(tmp_path, monkeypatch, choice):
+    """--integer-weights: float weights become int8 or int16 integer tensors; auto takes 8
+    bits unless they cost more than the limit (set here to never, or always), then 16."""
+    from aeic_codec import integerize
+
+    torch.manual_seed(8)
+    src = tmp_path / "float.safetensors"
+    save_bundle(src, AEIC(tiny_config()), lambda_=4.0, encoder_dtype="fp32")
+    if choice.startswith("auto"):
+        monkeypatch.setattr(integerize, "AUTO_RATE_LIMIT", -1.0 if "refused" in choice else 9.0)
+    out = tmp_path / "int.safetensors"
+    args = ["weights", "integerize", str(src), "-o", str(out), "--images", str(_folder(tmp_path))]
+    run = CliRunner().invoke(main, [*args, "--integer-weights", choice.split("-")[0]])
+    assert run.exit_code == 0, run.stderr
+    bits = {"8": 8, "16": 16, "auto": 8, "auto-refused": 16}[choice]
+    assert f"{bits}-bit weights" in run.stderr
+    weights = {k: v for k, v in load_file(str(out)).items() if k.endswith(".weight")}
+    integer = [v.dtype for k, v in weights.items() if k.startswith("integer.")]
+    assert integer and set(integer) == {torch.int8 if bits == 8 else torch.int16}
+    assert (
+        json.loads(read_info(out).metadata["provenance"])["integer_calibration"]["weight_bits"]
+        == bits
+    )
+    model = load_bundle(out, decoder=False)
+    result = _encode(model, make_image(64, 96, seed=3))
+    _, y_hat, digest = reference_decode(model, result.data)
+    assert digest == result.digest and np.array_equal(y_hat, result.y_hat.numpy())
 
 
 def _folder(tmp_path: Path) -> Path:
