@@ -5,11 +5,11 @@ the fly up to 32 MiB) with a fresh ``mmap`` and unmaps it again on ``free``; it 
 the heap's free top back to the kernel. A CPU tensor of a few MB is such a block, so every
 new temporary page-faults all its pages in again, and the entropy networks (thousands of
 MB-sized temporaries per image) spend a third of their time there: AEIC-SE's integer
-entropy path at 1920x1088 took 0.95 s with the defaults and 0.65 s with the settings below
-(two cores, one run). A process that owns its allocator (the ``aeic`` command, its batch
-workers, the benchmarks) calls ``keep_freed_memory`` once at start; the library itself
-never changes a process-wide setting on import. Peak memory is the same; what the process
-holds after a peak stays mapped for reuse until it exits.
+entropy path (8-bit weights) at 1920x1088 took 0.95 s with the defaults and 0.65 s with
+the settings below (two cores, one run). A process that owns its allocator (the ``aeic``
+command, its batch workers, the benchmarks) calls ``keep_freed_memory`` once at start;
+the library itself never changes a process-wide setting on import. Peak memory is the
+same; what the process holds after a peak stays mapped for reuse until it exits.
 """
 
 from __future__ import annotations
