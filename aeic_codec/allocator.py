@@ -39,4 +39,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS)) & bool(mallopt(M_TRIM_THRESHOLD, KEPT_TOP))
+    heap = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS)  # both are set, whatever the first answers
+    kept = mallopt(M_TRIM_THRESHOLD, KEPT_TOP)
+    return bool(heap and kept)

@@ -5,7 +5,7 @@ set or device, and one flipped table index desynchronises the range decoder for 
 of the stream. Here everything both sides compute to find the entropy parameters is
 integer: 16-bit activations with one power-of-two exponent per tensor (real value =
 integer * 2**-f), integer weights with a scale per output channel (a bundle's int8 weights
-as they are, else 16-bit ones), exact accumulators,
+as they are, else the 8-bit or 16-bit ones its conversion made), exact accumulators,
 requantisation by an integer multiply and shift, LayerNorm through an integer square
 root and GELU through a stored table. docs/format.md ("Integer entropy path") specifies
 every operation bit for bit; ``tests/test_intnet.py`` checks this module against a numpy
