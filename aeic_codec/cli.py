@@ -561,23 +561,24 @@ def weights_list(as_json: bool, where: str | None) -> None:
 
 _INTEGER_WEIGHTS_HELP = (
     "Integer weights of the entropy networks: 8-bit halves their work, 16-bit costs less "
-    "rate; auto takes 8-bit unless its files come out more than 1 % above the float "
-    "path's on the calibration images."
+    "rate, mixed is 8-bit in the context model's blocks and 16-bit elsewhere; auto takes "
+    "the first of 8, mixed, 16 whose files come out at most 1 % above the float path's on "
+    "the calibration images."
 )
 
 
 def _integer_weights_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--integer-weights",
-        type=click.Choice(["auto", "8", "16"]),
+        type=click.Choice(["auto", "8", "mixed", "16"]),
         default="auto",
         show_default=True,
         help=_INTEGER_WEIGHTS_HELP,
     )(f)
 
 
-def _weight_bits(choice: str) -> int | None:
-    return None if choice == "auto" else int(choice)
+def _weight_plan(choice: str) -> str | None:
+    return None if choice == "auto" else choice
 
 
 @weights.command("import")
@@ -649,14 +650,14 @@ def weights_import(
         )
         click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
         if calibration:
-            from .integerize import image_files, integerize_measured, read_rgb
+            from .integerize import PLAN_WORDS, image_files, integerize_measured, read_rgb
 
             images = [read_rgb(p) for p in image_files(calibration, calibration_count)]
-            model, cost, bits = integerize_measured(
-                output, images, Path(calibration).name, _weight_bits(integer_weights)
+            model, cost, plan = integerize_measured(
+                output, images, Path(calibration).name, _weight_plan(integer_weights)
             )
             click.echo(
-                f"aeic: integer entropy path added ({bits}-bit weights, integer identity "
+                f"aeic: integer entropy path added ({PLAN_WORDS[plan]}, integer identity "
                 f"{model.integer_identity}); {cost.summary()}",
                 err=True,
             )
@@ -725,18 +726,18 @@ def weights_integerize(
 
     Every other tensor and metadata entry is kept; rerunning replaces the integer part.
     """
-    from .integerize import image_files, integer_cost, integerize_choosing, read_rgb
+    from .integerize import PLAN_WORDS, image_files, integer_cost, integerize_choosing, read_rgb
 
     if Path(output).exists() and not force:
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
     try:
         calibration = [read_rgb(p) for p in image_files(images, count)]
-        model, bits = integerize_choosing(
-            bundle, output, calibration, Path(images).name, _weight_bits(integer_weights)
+        model, plan = integerize_choosing(
+            bundle, output, calibration, Path(images).name, _weight_plan(integer_weights)
         )
         click.echo(
             f"aeic: wrote {output} (identity {model.identity}, integer identity "
-            f"{model.integer_identity}, {bits}-bit weights where the bundle's are float)",
+            f"{model.integer_identity}; float weights made integer: {PLAN_WORDS[plan]})",
             err=True,
         )
         if measure:

@@ -2,9 +2,10 @@
 
 ``integerize_bundle`` calibrates the exponents of every activation on a few images,
 derives the integer parameters (``intnet.integerize``) and writes a copy of the bundle
-with them under ``integer.`` keys. Float weights become 8-bit or 16-bit integers (8-bit
-ones halve the integer GEMMs' work, 16-bit ones cost less rate; ``integerize_choosing``
-takes 8 bits unless they cost more than ``AUTO_RATE_LIMIT`` on the calibration images).
+with them under ``integer.`` keys. Float weights become 8-bit or 16-bit integers, or a mix
+(``intnet.WEIGHT_PLANS``: 8-bit ones halve the integer GEMMs' work, 16-bit ones cost less
+rate; ``integerize_choosing`` takes the first plan of 8, mixed, 16 whose files come out
+at most ``AUTO_RATE_LIMIT`` above the float path's on the calibration images).
 Every other tensor and metadata entry is copied as it is (also ones this version does
 not know), the float identity stays, and running it again on its own output replaces the
 integer part. ``integer_cost`` measures the price: file sizes of both paths on the same
@@ -23,12 +24,17 @@ import numpy as np
 import torch
 
 from .bundle import INTEGER_PREFIX, BundleError, integer_identity_of, load_bundle, read_info
-from .intnet import INTEGER_FORMAT, integerize
+from .intnet import INTEGER_FORMAT, WEIGHT_PLANS, integerize
 from .model import AEIC
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 CALIBRATION_IMAGES = 16
-AUTO_RATE_LIMIT = 0.01  # 8-bit weights when their files are at most 1 % above the float path's
+AUTO_RATE_LIMIT = 0.01  # the rate an automatic choice of integer weights may cost: 1 %
+PLAN_WORDS = {
+    "8": "8-bit weights",
+    "mixed": "8-bit weights in the context blocks, 16-bit elsewhere",
+    "16": "16-bit weights",
+}
 
 
 @dataclass
@@ -86,12 +92,12 @@ def integerize_bundle(
     output: str | os.PathLike[str],
     images: Sequence[np.ndarray],
     source: str = "",
-    weight_bits: int = 16,
+    weights: str = "16",
 ) -> AEIC:
     """Write a copy of a bundle with an integer entropy path; returns the converted model.
 
-    Weights the bundle stores as int8 are used as they are; float ones become
-    ``weight_bits``-bit integers (8 or 16).
+    Weights the bundle stores as int8 are used as they are; float ones become integers
+    as the plan ``weights`` says (``intnet.WEIGHT_PLANS``).
     """
     from safetensors.torch import load_file, save_file
 
@@ -103,7 +109,7 @@ def integerize_bundle(
         tensors = load_file(str(info.path))
     except Exception as exc:  # safetensors raises its own error types for bad files
         raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
-    params = integerize(model, [padded(im) for im in images], tensors, weight_bits)
+    params = integerize(model, [padded(im) for im in images], tensors, weights)
     tensors = {k: v for k, v in tensors.items() if not k.startswith(INTEGER_PREFIX)}
     tensors.update({INTEGER_PREFIX + k: v.contiguous() for k, v in params.items()})
     integer_identity = integer_identity_of(info.identity, tensors)
@@ -111,7 +117,7 @@ def integerize_bundle(
     provenance["integer_calibration"] = {
         "images": len(images),
         "source": source,
-        "weight_bits": weight_bits,
+        "weights": weights,
     }
     metadata = dict(
         info.metadata,
@@ -156,28 +162,30 @@ def integerize_choosing(
     output: str | os.PathLike[str],
     images: Sequence[np.ndarray],
     source: str = "",
-    weight_bits: int | None = None,
-) -> tuple[AEIC, int]:
-    """``integerize_bundle`` with the weight bits given, or (None) chosen on the images.
+    weights: str | None = None,
+) -> tuple[AEIC, str]:
+    """``integerize_bundle`` with the weight plan given, or (None) chosen on the images.
 
-    The choice: 8-bit weights, unless their files come out more than AUTO_RATE_LIMIT above
-    the float path's on the images; then 16-bit ones. Returns the model and the bits.
+    The choice: the first of 8, mixed and 16 whose files come out at most AUTO_RATE_LIMIT
+    above the float path's on the images (16 in the end whatever they cost). Returns the
+    model and the plan.
     """
-    bits = 8 if weight_bits is None else weight_bits
-    model = integerize_bundle(path, output, images, source, bits)
-    if weight_bits is None and integer_cost(model, images).rate_cost > AUTO_RATE_LIMIT:
-        bits = 16
-        model = integerize_bundle(path, output, images, source, bits)
-    return model, bits
+    for plan in WEIGHT_PLANS if weights is None else (weights,):
+        model = integerize_bundle(path, output, images, source, plan)
+        if weights is not None or plan == WEIGHT_PLANS[-1]:
+            break
+        if integer_cost(model, images).rate_cost <= AUTO_RATE_LIMIT:
+            break
+    return model, plan
 
 
 def integerize_measured(
     path: str | os.PathLike[str],
     images: Sequence[np.ndarray],
     source: str = "",
-    weight_bits: int | None = None,
-) -> tuple[AEIC, Cost, int]:
+    weights: str | None = None,
+) -> tuple[AEIC, Cost, str]:
     """Integerize a bundle in place (``integerize_choosing``), then measure both paths
-    (rate and PSNR) on the images; returns the model, its cost and its weight bits."""
-    model, bits = integerize_choosing(path, path, images, source, weight_bits)
-    return model, integer_cost(model, images, decoder=load_bundle(path, encoder=False)), bits
+    (rate and PSNR) on the images; returns the model, its cost and its weight plan."""
+    model, plan = integerize_choosing(path, path, images, source, weights)
+    return model, integer_cost(model, images, decoder=load_bundle(path, encoder=False)), plan

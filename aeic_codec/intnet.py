@@ -47,7 +47,11 @@ from .entropy_models import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
 INTEGER_FORMAT = "1"  # the bundle's ``integer_format``: the layout of the integer tensors
 ACT_MIN, ACT_MAX = -(1 << 15), (1 << 15) - 1
 WEIGHT_MAX = (1 << 15) - 1
-WEIGHT_BITS = (8, 16)  # integer weights a conversion may write: int8, or 16-bit
+# How a conversion makes float weights integer: all 8-bit, all 16-bit, or "mixed": 8-bit in
+# the layers named by MIXED_8BIT (the context model's blocks, most of the work) and 16-bit
+# in h_s and the context adapters, whose outputs are the entropy parameters.
+WEIGHT_PLANS = ("8", "mixed", "16")
+MIXED_8BIT = ("context.g_c.",)
 BIAS_MAX = 1 << 45
 MAX_TERMS = 2048  # inputs per output: keeps every accumulator below 2**46
 MULT_BITS = 16  # multipliers are normalised to [2**15, 2**16]
@@ -245,21 +249,30 @@ class ByteWeights(NamedTuple):
     ``w8`` is weight.T (K, N) itself for int8 weights; for 16-bit ones, their high and
     low bytes side by side (K, 2N), w = 256 hi + lo + 128. ``offset`` is what the digit
     products leave out: the bias, plus 128 times the column sums of each byte matrix.
+    ``int32_sums``: whether 256 * (hi digits @ w8) + (lo digits @ w8) fits int32 for any
+    input, which the largest column sum of |w8| decides (a digit pair weighs at most
+    DIGIT_PAIR_MAX).
     """
 
     w8: torch.Tensor
     offset: torch.Tensor
     wide: bool
+    int32_sums: bool
+
+
+DIGIT_PAIR_MAX = 256 * 128 + 128  # |256 hi + lo| for the two digits of a 16-bit activation
 
 
 def byte_weights(weight_t: torch.Tensor, bias: torch.Tensor) -> ByteWeights:
     """ByteWeights of integer weights (K, N) (float64 holding int8 or 16-bit values)."""
     if weight_t.numel() == 0 or -128 <= float(weight_t.min()) <= float(weight_t.max()) <= 127:
-        return ByteWeights(weight_t.to(torch.int8), bias + 128 * weight_t.sum(0), False)
-    hi = torch.floor(weight_t / 256)
-    lo = weight_t - 256 * hi - 128
-    offset = bias + 128 * (256 * hi.sum(0) + lo.sum(0))
-    return ByteWeights(torch.cat((hi, lo), 1).to(torch.int8), offset, True)
+        w8, offset, wide = weight_t, bias + 128 * weight_t.sum(0), False
+    else:
+        hi = torch.floor(weight_t / 256)
+        lo = weight_t - 256 * hi - 128
+        w8, offset, wide = torch.cat((hi, lo), 1), bias + 128 * (256 * hi.sum(0) + lo.sum(0)), True
+    column = float(w8.abs().sum(0).max()) if w8.numel() else 0.0
+    return ByteWeights(w8.to(torch.int8), offset, wide, column * DIGIT_PAIR_MAX < 1 << 31)
 
 
 def _digit_gemm(flat: torch.Tensor, weights: ByteWeights) -> torch.Tensor:
@@ -268,9 +281,10 @@ def _digit_gemm(flat: torch.Tensor, weights: ByteWeights) -> torch.Tensor:
     flat = 256 hi + lo + 128 with hi and lo in [-128, 127] (hi its high byte, lo its low
     byte less 128): one int8 GEMM of both digits against the weight bytes (sums of at most
     MAX_TERMS products, below 2**25 in int32), recombined exactly: in int32 where the
-    number of terms allows, else in float64, where everything stays an integer below
-    2**53. With 16-bit weights (``wide``), the two byte products are recombined likewise
-    in float64, and the weights' 128 needs flat's row sums.
+    weights' column sums allow (``ByteWeights.int32_sums``), else in float64, where
+    everything stays an integer below 2**53. With 16-bit weights (``wide``), the two byte
+    products are recombined likewise in float64, and the weights' 128 needs flat's row
+    sums.
     """
     m = flat.shape[0]
     rows = max(1, DIGIT_CHUNK // weights.w8.shape[1])
@@ -282,9 +296,8 @@ def _digit_gemm(flat: torch.Tensor, weights: ByteWeights) -> torch.Tensor:
     v = flat.to(torch.int16)
     digits = torch.cat((v >> 8, (v & 255).sub_(128))).to(torch.int8)
     products = torch._int_mm(digits, weights.w8)
-    # flat @ w8, less 128 * column sums: in int32 while |256 hi + lo| products, at most
-    # 257 * 2**14 per term, cannot overflow it; else after the conversion to float64.
-    if flat.shape[1] * 257 << 14 < 1 << 31:
+    # flat @ w8, less 128 * column sums: in int32 where it cannot overflow, else in float64.
+    if weights.int32_sums:
         acc = torch.add(products[m:], products[:m], alpha=256).double()
     else:
         products = products.double()
@@ -555,12 +568,12 @@ class FloatOps:
         model: nn.Module,
         exponents: dict[str, int] | None = None,
         stored: dict[str, torch.Tensor] | None = None,
-        weight_bits: int = 16,
+        weight_plan: str = "16",
     ) -> None:
         self.model = model
         self.exps = exponents
         self.stored = stored or {}
-        self.weight_bits = weight_bits
+        self.weight_plan = weight_plan
         self.peaks: dict[str, float] = {}
         self.params: dict[str, torch.Tensor] = {}
 
@@ -586,7 +599,9 @@ class FloatOps:
         if self.exps is not None and f"{name}.bias" not in self.params:
             real, bias, int8_scale = self._weights(name)
             self.params.update(
-                quantize_layer(name, real, bias, f_in, f_out, int8_scale, self.weight_bits)
+                quantize_layer(
+                    name, real, bias, f_in, f_out, int8_scale, layer_bits(self.weight_plan, name)
+                )
             )
 
     def linear(self, name: str, x: Act, sites: tuple[str, ...]) -> list[Act]:
@@ -645,6 +660,13 @@ class FloatOps:
 Ops = IntOps | FloatOps
 
 
+def layer_bits(weight_plan: str, name: str) -> int:
+    """The bits of a float layer's integer weights under a plan (WEIGHT_PLANS)."""
+    if weight_plan == "mixed":
+        return 8 if name.startswith(MIXED_8BIT) else 16
+    return int(weight_plan)
+
+
 def quantize_layer(
     name: str,
     real: torch.Tensor,
@@ -666,7 +688,7 @@ def quantize_layer(
     rows = real.flatten(1)
     if rows.shape[1] > MAX_TERMS:
         raise ValueError(f"{name}: {rows.shape[1]} inputs per output, at most {MAX_TERMS}")
-    if weight_bits not in WEIGHT_BITS:
+    if weight_bits not in (8, 16):
         raise ValueError(f"integer weights of {weight_bits} bits: 8 or 16")
     if int8_scale is None:
         top = (1 << (weight_bits - 1)) - 1
@@ -833,14 +855,14 @@ def integerize(
     model: nn.Module,
     images: Iterable[torch.Tensor],
     stored: dict[str, torch.Tensor] | None = None,
-    weight_bits: int = 16,
+    weight_plan: str = "16",
 ) -> dict[str, torch.Tensor]:
     """Integer entropy tensors (without the prefix) for a float model, calibrated on images.
 
     ``images`` are padded (1, 3, H, W) tensors in [-1, 1]; each site's exponent is the
     finest that holds its largest magnitude over them in 16 bits. ``stored`` are the
     bundle's raw tensors: int8 weights among them are used as they are (not copied);
-    float ones become ``weight_bits``-bit integers.
+    float ones become integers as ``weight_plan`` (WEIGHT_PLANS) says.
     """
     median = model.entropy_bottleneck.medians.detach().double()
     calib = FloatOps(model)
@@ -851,7 +873,9 @@ def integerize(
         for y, z in inputs:
             _float_pass(calib, model, y, z, median)
         exps = {site: exponent_for(peak) for site, peak in calib.peaks.items()}
-        build = FloatOps(model, exps, stored, weight_bits)
+        if weight_plan not in WEIGHT_PLANS:
+            raise ValueError(f"integer weights {weight_plan!r}: one of {', '.join(WEIGHT_PLANS)}")
+        build = FloatOps(model, exps, stored, weight_plan)
         y, z = inputs[0]
         _float_pass(build, model, y[..., :2, :2], z[..., :1, :1], median)
     params = build.params

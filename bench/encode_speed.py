@@ -9,12 +9,12 @@ change in the machine's load hits both alike), reporting the median and the best
   19's target: at most 2.5).
 - ``se``: a full-size AEIC-SE with random weights, integerized in memory after the fact as
   the importer does for a published checkpoint (calibrated on the 768x512 timing image;
-  8-bit integer weights, the importer's choice unless they cost more than 1 % in rate,
-  and 16-bit ones), encoding a 1920x1088 image (``AEIC.compress``) through the float
-  entropy path with g_a in fp32 (the published pipeline, and aeic's before the integer
-  path), and through the integer path with g_a in fp32 and in the precision ``auto``
-  picks here. The payload bytes of each are printed too (random weights: a check that
-  the paths agree, not a rate figure).
+  8-bit integer weights, "mixed" ones, 8-bit in the context model's blocks, and 16-bit
+  ones: the importer takes the first that costs at most 1 % in rate), encoding a
+  1920x1088 image (``AEIC.compress``) through the float entropy path with g_a in fp32
+  (the published pipeline, and aeic's before the integer path), and through the integer
+  path with g_a in fp32 and in the precision ``auto`` picks here. The payload bytes of
+  each are printed too (random weights: a check that the paths agree, not a rate figure).
 
 Like the ``aeic`` command, the process first sets glibc's malloc to keep freed memory
 (``aeic_codec/allocator.py``); ``--glibc-defaults`` leaves it as it is.
@@ -80,7 +80,7 @@ def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, lis
     from aeic_codec import api
     from aeic_codec.config import PRESETS
     from aeic_codec.integerize import padded
-    from aeic_codec.intnet import IntegerEntropy, integerize
+    from aeic_codec.intnet import WEIGHT_PLANS, IntegerEntropy, integerize
     from aeic_codec.model import AEIC
 
     torch.manual_seed(0)
@@ -88,26 +88,27 @@ def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, lis
     model.build_tables()
     photo = np.asarray(Image.open(IMAGE).convert("RGB"))
     paths = {
-        bits: IntegerEntropy(model.cfg, integerize(model, [padded(photo)], weight_bits=bits))
-        for bits in (8, 16)
+        plan: IntegerEntropy(model.cfg, integerize(model, [padded(photo)], weight_plan=plan))
+        for plan in WEIGHT_PLANS
     }
     big = np.asarray(Image.fromarray(photo).resize((width, height), Image.BICUBIC))
     dtype = api.resolve_precision("auto")
     auto = f"auto ({str(dtype).removeprefix('torch.')})"
     x = padded(big)
 
-    def integer(bits: int, dtype: torch.dtype) -> Callable[[], object]:
+    def integer(plan: str, dtype: torch.dtype) -> Callable[[], object]:
         def run() -> object:
-            model.integer = paths[bits]
+            model.integer = paths[plan]
             return model.compress(x, integer=True, dtype=dtype)
 
         return run
 
     runs = {
         "AEIC-SE float path, fp32": lambda: model.compress(x, integer=False),
-        "AEIC-SE integer 8-bit, fp32": integer(8, torch.float32),
-        f"AEIC-SE integer 8-bit, {auto}": integer(8, dtype),
-        f"AEIC-SE integer 16-bit, {auto}": integer(16, dtype),
+        "AEIC-SE integer 8-bit, fp32": integer("8", torch.float32),
+        f"AEIC-SE integer 8-bit, {auto}": integer("8", dtype),
+        f"AEIC-SE integer mixed, {auto}": integer("mixed", dtype),
+        f"AEIC-SE integer 16-bit, {auto}": integer("16", dtype),
     }
     for name, run in runs.items():
         print(f"  {name:38s} payload {sum(len(s) for s in run().streams)} bytes")

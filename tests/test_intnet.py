@@ -196,18 +196,20 @@ def _calibration() -> list[np.ndarray]:
 
 
 @pytest.fixture(
-    scope="module", params=[("int8", 16), ("fp32", 16), ("fp32", 8)], ids=["int8", "w16", "w8"]
+    scope="module",
+    params=[("int8", "16"), ("fp32", "16"), ("fp32", "8")],
+    ids=["int8", "w16", "w8"],
 )
 def int_bundle(request, tmp_path_factory) -> Path:
     """A tiny bundle with an integer path: the bundle's int8 weights used as they are, or
     float weights made 16-bit or 8-bit integers."""
     torch.manual_seed(5)
-    dtype, bits = request.param
-    folder = tmp_path_factory.mktemp(f"int-{dtype}-{bits}")
+    dtype, plan = request.param
+    folder = tmp_path_factory.mktemp(f"int-{dtype}-{plan}")
     src = folder / "float.safetensors"
     save_bundle(src, AEIC(tiny_config()), lambda_=8.0, encoder_dtype=dtype)
     out = folder / "tiny-l8.safetensors"
-    integerize_bundle(src, out, _calibration(), source="generated", weight_bits=bits)
+    integerize_bundle(src, out, _calibration(), source="generated", weights=plan)
     return out
 
 
@@ -257,6 +259,28 @@ def test_digit_gemm_is_exact_at_the_extremes(weight_bits, terms):
     assert weights.wide == (weight_bits == 16)
     got = intnet._digit_gemm(torch.from_numpy(flat).double(), weights)
     assert np.array_equal(got.long().numpy(), expected)
+
+
+@pytest.mark.parametrize("weight_bits", [8, 16])
+def test_digit_gemm_sums_in_int32_where_the_weights_allow(weight_bits):
+    """1024 inputs: int32 digit sums for weights whose columns sum to little (here at most
+    1024 * 15 in |w8|), float64 ones for a column of extremes; exact either way."""
+    rng = np.random.default_rng(6)
+    flat = rng.integers(-(1 << 15), 1 << 15, size=(17, 1024))
+    flat[0], flat[1] = -(1 << 15), (1 << 15) - 1
+    if weight_bits == 8:
+        w = rng.integers(-15, 16, size=(1024, 5))
+        w[:, 0], w[:, 1] = -15, 15
+    else:  # high bytes in [-1, 0], low bytes in [113, 143] (less 128: [-15, 15])
+        w = rng.integers(-15, 16, size=(1024, 5)) + 128 - 256 * rng.integers(0, 2, size=(1024, 5))
+    bias = rng.integers(-(1 << 40), 1 << 40, size=5)
+    for extremes in (False, True):
+        if extremes:
+            w[:, 2] = 127 if weight_bits == 8 else 1 << 14
+        weights = intnet.byte_weights(torch.from_numpy(w).double(), torch.from_numpy(bias).double())
+        assert weights.wide == (weight_bits == 16) and weights.int32_sums == (not extremes)
+        got = intnet._digit_gemm(torch.from_numpy(flat).double(), weights)
+        assert np.array_equal(got.long().numpy(), flat @ w + bias)
 
 
 def test_integer_layers_take_the_int8_gemm(int_bundle):
@@ -474,10 +498,11 @@ def test_integerize_keeps_other_tensors_and_is_rerunnable(tmp_path):
     assert refused.exit_code == 1 and "exists" in refused.stderr
 
 
-@pytest.mark.parametrize("choice", ["8", "16", "auto", "auto-refused"])
+@pytest.mark.parametrize("choice", ["8", "mixed", "16", "auto", "auto-refused"])
 def test_integer_weights_option(tmp_path, monkeypatch, choice):
-    """--integer-weights: float weights become int8 or int16 integer tensors; auto takes 8
-    bits unless they cost more than the limit (set here to never, or always), then 16."""
+    """--integer-weights: float weights become int8 or int16 integer tensors (mixed: int8
+    in the context model's blocks alone); auto takes the first of 8, mixed, 16 that costs
+    at most the limit (set here to anything, or nothing: 16 in the end)."""
     from aeic_codec import integerize
 
     torch.manual_seed(8)
@@ -489,14 +514,18 @@ def test_integer_weights_option(tmp_path, monkeypatch, choice):
     args = ["weights", "integerize", str(src), "-o", str(out), "--images", str(_folder(tmp_path))]
     run = CliRunner().invoke(main, [*args, "--integer-weights", choice.split("-")[0]])
     assert run.exit_code == 0, run.stderr
-    bits = {"8": 8, "16": 16, "auto": 8, "auto-refused": 16}[choice]
-    assert f"{bits}-bit weights" in run.stderr
+    plan = {"auto": "8", "auto-refused": "16"}.get(choice, choice)
+    assert f"made integer: {integerize.PLAN_WORDS[plan]})" in run.stderr
     weights = {k: v for k, v in load_file(str(out)).items() if k.endswith(".weight")}
-    integer = [v.dtype for k, v in weights.items() if k.startswith("integer.")]
-    assert integer and set(integer) == {torch.int8 if bits == 8 else torch.int16}
+    kinds = {k[len("integer.") :]: v.dtype for k, v in weights.items() if k.startswith("integer.")}
+    narrow = {k for k, kind in kinds.items() if kind == torch.int8}
+    assert set(kinds.values()) <= {torch.int8, torch.int16}
+    if plan == "mixed":
+        assert narrow == {k for k in kinds if k.startswith("context.g_c.")} and narrow != set(kinds)
+    else:
+        assert kinds and narrow == (set(kinds) if plan == "8" else set())
     assert (
-        json.loads(read_info(out).metadata["provenance"])["integer_calibration"]["weight_bits"]
-        == bits
+        json.loads(read_info(out).metadata["provenance"])["integer_calibration"]["weights"] == plan
     )
     model = load_bundle(out, decoder=False)
     result = _encode(model, make_image(64, 96, seed=3))
