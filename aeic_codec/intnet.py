@@ -661,7 +661,7 @@ Ops = IntOps | FloatOps
 
 
 def layer_bits(weight_plan: str, name: str) -> int:
-    """The bits of a float layer's integer weights under a plan (WEIGHT_PLANS)."""
+    """The bits (8 or 16) of a float layer's integer weights under a plan (WEIGHT_PLANS)."""
     if weight_plan == "mixed":
         return 8 if name.startswith(MIXED_8BIT) else 16
     return int(weight_plan)
@@ -688,8 +688,6 @@ def quantize_layer(
     rows = real.flatten(1)
     if rows.shape[1] > MAX_TERMS:
         raise ValueError(f"{name}: {rows.shape[1]} inputs per output, at most {MAX_TERMS}")
-    if weight_bits not in (8, 16):
-        raise ValueError(f"integer weights of {weight_bits} bits: 8 or 16")
     if int8_scale is None:
         top = (1 << (weight_bits - 1)) - 1
         peak = rows.abs().amax(1)
@@ -864,6 +862,8 @@ def integerize(
     bundle's raw tensors: int8 weights among them are used as they are (not copied);
     float ones become integers as ``weight_plan`` (WEIGHT_PLANS) says.
     """
+    if weight_plan not in WEIGHT_PLANS:  # before the calibration passes, not after them
+        raise ValueError(f"integer weights {weight_plan!r}: one of {', '.join(WEIGHT_PLANS)}")
     median = model.entropy_bottleneck.medians.detach().double()
     calib = FloatOps(model)
     inputs = [_program_inputs(model, x) for x in images]
@@ -873,8 +873,6 @@ def integerize(
         for y, z in inputs:
             _float_pass(calib, model, y, z, median)
         exps = {site: exponent_for(peak) for site, peak in calib.peaks.items()}
-        if weight_plan not in WEIGHT_PLANS:
-            raise ValueError(f"integer weights {weight_plan!r}: one of {', '.join(WEIGHT_PLANS)}")
         build = FloatOps(model, exps, stored, weight_plan)
         y, z = inputs[0]
         _float_pass(build, model, y[..., :2, :2], z[..., :1, :1], median)
