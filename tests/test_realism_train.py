@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from aeic_codec.bundle import load_bundle, read_info, save_bundle
 from aeic_codec.config import AEIC_SMALL_TAEF2, tiny_config
 from aeic_codec.model import AEIC
 from aeic_codec.tiny_vae import TinyDecoder, TinyEncoder
+from aeic_codec.training.losses import spectrum_distance
 from aeic_codec.training.realism import (
     RealismConfig,
     crops,
@@ -113,6 +115,29 @@ def test_config_paths_and_keys(tmp_path: Path) -> None:
     path.write_text("steps = 3\nbogus = 1\n")
     with pytest.raises(ValueError, match="unknown keys bogus"):
         load_config(path)
+    for bad in ("spectrum_sectors = 0", "spectrum_window = 4", "spectrum_window = 256"):
+        path.write_text(bad + "\n")
+        with pytest.raises(ValueError, match="spectrum_sectors must be at least 1"):
+            load_config(path)
+
+
+def _stripes(angle: float, period: float, side: int = 128) -> torch.Tensor:
+    """A grey picture in [-1, 1] of sine stripes whose wave vector points along ``angle``."""
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    phase = (xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period
+    return (0.5 * torch.sin(phase)).expand(1, 3, side, side).float()
+
+
+def test_the_oriented_spectrum_term_sees_direction_the_radial_one_cannot() -> None:
+    across, along = _stripes(0.0, 5.0), _stripes(math.pi / 2, 5.0)
+    diagonal = _stripes(math.pi / 4, 5.0)
+    assert float(spectrum_distance(across, across, window=32, sectors=4)) == 0.0
+    # The same power at the same frequency in another direction: nearly free for the
+    # radial, whole-picture term (which this term was before sectors), costly with them.
+    for other in (along, diagonal):
+        radial = float(spectrum_distance(across, other))
+        oriented = float(spectrum_distance(across, other, window=32, sectors=4))
+        assert radial < 0.1 and oriented > 10.0
 
 
 def test_photo_crops_cover_the_region_of_the_latent_crops() -> None:

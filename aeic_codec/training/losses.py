@@ -7,6 +7,7 @@ rates below 0.05 bpp balance the distortion terms.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,7 +49,12 @@ def colour_grid_fix(x_hat: torch.Tensor, x: torch.Tensor, cell: int, step: int) 
 
 
 def spectrum_distance(
-    x_hat: torch.Tensor, x: torch.Tensor, bands: int = 3, floor: float = 1e-5
+    x_hat: torch.Tensor,
+    x: torch.Tensor,
+    bands: int = 3,
+    floor: float = 1e-5,
+    window: int = 0,
+    sectors: int = 1,
 ) -> torch.Tensor:
     """Mean squared log-ratio of luma power in the finest ``bands`` octave bands.
 
@@ -58,24 +64,43 @@ def spectrum_distance(
     sky, much in foliage) without asking for the detail the file cannot carry. ``floor``
     is the windowed power of white noise of one 8-bit level rms: below it, flat crops
     would weigh in with their noise.
+
+    With ``window`` > 0 the power is taken in windows of that side (half overlapping)
+    instead of over the whole image, and with ``sectors`` > 1 each band is split by
+    orientation into that many equal sectors: detail drawn at the wrong place or in the
+    wrong direction (horizontal strokes over a photo's diagonal texture) then costs,
+    which a whole-image radial average cannot see.
     """
     luma = torch.tensor(YCC[0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    h, w = x.shape[-2:]
-    window = torch.outer(torch.hann_window(h, periodic=False), torch.hann_window(w, periodic=False))
-    radius = torch.hypot(torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :])
 
-    def power(img: torch.Tensor) -> torch.Tensor:
+    def luma_windows(img: torch.Tensor) -> torch.Tensor:
         y = (img * luma).sum(1)
-        y = (y - y.mean((-2, -1), keepdim=True)) * window.to(y)
-        return torch.fft.rfft2(y).abs().square() / (h * w)
+        if window:
+            y = y.unfold(-2, window, window // 2).unfold(-2, window, window // 2)
+        return y
 
-    p_hat, p = power(x_hat), power(x)
+    y_hat, y = luma_windows(x_hat), luma_windows(x)
+    h, w = y.shape[-2:]
+    hann = torch.outer(torch.hann_window(h, periodic=False), torch.hann_window(w, periodic=False))
+    fy, fx = torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :]
+    radius = torch.hypot(fy, fx)
+    angle = torch.remainder(torch.atan2(fy, fx), math.pi)  # orientation, modulo pi
+
+    def power(t: torch.Tensor) -> torch.Tensor:
+        t = (t - t.mean((-2, -1), keepdim=True)) * hann.to(t)
+        return torch.fft.rfft2(t).abs().square() / (h * w)
+
+    p_hat, p = power(y_hat), power(y)
     total = x_hat.new_zeros(())
     for low, high in SPECTRUM_BANDS[-bands:]:
-        band = ((radius >= low) & (radius <= high)).to(x.device)
-        a, b = p_hat[:, band].mean(1), p[:, band].mean(1)
-        total = total + (torch.log(a + floor) - torch.log(b + floor)).square().mean()
-    return total / bands
+        in_band = (radius >= low) & (radius <= high)
+        for k in range(sectors):
+            offset = torch.remainder(angle - k * math.pi / sectors + math.pi / 2, math.pi)
+            cell = in_band & ((offset - math.pi / 2).abs() <= math.pi / (2 * sectors))
+            cell = cell.to(x.device)
+            a, b = p_hat[..., cell].mean(-1), p[..., cell].mean(-1)
+            total = total + (torch.log(a + floor) - torch.log(b + floor)).square().mean()
+    return total / (bands * sectors)
 
 
 class Distiller(nn.Module):

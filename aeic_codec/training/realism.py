@@ -22,7 +22,9 @@ that need nothing downloaded:
   critic on latents nor pooled means can;
 - optionally (``spectrum`` > 0), the luma power of the renderings in the three finest
   octave bands held to the photo's (log ratio, phase-blind): as much detail at each
-  scale as the photo has there, which the fidelity terms alone never ask for;
+  scale as the photo has there, which the fidelity terms alone never ask for; with
+  ``spectrum_window`` and ``spectrum_sectors``, per local window and orientation, so that
+  detail drawn in the wrong direction costs too;
 - optionally (``phase`` > 0), a lattice term on the same renderings: the batch's mean
   8 x 8 block (each pixel position within D's 8-pixel upsampling cell averaged over every
   cell) held to the photos'. Photos have almost none; a D fed latents it does not know
@@ -109,6 +111,10 @@ class RealismConfig:
     perceptual: float = 0.0  # weight of the TAEF2-encoder feature distance on them
     image_adv: float = 0.0  # weight of a hinge critic on the renderings themselves
     spectrum: float = 0.0  # weight of the renderings' band-power distance (losses.py)
+    # That distance per window of this side (0: over each whole rendering) and per this
+    # many orientation sectors of each band (1: radially averaged).
+    spectrum_window: int = 0
+    spectrum_sectors: int = 1
     # The noise input's per-channel scales (preset with latent_noise) learn this many times
     # faster than the rest: from zero, they have to grow to l_T's own scale (about 0.6).
     noise_lr: float = 100.0
@@ -157,6 +163,13 @@ def load_config(path: str | Path) -> RealismConfig:
         raise ValueError(f"{path}: crop must be a multiple of {PAD}")
     if cfg.image_crop % LATENT_SCALE or not 0 < cfg.image_crop <= cfg.crop:
         raise ValueError(f"{path}: image_crop must be a multiple of 8 no larger than crop")
+    if cfg.spectrum_sectors < 1 or not (
+        cfg.spectrum_window == 0 or 8 <= cfg.spectrum_window <= cfg.image_crop
+    ):
+        raise ValueError(
+            f"{path}: spectrum_sectors must be at least 1 and spectrum_window 0 or "
+            "from 8 to image_crop"
+        )
     return cfg
 
 
@@ -386,7 +399,9 @@ class RealismTrainer:
             "image": F.mse_loss(*pool),
             "phase": F.mse_loss(lattice_cell(x_hat), lattice_cell(x)),
             "pixel": F.mse_loss(x_hat, x),
-            "spectrum": spectrum_distance(x_hat, x),
+            "spectrum": spectrum_distance(
+                x_hat, x, window=c.spectrum_window, sectors=c.spectrum_sectors
+            ),
         }
         if self.features is not None:
             terms["perceptual"] = self.feature_distance(x_hat, x)
