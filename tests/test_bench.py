@@ -56,4 +56,8 @@ def test_the_32_pixel_lattice_sees_a_pattern_the_8_pixel_one_cannot() -> None:
     point.add("a", 100, src, out, 0.0, 0.0)
     point.finish()
     assert point.lattice < 1.0 and point.lattice32 > 5.0  # constant over every 8x8 cell
-    assert f"| {point.lattice:.2f} | {point.lattice32:.2f} |" in table([point])
+    assert f"| {point.lattice:.2f} | {point.lattice32:.2f} | {point.orientation:.2f} |" in table(
+        [point]
+    )
+    # The squares' edges run along the same axes in both pictures: the direction holds.
+    assert 0.0 < point.orientation < 0.5

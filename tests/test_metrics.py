@@ -18,6 +18,8 @@ from aeic_codec.metrics import (
     lattice_rms,
     ms_ssim,
     ms_ssim_u8,
+    orientation_error,
+    oriented_band_power,
     psnr_u8,
 )
 
@@ -100,3 +102,39 @@ def test_lattice_rms_measures_a_painted_grid_in_8_bit_units() -> None:
     assert lattice_rms(with_border, np.pad(image, ((0, 5), (0, 3), (0, 0)))) == lattice_rms(
         painted, image
     )
+
+
+def _stripes_u8(angle: float, period: float = 5.0, side: int = 96) -> np.ndarray:
+    """Grey sine stripes (amplitude 60 levels) whose wave vector points along ``angle``."""
+    yy, xx = np.mgrid[:side, :side]
+    wave = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)
+    return np.repeat((128 + 60 * wave).round().astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_oriented_band_power_is_the_same_on_arrays_and_tensors() -> None:
+    y = make_image(80, 112).astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    for window, sectors in ((0, 1), (32, 4), (16, 2)):
+        array = oriented_band_power(y, window, sectors)
+        tensor = oriented_band_power(torch.from_numpy(y), window, sectors)
+        assert isinstance(tensor, torch.Tensor)
+        assert np.allclose(tensor.numpy(), array, rtol=1e-9)
+    assert oriented_band_power(y).shape == (3,)
+    # 80 x 112 in half-overlapping 32-px windows: 4 rows, 6 columns; 3 bands x 4 sectors.
+    assert oriented_band_power(y, 32, 4).shape == (4, 6, 12)
+
+
+def test_orientation_error_sees_detail_in_the_wrong_direction() -> None:
+    across = _stripes_u8(0.0)
+    assert orientation_error(across, across) == 0.0
+    turned = orientation_error(_stripes_u8(math.pi / 2), across)
+    diagonal = orientation_error(_stripes_u8(math.pi / 4), across)
+    assert turned > 2.0 and diagonal > 2.0
+    # The same stripes a little off their direction cost less than turned ones.
+    assert orientation_error(_stripes_u8(0.15), across) < turned / 4
+    # A flat original has no detail whose direction could be missed.
+    flat = np.full_like(across, 128)
+    assert math.isnan(orientation_error(across, flat))
+    with pytest.raises(ValueError, match="at least 32 px"):
+        orientation_error(across[:20], across[:20])
+    with pytest.raises(ValueError, match="one shape"):
+        orientation_error(across, across[:64])

@@ -168,7 +168,8 @@ def test_the_image_term_trains_d_frozen(setup: dict[str, Path]) -> None:
     rows = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
     terms = ("image", "phase", "pixel", "perceptual")
     assert [all(r[k] > 0 for k in terms) for r in rows if "image" in r] == [True, True]
-    assert [r["eval_lattice"] > 0 for r in rows if "eval_psnr" in r] == [True]
+    evaluated = [r for r in rows if "eval_psnr" in r]
+    assert [r["eval_lattice"] > 0 and r["eval_orientation"] > 0 for r in evaluated] == [True]
     vae = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
     for key, value in load_file(str(setup["taef2"] / "taef2_decoder.safetensors")).items():
         assert torch.equal(vae[f"vae.{key}"], value), key

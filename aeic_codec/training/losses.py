@@ -7,7 +7,6 @@ rates below 0.05 bpp balance the distortion terms.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from torch import nn
 
 from ..colour import YCC, YCC_OFFSET
 from ..config import ModelConfig
-from ..metrics import SPECTRUM_BANDS, ms_ssim
+from ..metrics import ms_ssim, oriented_band_power
 from ..model import AEIC
 from .config import LossWeights, TrainConfigError
 from .distributed import Share
@@ -72,35 +71,8 @@ def spectrum_distance(
     which a whole-image radial average cannot see.
     """
     luma = torch.tensor(YCC[0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-
-    def luma_windows(img: torch.Tensor) -> torch.Tensor:
-        y = (img * luma).sum(1)
-        if window:
-            y = y.unfold(-2, window, window // 2).unfold(-2, window, window // 2)
-        return y
-
-    y_hat, y = luma_windows(x_hat), luma_windows(x)
-    h, w = y.shape[-2:]
-    hann = torch.outer(torch.hann_window(h, periodic=False), torch.hann_window(w, periodic=False))
-    fy, fx = torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :]
-    radius = torch.hypot(fy, fx)
-    angle = torch.remainder(torch.atan2(fy, fx), math.pi)  # orientation, modulo pi
-
-    def power(t: torch.Tensor) -> torch.Tensor:
-        t = (t - t.mean((-2, -1), keepdim=True)) * hann.to(t)
-        return torch.fft.rfft2(t).abs().square() / (h * w)
-
-    p_hat, p = power(y_hat), power(y)
-    total = x_hat.new_zeros(())
-    for low, high in SPECTRUM_BANDS[-bands:]:
-        in_band = (radius >= low) & (radius <= high)
-        for k in range(sectors):
-            offset = torch.remainder(angle - k * math.pi / sectors + math.pi / 2, math.pi)
-            cell = in_band & ((offset - math.pi / 2).abs() <= math.pi / (2 * sectors))
-            cell = cell.to(x.device)
-            a, b = p_hat[..., cell].mean(-1), p[..., cell].mean(-1)
-            total = total + (torch.log(a + floor) - torch.log(b + floor)).square().mean()
-    return total / (bands * sectors)
+    p_hat, p = (oriented_band_power((t * luma).sum(1), window, sectors, bands) for t in (x_hat, x))
+    return (torch.log(p_hat + floor) - torch.log(p + floor)).square().mean()
 
 
 class Distiller(nn.Module):

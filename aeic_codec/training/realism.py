@@ -33,8 +33,8 @@ that need nothing downloaded:
 D itself stays frozen. y_hat (exactly as files carry it), E(x) and the photo are cached
 once per training image in the run folder, so a step costs g_s, eps and the critic at 1/8
 resolution, plus D on a small crop when the image term is on.
-Evaluation decodes whole Kodak images through D and reports PSNR and the luma power kept
-per frequency band.
+Evaluation decodes whole Kodak images through D and reports PSNR, MS-SSIM, the luma power
+kept per frequency band, the lattice figure and the orientation figure (metrics.py).
 
 Run: ``python -m aeic_codec.training.realism --config configs/realism-l12.toml --data DIR
 --out RUN [--resume]``. The run folder holds the caches, ``log.jsonl`` and a resumable
@@ -63,7 +63,14 @@ from torch import nn
 from ..bundle import load_bundle, read_info
 from ..config import PRESETS
 from ..imageio import read_image
-from ..metrics import band_power_db, lattice_cell, lattice_rms, ms_ssim_u8, psnr_u8
+from ..metrics import (
+    band_power_db,
+    lattice_cell,
+    lattice_rms,
+    ms_ssim_u8,
+    orientation_error,
+    psnr_u8,
+)
 from ..model import AEIC, PAD
 from ..realism import RealismDecoder, realism_config
 from ..tiny_vae import TinyEncoder, read_taef2
@@ -511,7 +518,7 @@ class RealismTrainer:
             return self._evaluate(images)
 
     def _evaluate(self, images: list[tuple[np.ndarray, torch.Tensor]]) -> dict[str, float]:
-        psnrs, ssims, bands, cells = [], [], [], []
+        psnrs, ssims, bands, cells, turns = [], [], [], [], []
         for image, y_hat in images:
             h, w = image.shape[:2]
             fixed = self.decode(y_hat, (padded_input(image) + 1) / 2)
@@ -520,8 +527,10 @@ class RealismTrainer:
             ssims.append(ms_ssim_u8(out, image))
             bands.append(band_power_db(out, image))
             cells.append(lattice_rms(out, image))
+            turns.append(orientation_error(out, image))
         row = {"eval_psnr": float(np.mean(psnrs)), "eval_msssim": float(np.mean(ssims))}
         row["eval_lattice"] = float(np.mean(cells))
+        row["eval_orientation"] = float(np.nanmean(turns))
         row.update({f"eval_band{i}": float(b) for i, b in enumerate(np.mean(bands, axis=0))})
         return row
 
