@@ -284,14 +284,31 @@ def test_digit_gemm_sums_in_int32_where_the_weights_allow(weight_bits):
 
 
 def test_integer_layers_take_the_int8_gemm(int_bundle):
-    if not intnet.int8_gemm_exact():
-        pytest.skip("this CPU's int8 GEMM is not exact: the float64 GEMM runs everywhere")
+    if not intnet.use_int8_gemm():
+        pytest.skip("no int8 dot products here, or an inexact int8 GEMM: float64's runs")
     for ops in (
         load_bundle(SHIPPED[0], decoder=False)._integer().ops,
         load_bundle(int_bundle, decoder=False)._integer().ops,
     ):
         int8 = ops.t["h_s.increase.1.fc1.weight"].dtype == torch.int8
         assert ops._bytes("h_s.increase.1.fc1").wide == (not int8)
+
+
+def test_the_int8_and_float64_gemms_give_the_same_files(int_bundle, monkeypatch):
+    """Which GEMM runs depends on the CPU (use_int8_gemm); the files must not."""
+    if not intnet.int8_gemm_exact():
+        pytest.skip("this CPU's int8 GEMM is not exact: only float64's can run")
+    image = make_image(130, 190, seed=5)
+    files = []
+    for int8 in (True, False):
+        monkeypatch.setattr(intnet, "use_int8_gemm", lambda int8=int8: int8)
+        for path in (SHIPPED[0], int_bundle):
+            model = load_bundle(path, decoder=False)
+            taken = model._integer().ops._bytes("h_s.increase.1.fc1") is not None
+            assert taken == int8
+            result = _encode(model, image)
+            files.append((result.data, result.digest))
+    assert files[:2] == files[2:]
 
 
 def test_one_and_two_threads_give_the_same_files(int_bundle):
