@@ -111,9 +111,15 @@ def test_ctrl_c_while_a_file_is_written_waits_until_it_is_reported(tmp_path: Pat
         os.kill(os.getpid(), signal.SIGINT)  # arrives after the file is on disk
         delivered.append(outcome.task.source)
 
-    with pytest.raises(KeyboardInterrupt):
-        batch.run(_Bytes(), tasks, deliver)
+    # Ctrl-C live as in a terminal: a shell starts background jobs with SIGINT ignored,
+    # and Python then keeps it ignored, which batch.run respects.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            batch.run(_Bytes(), tasks, deliver)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert delivered == ["in0"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out0"]
     assert (tmp_path / "out0").read_bytes() == b"in0"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
