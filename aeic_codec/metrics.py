@@ -245,10 +245,14 @@ def orientation_error(decoded: np.ndarray, original: np.ndarray, window: int = 3
     decoded against original: the mean absolute difference. About 0.2 for TAEF2's own round
     trip of a Kodak photo; detail in no particular direction (strokes) and hardly any
     detail (blur) both score near the spread of the photo's own shares, about 0.7.
-    Both images H x W x 3 of one shape, at least ``window`` on each side.
+    Both images H x W x 3 of one shape; NaN where no window fits or none has detail.
     """
-    if decoded.shape != original.shape or min(decoded.shape[:2]) < window:
-        raise ValueError(f"expected two images of one shape, at least {window} px a side")
+    if decoded.shape != original.shape or decoded.ndim != 3 or decoded.shape[2] != 3:
+        raise ValueError(
+            f"expected two H x W x 3 images of one shape, got {decoded.shape} and {original.shape}"
+        )
+    if min(decoded.shape[:2]) < window:
+        return math.nan
     luma = [img.astype(np.float64) @ YCC[0] for img in (decoded, original)]
     p_dec, p_orig = (oriented_band_power(y, window, 4, 2).reshape(-1, 2, 4) for y in luma)
     shares = [np.log(p + ONE_LEVEL_POWER) for p in (p_dec, p_orig)]

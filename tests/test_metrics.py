@@ -134,7 +134,6 @@ def test_orientation_error_sees_detail_in_the_wrong_direction() -> None:
     # A flat original has no detail whose direction could be missed.
     flat = np.full_like(across, 128)
     assert math.isnan(orientation_error(across, flat))
-    with pytest.raises(ValueError, match="at least 32 px"):
-        orientation_error(across[:20], across[:20])
+    assert math.isnan(orientation_error(across[:20], across[:20]))  # no whole window
     with pytest.raises(ValueError, match="one shape"):
         orientation_error(across, across[:64])
