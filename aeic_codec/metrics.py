@@ -173,13 +173,26 @@ def lattice_rms(decoded: np.ndarray, original: np.ndarray, period: int = 8) -> f
     return float(np.sqrt(np.mean((lattice_cell(a, period) - lattice_cell(b, period)) ** 2)))
 
 
+def _check_pair(decoded: np.ndarray, original: np.ndarray) -> None:
+    """A decoded picture and its original: two H x W x 3 images of one shape."""
+    if decoded.shape != original.shape or decoded.ndim != 3 or decoded.shape[2] != 3:
+        raise ValueError(
+            f"expected two H x W x 3 images of one shape, got {decoded.shape} and {original.shape}"
+        )
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    """BT.601 luma (the grid's Y) of an H x W x 3 image, float64 on its own scale."""
+    return image.astype(np.float64) @ YCC[0]
+
+
 def _luma_power(image: np.ndarray) -> np.ndarray:
     """|FFT|^2 of the image's luma (0..255 scale), mean removed, under a 2-D Hann window.
 
     The window keeps the jump between opposite borders (the FFT wraps around) from
     spreading power into every band.
     """
-    y = image.astype(np.float64) @ YCC[0]  # BT.601 luma, the grid's Y
+    y = _luma(image)
     y = y - y.mean()
     window = np.outer(np.hanning(y.shape[0]), np.hanning(y.shape[1]))
     return np.abs(np.fft.fft2(y * window)) ** 2
@@ -247,14 +260,13 @@ def orientation_error(decoded: np.ndarray, original: np.ndarray, window: int = 3
     detail (blur) both score near the spread of the photo's own shares, about 0.7.
     Both images H x W x 3 of one shape; NaN where no window fits or none has detail.
     """
-    if decoded.shape != original.shape or decoded.ndim != 3 or decoded.shape[2] != 3:
-        raise ValueError(
-            f"expected two H x W x 3 images of one shape, got {decoded.shape} and {original.shape}"
-        )
+    _check_pair(decoded, original)
     if min(decoded.shape[:2]) < window:
         return math.nan
-    luma = [img.astype(np.float64) @ YCC[0] for img in (decoded, original)]
-    p_dec, p_orig = (oriented_band_power(y, window, 4, 2).reshape(-1, 2, 4) for y in luma)
+    p_dec, p_orig = (
+        oriented_band_power(_luma(img), window, 4, 2).reshape(-1, 2, 4)
+        for img in (decoded, original)
+    )
     shares = [np.log(p + ONE_LEVEL_POWER) for p in (p_dec, p_orig)]
     shares = [s - s.mean(-1, keepdims=True) for s in shares]
     textured = p_orig.mean(-1) > ONE_LEVEL_POWER
@@ -273,10 +285,7 @@ def band_power_db(decoded: np.ndarray, original: np.ndarray) -> list[float]:
     gives NaN; a decoded image with none there, -inf. Both images are H x W x 3 of one
     shape, on the 0..255 scale.
     """
-    if decoded.shape != original.shape or decoded.ndim != 3 or decoded.shape[2] != 3:
-        raise ValueError(
-            f"expected two H x W x 3 images of one shape, got {decoded.shape} and {original.shape}"
-        )
+    _check_pair(decoded, original)
     fy = np.fft.fftfreq(decoded.shape[0])[:, None]
     fx = np.fft.fftfreq(decoded.shape[1])[None, :]
     radius = np.hypot(fy, fx)
