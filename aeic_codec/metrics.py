@@ -244,16 +244,17 @@ def oriented_band_power(y: Any, window: int = 0, sectors: int = 1, bands: int = 
     return xp.stack(out, -1)
 
 
-# The windowed power (as oriented_band_power takes it, 0..255 scale) of white noise of
-# one 8-bit level rms: weaker detail is not told from noise.
-ONE_LEVEL_POWER = float((np.hanning(32) ** 2).mean() ** 2)
+def one_level_power(window: int) -> float:
+    """The power oriented_band_power gives white noise of one 8-bit level rms (0..255
+    scale) in ``window`` x ``window`` windows: weaker detail is not told from noise."""
+    return float((np.hanning(window) ** 2).mean() ** 2)
 
 
 def orientation_error(decoded: np.ndarray, original: np.ndarray, window: int = 32) -> float:
     """How far detail runs in other directions than the photo's, per local window.
 
     In each ``window`` x ``window`` window and each of the two finest bands where the
-    original has detail (power above ONE_LEVEL_POWER), the log power of the four 45-degree
+    original has detail (power above one_level_power), the log power of the four 45-degree
     orientation sectors less their mean (the direction of the detail, not its strength),
     decoded against original: the mean absolute difference. About 0.2 for TAEF2's own round
     trip of a Kodak photo; detail in no particular direction (strokes) and hardly any
@@ -267,9 +268,10 @@ def orientation_error(decoded: np.ndarray, original: np.ndarray, window: int = 3
         oriented_band_power(_luma(img), window, 4, 2).reshape(-1, 2, 4)
         for img in (decoded, original)
     )
-    shares = [np.log(p + ONE_LEVEL_POWER) for p in (p_dec, p_orig)]
+    floor = one_level_power(window)
+    shares = [np.log(p + floor) for p in (p_dec, p_orig)]
     shares = [s - s.mean(-1, keepdims=True) for s in shares]
-    textured = p_orig.mean(-1) > ONE_LEVEL_POWER
+    textured = p_orig.mean(-1) > floor
     if not textured.any():
         return math.nan
     return float(np.abs(shares[0] - shares[1]).mean(-1)[textured].mean())
