@@ -1,6 +1,6 @@
 """Synthetic published checkpoints: the manifests' layouts with values from the fixture rule.
 
-``shared/reference/fixture-se/spec.json`` states the rule exactly; files built here import
+``tests/reference/fixture-se/spec.json`` states the rule exactly; files built here import
 like the real AEIC_SE_ft*.pkl, SD-Turbo folder and halfDecoder.ckpt would.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "reference"  # see reference/README.md
 FIXTURE = REFERENCE / "fixture-se"
 KEEP_INITIAL = (
     "_offset",

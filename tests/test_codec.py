@@ -25,6 +25,7 @@ from aeic_codec.model import AEIC, latent_size
 from aeic_codec.transforms import pad_reflect
 
 from .conftest import make_image
+from .published import manifest
 
 SIZES = [(1, 1), (63, 65), (300, 517)]
 
@@ -128,12 +129,7 @@ def test_unmerged_decoder_side_matches_the_paper():
 
 
 def test_published_state_dict_layout_matches_manifest():
-    import json
-    from pathlib import Path
-
-    manifest = json.loads(
-        (Path(__file__).parents[2] / "shared/reference/official_codec_AEIC-SE.json").read_text()
-    )
+    layout = manifest("official_codec_AEIC-SE.json")
     model = AEIC(AEIC_SE, decoder=False)
     from aeic_codec.transforms import SynthesisTransform
 
@@ -151,7 +147,7 @@ def test_published_state_dict_layout_matches_manifest():
         k.replace("adapter_in", "context.adapter_in")
         .replace("adapter_out", "context.adapter_out")
         .replace("g_c.", "context.g_c."): v
-        for k, v in manifest.items()
+        for k, v in layout.items()
         if not any(d in k for d in derived)
     }
     assert ours == theirs

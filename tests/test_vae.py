@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
-import pytest
 import torch
 
 from aeic_codec.config import AEIC_SE, tiny_config
 from aeic_codec.vae import LiteVAEDecoder
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from .published import manifest
 
 
 def test_full_size_layout_equals_half_decoder() -> None:
-    path = REFERENCE / "half_decoder_ckpt.json"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
-    published = {k.removeprefix("decoder."): v for k, v in json.loads(path.read_text()).items()}
+    layout = manifest("half_decoder_ckpt.json")
+    published = {k.removeprefix("decoder."): v for k, v in layout.items()}
     with torch.device("meta"):
         decoder = LiteVAEDecoder(AEIC_SE)
     shapes = {key: list(value.shape) for key, value in decoder.state_dict().items()}
