@@ -41,6 +41,14 @@ class FormatError(ValueError):
     """Bytes that are not a valid .aeic file; the message is one line meant for the user."""
 
 
+class _EndsEarly(FormatError):
+    """A header that runs past the end of the bytes: a cut file, if its CRC fails too."""
+
+
+# What is given instead of an .aeic file most often: the images that `aeic encode` reads.
+_IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
 class _Header(NamedTuple):
     """The parsed header, before the payload is trusted or copied."""
 
@@ -268,7 +276,7 @@ def _read_varint(data: bytes, pos: int, end: int, limit: int, too_large: str) ->
     value = 0
     for i in range(max(1, -(-limit.bit_length() // 7))):
         if pos + i >= end:
-            raise FormatError("truncated file: header ends early")
+            raise _EndsEarly("truncated file: header ends early")
         byte = data[pos + i]
         value |= (byte & 0x7F) << (7 * i)
         if byte < 0x80:
@@ -280,9 +288,19 @@ def _read_varint(data: bytes, pos: int, end: int, limit: int, too_large: str) ->
     raise FormatError(too_large)
 
 
+def _image_kind(data: bytes) -> str | None:
+    """The image format ``data`` starts with, of those aeic encode reads (None: another)."""
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _IMAGE_MAGIC.items() if data.startswith(magic)), None)
+
+
 def _check_preamble(data: bytes) -> None:
     """Magic, minimal length and version: what must hold before the CRC position is known."""
     if data[: len(MAGIC)] != MAGIC[: len(data)]:
+        kind = _image_kind(data)
+        if kind is not None:
+            raise FormatError(f"not an .aeic file but a {kind} image (to compress it: aeic encode)")
         raise FormatError("not an .aeic file (bad magic)")
     if len(data) < _MIN_SIZE:
         raise FormatError(
@@ -310,7 +328,7 @@ def _parse_header(data: bytes, end: int) -> _Header:
     digest = None
     if version == INTEGER_VERSION:
         if pos + DIGEST_SIZE > end:
-            raise FormatError("truncated file: header ends early")
+            raise _EndsEarly("truncated file: header ends early")
         digest = bytes(data[pos : pos + DIGEST_SIZE])
         pos += DIGEST_SIZE
     dims = []
@@ -329,7 +347,7 @@ def _parse_header(data: bytes, end: int) -> _Header:
     colour = None
     if flags & FLAG_COLOUR:
         if pos + _COLOUR.size > end:
-            raise FormatError("truncated file: header ends early")
+            raise _EndsEarly("truncated file: header ends early")
         colour = _COLOUR.unpack_from(data, pos)
         pos += _COLOUR.size
     grid = None
@@ -339,7 +357,7 @@ def _parse_header(data: bytes, end: int) -> _Header:
         if cell < lo:
             raise FormatError(f"colour grid cell {cell} out of range ({lo}..{hi})")
         if pos >= end:
-            raise FormatError("truncated file: header ends early")
+            raise _EndsEarly("truncated file: header ends early")
         step = data[pos]
         if not GRID_STEPS[0] <= step <= GRID_STEPS[1]:
             raise FormatError(
@@ -359,6 +377,8 @@ def _crc_failure(data: bytes) -> FormatError:
     """
     try:
         head = _parse_header(data, len(data))
+    except _EndsEarly:
+        return FormatError(f"truncated file: its {len(data)} bytes end inside the header")
     except FormatError:
         return FormatError("CRC mismatch: file is corrupt")
     promised = head.end + head.declared + _CRC_SIZE
