@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.rd_kodak import Point, table
+from bench.readme_figures import README, shipped_figures, with_figures
 from bench.run_all import run, slice_plan
 
 from .conftest import make_image
@@ -61,3 +62,8 @@ def test_the_32_pixel_lattice_sees_a_pattern_the_8_pixel_one_cannot() -> None:
     )
     # The squares' edges run along the same axes in both pictures: the direction holds.
     assert 0.0 < point.orientation < 0.5
+
+
+def test_the_readme_states_the_shipped_bundles_figures() -> None:
+    text = README.read_text()
+    assert with_figures(text, shipped_figures()) == text, "run python -m bench.readme_figures"
