@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .tiling import Progress
 
 EXPECTED = (BundleError, FormatError, ImageError, OSError, ValueError)
+_START = 16  # bytes of an input that preflight's check_start sees
 
 
 @dataclass(frozen=True)
@@ -57,24 +59,56 @@ class TaskFailed(Exception):
     """A per-file failure whose message is complete (without the input's name)."""
 
 
+def _read_problem(exc: OSError) -> str:
+    """Why a source cannot be read, in the same words before the work and during it."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    return f"cannot read ({exc.strerror})"
+
+
 def read_source(source: str) -> bytes:
     if source == "-":
         return sys.stdin.buffer.read()
     try:
         return Path(source).read_bytes()
-    except FileNotFoundError:
-        raise TaskFailed("no such file") from None
-    except IsADirectoryError:
-        raise TaskFailed("is a directory") from None
     except OSError as exc:
-        raise TaskFailed(f"cannot read ({exc.strerror})") from None
+        raise TaskFailed(_read_problem(exc)) from None
 
 
-def preflight(tasks: list[Task], force: bool) -> dict[Task, str]:
-    """Outputs that could not be written, found before any work: {task: why}."""
+def _input_problem(source: str, check_start: Callable[[bytes], None] | None) -> str | None:
+    """Why ``source`` cannot be the input, from opening it (None: it can, or it is '-')."""
+    if source == "-":
+        return None
+    try:
+        if not stat.S_ISFIFO(os.stat(source).st_mode):  # opening a FIFO waits for a writer
+            with open(source, "rb") as fh:
+                if check_start is not None:
+                    check_start(fh.read(_START))
+    except OSError as exc:
+        return _read_problem(exc)
+    except FormatError as exc:
+        return str(exc)
+    return None
+
+
+def preflight(
+    tasks: list[Task], force: bool, check_start: Callable[[bytes], None] | None = None
+) -> dict[Task, str]:
+    """Inputs that cannot be read and outputs that could not be written: {task: why}.
+
+    Found before any work, and before torch is imported, so that such a mistake costs
+    no start-up. ``check_start`` raises FormatError for an input whose first bytes are
+    of another kind of file (an image given to decode), which is said before its output.
+    """
     problems: dict[Task, str] = {}
     writable: dict[Path, str | None] = {}  # one probe per folder
     for task in tasks:
+        unusable = _input_problem(task.source, check_start)
+        if unusable:
+            problems[task] = unusable
+            continue
         if task.target == "-":
             continue
         path = Path(task.target)
@@ -279,15 +313,19 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def _outcomes(
-    work: _Work, tasks: list[Task], jobs: int, progress: Progress | None
+    work: _Work, tasks: list[Task], jobs: int, threads: int | None, progress: Progress | None
 ) -> Iterator[Outcome]:
     if jobs == 1:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         for task in tasks:
             yield work(task, progress)
         return
     import multiprocessing
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
     with _sigint_ignored():  # inherited by the workers from their first instruction
         pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(work, threads))
@@ -318,16 +356,18 @@ def run(
     deliver: Callable[[Outcome], None],
     jobs: int = 1,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> None:
     """Run every task in order, write its output and hand its Outcome to ``deliver``.
 
     Writing a file and delivering its outcome happen with Ctrl-C held back, so an
     interrupted batch has reported exactly the files it wrote. ``jobs`` > 1 uses
     processes; ``progress`` (tiles done, tiles in all) is called for the current file
-    when jobs is 1.
+    when jobs is 1. ``threads`` is torch's thread count in each process (None: torch's
+    own in this process, the cores shared out among workers).
     """
     jobs = max(1, min(jobs, len(tasks)))
-    outcomes = _outcomes(work, tasks, jobs, progress if jobs == 1 else None)
+    outcomes = _outcomes(work, tasks, jobs, threads, progress if jobs == 1 else None)
     with contextlib.closing(outcomes):  # on Ctrl-C or an error: the workers stop at once
         for outcome in outcomes:
             with _sigint_deferred():

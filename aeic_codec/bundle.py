@@ -80,6 +80,12 @@ class BundleInfo:
         """The identity files of the integer entropy path name (None: no integer path)."""
         return self.metadata.get("integer_identity") or None
 
+    @property
+    def file_identity(self) -> str:
+        """The identity its files name when encoded by default (the integer path where it has
+        one): the one ``aeic weights list`` shows, so that it matches ``aeic info``'s."""
+        return self.integer_identity or self.identity
+
     def has_identity(self, identity: str) -> bool:
         return identity in (self.identity, self.integer_identity)
 

@@ -7,6 +7,7 @@ line starting "aeic: error:"; tracebacks only with --debug.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -21,11 +22,12 @@ import click
 from . import allocator, batch, startup
 from .batch import Outcome, Task, TaskFailed, read_source
 from .bundle import BundleError
-from .container import FormatError
+from .container import FormatError, check_magic
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from .progress import BatchProgress
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+DEVICES = ("cpu", "cuda", "mps")
 
 
 def _error(message: str) -> None:
@@ -71,6 +73,13 @@ def _debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--debug", is_flag=True, help="Show tracebacks on errors.")(f)
 
 
+def _device_option(text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One --device for encode and decode: the same choices, each saying what runs there."""
+    return click.option(
+        "--device", type=click.Choice(DEVICES), default="cpu", show_default=True, help=text
+    )
+
+
 def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
@@ -89,6 +98,11 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=1,
             show_default=True,
             help="Worker processes, each loading the model once.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            help="Threads of each process (default: the CPU's cores, shared among the jobs).",
         ),
         click.option(
             "--weights",
@@ -194,6 +208,12 @@ def _refuse_collisions(tasks: list[Task]) -> None:
         first[key] = task.source
 
 
+def _refuse_terminal(output: str | None, force: bool, what: str) -> None:
+    """No binary data into a terminal (as gzip refuses): it garbles the screen and is lost."""
+    if output == "-" and not force and sys.stdout.isatty():
+        raise _Refused(f"-o -: {what} not written to a terminal; redirect it (or use --force)")
+
+
 def _shown(source: str) -> str:
     return "<stdin>" if source == "-" else source
 
@@ -245,9 +265,10 @@ class _Reporter:
             click.echo(json.dumps(record))
 
     def finish(self, verb: str) -> NoReturn:
+        """The summary line, unless nothing was done: then the error lines said it all."""
         if self.progress is not None:
             self.progress.clear()
-        if not (self.quiet or self.as_json):
+        if not (self.quiet or self.as_json or (self.failures and not self.files)):
             secs = time.perf_counter() - self.start
             bpp = f", mean {8 * self.bytes / self.pixels:.4f} bpp" if self.pixels else ""
             failed = f", {self.failures} failed" if self.failures else ""
@@ -271,15 +292,37 @@ def _usage(exc: BaseException, debug: bool) -> NoReturn:
     raise _Refused(str(exc)) from None
 
 
-def _todo(tasks: list[Task], force: bool, report: _Reporter) -> list[Task]:
-    """Refuse outputs that exist or cannot be written, before any model is loaded."""
-    problems = batch.preflight(tasks, force)
+def _todo(
+    tasks: list[Task],
+    force: bool,
+    report: _Reporter,
+    check_start: Callable[[bytes], None] | None = None,
+) -> list[Task]:
+    """Refuse inputs that cannot be read and outputs that exist or cannot be written,
+    before any model is loaded (batch.preflight)."""
+    problems = batch.preflight(tasks, force, check_start)
     for task, problem in problems.items():
         report.fail(task, problem)
     return [task for task in tasks if task not in problems]
 
 
-def _run(work: Any, todo: list[Task], jobs: int, report: _Reporter, debug: bool) -> None:
+def _check_machine(device: str, precision: str, debug: bool) -> None:
+    """Refuse a device or precision this machine lacks (exit 2).
+
+    It may import torch, so it comes after the checks that need none.
+    """
+    from . import api
+
+    try:
+        api.check_device(device)
+        api.resolve_precision(precision, device)
+    except ValueError as exc:
+        _usage(exc, debug)
+
+
+def _run(
+    work: Any, todo: list[Task], jobs: int, threads: int | None, report: _Reporter, debug: bool
+) -> None:
     """Run the batch with its status line; Ctrl-C stops it at once (exit 130)."""
     work.debug = debug
     report.show_progress(len(todo))
@@ -298,7 +341,7 @@ def _run(work: Any, todo: list[Task], jobs: int, report: _Reporter, debug: bool)
     try:
         if progress is not None and todo:
             progress.begin(_shown(next(names).source))
-        batch.run(work, todo, deliver, jobs, progress.tiles if progress else None)
+        batch.run(work, todo, deliver, jobs, progress.tiles if progress else None, threads)
     except KeyboardInterrupt:  # the workers are stopped by now (closing the batch)
         report.say(f"aeic: interrupted; {report.files} of {len(todo)} file(s) written")
         sys.exit(INTERRUPTED)
@@ -329,12 +372,8 @@ LAMBDA_HELP = (
     help="Send the source's mean colour over a grid of cells (about 0.002 bpp at 64 px cells; "
     "default: as the model says).",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda", "mps"]),
-    default="cpu",
-    show_default=True,
-    help="Where the analysis networks run; the integer entropy path gives the same file anywhere.",
+@_device_option(
+    "Where the analysis networks run; the integer entropy path gives the same file anywhere."
 )
 @click.option(
     "--precision",
@@ -363,6 +402,7 @@ def encode(
     quiet: bool,
     as_json: bool,
     jobs: int,
+    threads: int | None,
     weights: str | None,
     max_pixels: int,
     debug: bool,
@@ -376,19 +416,18 @@ def encode(
     verify: bool,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
-    from . import api
     from .bundle import find_bundle
 
     report = _Reporter(quiet, as_json, output == "-")
     tasks = _plan(inputs, output, ".aeic", IMAGE_SUFFIXES)
+    _refuse_terminal(output, force, "compressed data")
     try:
         info = find_bundle(weights, lambda_=lambda_, variant=variant)
-        api.check_device(device)
-        api.resolve_precision(precision, device)
-    except (BundleError, ValueError) as exc:
+    except BundleError as exc:
         _usage(exc, debug)
     todo = _todo(tasks, force, report)
     if todo:
+        _check_machine(device, precision, debug)
         work = batch.EncodeWork(
             str(info.path),
             force,
@@ -400,7 +439,7 @@ def encode(
             precision=precision,
             verify=verify,
         )
-        _run(work, todo, jobs, report, debug)
+        _run(work, todo, jobs, threads, report, debug)
     report.finish("encoded")
 
 
@@ -415,7 +454,7 @@ def encode(
     show_default=True,
     help="Precision of the generative decoder (auto: bf16 where the CPU computes it natively).",
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@_device_option("Where the generative decoder runs.")
 @click.option("--tile", type=click.IntRange(min=8), help="Latent tile size (default: the model's).")
 @click.option(
     "--realism",
@@ -432,6 +471,7 @@ def decode(
     quiet: bool,
     as_json: bool,
     jobs: int,
+    threads: int | None,
     weights: str | None,
     max_pixels: int,
     debug: bool,
@@ -441,22 +481,21 @@ def decode(
     realism: float,
 ) -> None:
     """Decompress .aeic files to PNG."""
-    from . import api
     from .bundle import bundles_at
 
     report = _Reporter(quiet, as_json, output == "-")
     tasks = _plan(inputs, output, ".png", {".aeic"})
+    _refuse_terminal(output, force, "PNG data")
     try:
         if weights:
             bundles_at(weights)  # named weights must hold a bundle; which one is per file
-        api.check_device(device)
-        api.resolve_precision(precision, device)
-    except (BundleError, ValueError) as exc:
+    except BundleError as exc:
         _usage(exc, debug)
-    todo = _todo(tasks, force, report)
+    todo = _todo(tasks, force, report, check_magic)
     if todo:
+        _check_machine(device, precision, debug)
         work = batch.DecodeWork(weights, force, max_pixels, precision, device, tile, realism)
-        _run(work, todo, jobs, report, debug)
+        _run(work, todo, jobs, threads, report, debug)
     report.finish("decoded")
 
 
@@ -540,7 +579,10 @@ def weights() -> None:
     "--weights", "where", type=click.Path(exists=True), help="Also search this file/directory."
 )
 def weights_list(as_json: bool, where: str | None) -> None:
-    """List every bundle found (--weights, $AEIC_WEIGHTS, the shipped weights/), by lambda."""
+    """List every bundle found (--weights, $AEIC_WEIGHTS, the shipped weights/), by lambda.
+
+    The identity shown is the one its files carry (and aeic info shows).
+    """
     from .bundle import BundleInfo, iter_bundles, rate_order, search_paths
 
     found = list(iter_bundles(search_paths(where)))
@@ -554,7 +596,7 @@ def weights_list(as_json: bool, where: str | None) -> None:
             lam = f"{b.lambda_:g}" if b.lambda_ is not None else "-"
             realism = "realism" if b.realism is not None else "-"
             click.echo(
-                f"{b.identity}  {b.variant:<12} lambda {lam:<6} {realism:<7} "
+                f"{b.file_identity}  {b.variant:<12} lambda {lam:<6} {realism:<7} "
                 f"{b.size / 1e6:8.1f} MB  {b.path}"
             )
 
@@ -789,6 +831,10 @@ def train(
     """
     import dataclasses
 
+    if importlib.util.find_spec("peft") is None:  # LoRA training; not in the plain install
+        raise _Refused(
+            "aeic train needs the training extra: pip install '.[train]' in aeic's folder"
+        )
     from .training import TrainConfigError, TrainingStopped, is_main_process, load_train_config
     from .training import train as run_training
 

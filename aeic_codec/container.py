@@ -295,13 +295,21 @@ def _image_kind(data: bytes) -> str | None:
     return next((kind for magic, kind in _IMAGE_MAGIC.items() if data.startswith(magic)), None)
 
 
-def _check_preamble(data: bytes) -> None:
-    """Magic, minimal length and version: what must hold before the CRC position is known."""
+def check_magic(data: bytes) -> None:
+    """Refuse bytes that do not start as an .aeic file does, naming an image given instead.
+
+    A start of a file is enough: ``aeic decode`` checks its inputs with it before any work.
+    """
     if data[: len(MAGIC)] != MAGIC[: len(data)]:
         kind = _image_kind(data)
         if kind is not None:
             raise FormatError(f"not an .aeic file but a {kind} image (to compress it: aeic encode)")
         raise FormatError("not an .aeic file (bad magic)")
+
+
+def _check_preamble(data: bytes) -> None:
+    """Magic, minimal length and version: what must hold before the CRC position is known."""
+    check_magic(data)
     if len(data) < _MIN_SIZE:
         raise FormatError(
             f"truncated file: {len(data)} bytes, no .aeic file is shorter than {_MIN_SIZE}"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import re
 import struct
 import subprocess
+import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -275,3 +279,121 @@ def test_the_readme_quick_start_runs_twice(tmp_path, tiny_bundle, monkeypatch):
             code, _, err = run(*args, "--weights", str(tiny_bundle))
             assert code == 0, err
     assert Image.open(tmp_path / "kodim23-decoded.png").size == (48, 40)
+
+
+# ------------------------------------------------------------------ before torch
+def fresh_run(*args: str) -> tuple[int, list[str], float, set[str]]:
+    """The command in a new Python: exit code, stderr lines, wall seconds, modules imported."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "aeic_codec.cli", *args],
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    lines = done.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    said = [line for line in lines if not line.startswith("import time:")]
+    return done.returncode, said, seconds, imported
+
+
+def test_usage_and_file_errors_come_before_torch(tmp_path, png_file, encoded, tiny_bundle):
+    w = ("--weights", str(tiny_bundle))
+    exists = tmp_path / "exists.aeic"
+    exists.write_bytes(b"keep")
+    missing = tmp_path / "missing.png"
+    cases = [
+        (("encode", str(missing), "-o", str(tmp_path / "m.aeic"), *w), 1, "no such file"),
+        (("encode", str(png_file), "-o", str(exists), *w), 1, "exists (use --force"),
+        (("encode", str(png_file), "--lambda", "abc"), 2, "is not a valid float"),
+        (("encode", str(png_file), "-o", str(tmp_path / "x.png")), 2, "writes .aeic files"),
+        (("encode", str(png_file), "-o", str(tmp_path / "w.aeic"), "--weights", "none"), 2, "none"),
+        (("decode", str(tmp_path / "missing.aeic"), *w), 1, "no such file"),
+        (("decode", str(encoded), "-o", str(png_file), *w), 1, "exists (use --force"),
+        (("decode", str(encoded), "--device", "tpu"), 2, "Invalid value for '--device'"),
+    ]
+    seconds = []
+    for args, code, message in cases:
+        got, said, secs, imported = fresh_run(*args)
+        assert got == code and len(said) == 1 and message in one_error("\n".join(said)), said
+        assert not {"torch", "numpy"} & imported, args
+        seconds.append(secs)
+    assert exists.read_bytes() == b"keep"
+    # 0.3 s is the promise (about 0.06 s measured, without -X importtime); the median of
+    # eight keeps a loaded machine from failing it.
+    assert sorted(seconds)[len(seconds) // 2] < 0.3, seconds
+
+
+# ------------------------------------------------------------------ rough edges
+def test_one_failing_file_is_one_line_and_a_batch_keeps_its_summary(
+    tmp_path, png_file, encoded, tiny_bundle
+):
+    w = ("--weights", str(tiny_bundle))
+    missing = tmp_path / "missing.png"
+    code, _, err = run("encode", str(missing), "-o", str(tmp_path / "m.aeic"), *w)
+    assert code == 1 and one_error(err) == f"aeic: error: {missing}: no such file"
+    cut = tmp_path / "cut.aeic"
+    for n in (12, 20, 30):
+        cut.write_bytes(encoded.read_bytes()[:n])
+        code, _, err = run("decode", str(cut), "-o", str(tmp_path / "cut.png"), *w)
+        assert code == 1 and "truncated" in one_error(err)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run("encode", str(png_file), str(missing), "-o", str(out), *w)
+    lines = err.strip().splitlines()
+    assert code == 1 and lines[0] == f"aeic: error: {missing}: no such file"
+    assert len(lines) == 2 and lines[1].startswith("aeic: encoded 1 file(s), ")
+    assert ", 1 failed, " in lines[1]
+
+
+def test_an_image_given_to_decode_is_named_before_its_output(tmp_path, png_file, tiny_bundle):
+    # Without -o the output would be the image itself: what it is matters more than that.
+    for extra in ((), ("-o", str(tmp_path / "out.png"))):
+        code, _, err = run("decode", str(png_file), *extra, "--weights", str(tiny_bundle))
+        assert code == 1 and one_error(err) == (
+            f"aeic: error: {png_file}: not an .aeic file but a PNG image "
+            "(to compress it: aeic encode)"
+        )
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_threads_sets_the_thread_count_of_every_process(
+    tmp_path, png_file, tiny_bundle, monkeypatch
+):
+    counts: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    args = ("encode", str(png_file), "-o", str(tmp_path / "t.aeic"), "--weights", str(tiny_bundle))
+    assert run(*args, "--threads", "1")[0] == 0 and counts == [1]
+    assert run(*args, "--threads", "0")[0] == 2
+    # With workers, each gets the count (without it, the cores shared among them).
+    started: list[tuple[int, int]] = []
+
+    class Pool:
+        def __init__(self, jobs: int, initializer: object, initargs: tuple) -> None:
+            started.append((jobs, initargs[1]))
+
+        def __enter__(self) -> Pool:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def imap(self, function: object, tasks: list) -> Iterator[batch.Outcome]:
+            return iter(batch.Outcome(task, error="not run") for task in tasks)
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: SimpleNamespace(Pool=Pool))
+    tasks = [batch.Task(str(png_file), str(tmp_path / f"{i}.aeic")) for i in range(2)]
+    work = batch.EncodeWork(str(tiny_bundle), False, 100)
+    for threads, expected in ((3, 3), (None, max(1, (os.cpu_count() or 1) // 2))):
+        batch.run(work, tasks, lambda outcome: None, jobs=2, threads=threads)
+        assert started.pop() == (2, expected)
+
+
+def test_encode_and_decode_offer_the_same_devices(tmp_path, encoded):
+    for command in ("encode", "decode"):
+        assert "--device [cpu|cuda|mps]" in run(command, "--help")[1]
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    code, _, err = run("decode", str(encoded), "-o", str(tmp_path / "m.png"), "--device", "mps")
+    assert code == 2
+    assert one_error(err) == "aeic: error: device mps: no Apple GPU is available to torch here"

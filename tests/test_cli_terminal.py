@@ -123,3 +123,38 @@ def test_ctrl_c_stops_a_batch_at_once(tmp_path: Path, tiny_bundle: Path, jobs: i
     assert len(list(out.iterdir())) == written < 120  # nothing written after the exit
     assert not list(out.glob(".*.part"))
     assert "Traceback" not in err and err.strip().endswith(f"{written} of 120 file(s) written")
+
+
+def stdout_on_terminal(args: list[str]) -> tuple[int, str, bytes]:
+    """Run the CLI with stdout on a pseudo-terminal: (exit code, stderr, what it showed)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(CLI + args, stdout=slave, stderr=subprocess.PIPE, env=ENV)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the other side closed (Linux raises EIO)
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    err = proc.stderr.read().decode()
+    return proc.wait(60), err, shown
+
+
+def test_binary_output_is_refused_on_a_terminal_as_gzip_does(tmp_path: Path, tiny_bundle: Path):
+    (source,) = images(tmp_path / "in", 1)
+    coded = tmp_path / "a.aeic"
+    w = ["--weights", str(tiny_bundle)]
+    for args, what in (
+        (["encode", source], "compressed data"),
+        (["decode", str(coded)], "PNG data"),  # refused before its input is even looked at
+    ):
+        code, err, shown = stdout_on_terminal([*args, "-o", "-", *w])
+        assert code == 2 and shown == b""
+        refusal = f"-o -: {what} not written to a terminal; redirect it (or use --force)"
+        assert err == f"aeic: error: {refusal}\n"
+    code, err, shown = stdout_on_terminal(["encode", source, "-o", "-", "--force", "-q", *w])
+    assert code == 0 and err == "" and shown.startswith(b"AEI")

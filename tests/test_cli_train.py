@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -50,3 +52,17 @@ def test_train_config_error_is_one_line(tmp_path: Path):
     result = CliRunner().invoke(main, ["train", "--config", str(bad), "--data", str(tmp_path)])
     assert result.exit_code == 1
     assert "bad.toml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_without_the_training_extra_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setitem(sys.modules, "peft", None)  # as after the Quick start's install
+    args = ["train", "--config", str(CONFIGS / "tiny-test.toml"), "--data", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and result.stderr == (
+        "aeic: error: aeic train needs the training extra: pip install '.[train]' "
+        "in aeic's folder\n"
+    )
+    training = (CONFIGS.parent / "README.md").read_text().split("## Training", 1)[1]
+    assert "pip install '.[train]'" in training.split("```sh", 1)[0]  # said before its commands

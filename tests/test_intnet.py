@@ -418,6 +418,11 @@ def test_cli_prints_the_digest_and_the_path(int_bundle, tmp_path):
     info = CliRunner().invoke(main, ["info", str(aeic), *weights])
     assert f"integer (digest {record['entropy_digest'][:4]})" in info.stdout
     assert "(tiny lambda=8)" in info.stdout  # the integer identity names its bundle
+    # One identity everywhere: the file's, as encode and info give it, is the bundle's listed one.
+    listed = CliRunner().invoke(main, ["weights", "list", *weights]).stdout
+    line = next(line for line in listed.splitlines() if line.endswith(str(int_bundle)))
+    assert line.split()[0] == record["model"]
+    assert f"model           {record['model']} (tiny lambda=8)" in info.stdout
     flt = CliRunner().invoke(
         main,
         ["encode", str(src), "-o", str(tmp_path / "b.aeic"), "--float-entropy", "--json", *weights],
