@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .bundle import BundleError, find_bundle, load_bundle
-from .container import DIGEST_SIZE, AeicFile, ColourGrid, FormatError, pack, unpack
+from .bundle import BundleError, BundleInfo, find_bundle, load_bundle
+from .container import DIGEST_SIZE, QSTEP_ONE, AeicFile, ColourGrid, FormatError, pack, unpack
 from .imageio import DEFAULT_MAX_PIXELS
+from .rate import Ladder, RateError, fit_budget
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,9 @@ class EncodeResult:
     stream_bits: list[float]  # information estimate per stream (z, steps 0-3)
     y_hat: torch.Tensor
     digest: bytes | None = None  # entropy digest (integer path), None on the float path
+    model_id: str = ""  # the identity the file names (the integer one on the integer path)
+    qstep: int = QSTEP_ONE  # y's quantisation step in 1/256 (rate control)
+    trials: int = 1  # files a budget search made to find this one
 
     @property
     def entropy_digest(self) -> str | None:
@@ -71,6 +75,104 @@ def load_model(
     """
     info = find_bundle(weights, lambda_=lambda_, identity=identity, variant=variant)
     return load_bundle(info.path, encoder=encoder, decoder=decoder, realism=realism)
+
+
+class ModelLadder:
+    """The bundles of a ladder (rate.Ladder) with their encoders, loaded on first use."""
+
+    def __init__(self, ladder: Ladder, models: dict[int, AEIC] | None = None) -> None:
+        self.ladder = ladder
+        self._models = dict(models or {})
+
+    def model(self, rung: int) -> AEIC:
+        if rung not in self._models:
+            info = self.ladder.rungs[rung].info
+            if info is None:
+                raise ValueError(f"rung {rung} of the ladder has neither a bundle nor a model")
+            self._models[rung] = load_bundle(info.path, encoder=True, decoder=False)
+        return self._models[rung]
+
+
+def load_ladder(
+    weights: str | os.PathLike[str] | None = None, *, variant: str | None = None
+) -> ModelLadder:
+    """The ladder of bundles (one variant) that ``encode_image``'s budgets choose from."""
+    from .bundle import bundles_at, iter_bundles, search_paths
+
+    if weights:
+        found = bundles_at(weights)
+    else:
+        found = [b for b in iter_bundles(search_paths()) if not isinstance(b, Exception)]
+    if variant is not None:
+        found = [b for b in found if b.variant.lower() == variant.lower()]
+    elif len({b.variant for b in found}) > 1:
+        default = find_bundle(weights)  # the default bundle names the default variant
+        found = [b for b in found if b.variant == default.variant]
+    return ModelLadder(Ladder(found))
+
+
+def resolve_rate(
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    lambda_: float | None = None,
+    variant: str | None = None,
+) -> tuple[BundleInfo, int]:
+    """The bundle and quantisation step (in 1/256) for a lambda, any in the ladder's range.
+
+    A lambda that a bundle was trained at gives that bundle at its own step; another one
+    needs a ladder with rate curves (rate.py). No lambda: the default bundle.
+    """
+    try:
+        return find_bundle(weights, lambda_=lambda_, variant=variant), QSTEP_ONE
+    except BundleError:
+        if lambda_ is None:
+            raise
+    ladder = load_ladder(weights, variant=variant).ladder
+    return ladder.setting(lambda_)
+
+
+def measure_rate_curve(
+    model: AEIC,
+    images: list[np.ndarray],
+    qsteps: tuple[int, ...] | list[int] | None = None,
+    *,
+    precision: str = "auto",
+    progress: Progress | None = None,
+) -> list[list[float]]:
+    """[qstep, mean bpp, mean PSNR] of ``images`` coded at each step and decoded (realism 0).
+
+    What a bundle's ``rate_curve`` holds (rate.py): where its pictures beat its
+    neighbours' in a ladder, and which step gives a lambda between theirs.
+    """
+    from .metrics import psnr_u8
+    from .rate import CALIBRATION_STEPS
+
+    steps = list(qsteps or CALIBRATION_STEPS)
+    rates: dict[int, list[float]] = {q: [] for q in steps}
+    quality: dict[int, list[float]] = {q: [] for q in steps}
+    for n, image in enumerate(images):
+        coder = _FileCoder(
+            model, image, _padded(image), None, None, None, "cpu", resolve_precision(precision)
+        )
+        for k, q in enumerate(steps):
+            data = coder.encode(q).data
+            rates[q].append(8 * len(data) / (image.shape[0] * image.shape[1]))
+            quality[q].append(psnr_u8(decode(data, model, precision=precision), image))
+            if progress is not None:
+                progress(n * len(steps) + k + 1, len(images) * len(steps))
+    return [[q, float(np.mean(rates[q])), float(np.mean(quality[q]))] for q in steps]
+
+
+def _padded(image: np.ndarray) -> torch.Tensor:
+    """The encoder's input: (1, 3, H, W) in [-1, 1], mirror-padded to a multiple of 64."""
+    import torch
+
+    from .model import PAD
+    from .transforms import from_pixels, pad_reflect
+
+    # A copy when read-only (Pillow's arrays are): torch warns about non-writable arrays.
+    pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
+    return pad_reflect(from_pixels(torch.from_numpy(pixels).permute(2, 0, 1)[None]), PAD)
 
 
 def check_realism(realism: float) -> float:
@@ -103,7 +205,7 @@ def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Aei
 
 def encode_image(
     image: np.ndarray,
-    model: AEIC,
+    model: AEIC | ModelLadder,
     *,
     colour_fix: bool | None = None,
     colour_grid: bool | None = None,
@@ -111,6 +213,9 @@ def encode_image(
     device: str = "cpu",
     precision: str = "auto",
     verify: bool = False,
+    qstep: int = QSTEP_ONE,
+    size: int | None = None,
+    bpp: float | None = None,
 ) -> EncodeResult:
     """Code an H x W x 3 uint8 image.
 
@@ -124,42 +229,124 @@ def encode_image(
     anywhere, but one image encodes to other bytes in another precision. ``verify``
     decodes the file's latents as a decoder would and raises VerifyError unless they and
     the entropy digest are the encoder's (about half the encode time again).
+
+    ``qstep`` quantises y with step qstep / 256 instead of the trained 1 (integer path;
+    ``resolve_rate`` turns a lambda into a bundle and a step). ``size`` (bytes) or ``bpp``
+    asks instead for the best file of at most that many bytes (``bpp * width * height /
+    8``, rounded down): the first setting in lambda order that fits, searched over the
+    steps of ``model``, or over the bundles and steps of a ``ModelLadder``; g_a runs once
+    per bundle tried and only the entropy coding per step. A budget that nothing fits
+    raises RateError naming the smallest file.
     """
     import torch
 
-    from .model import PAD
-    from .transforms import from_pixels, pad_reflect
-
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError("image must be an H x W x 3 uint8 array")
-    if model.identity is None:
-        raise BundleError("the model has no identity: load it from a bundle or save it first")
     h, w = image.shape[:2]
-    # A copy when read-only (Pillow's arrays are): torch warns about non-writable arrays.
-    pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    x = pad_reflect(from_pixels(x), PAD)
-    if colour_fix is None:
-        colour_fix = h * w > model.cfg.colorfix_min_pixels
-    if colour_grid is None:
-        colour_grid = bool(model.cfg.colour_grid)
+    budget = _budget(size, bpp, h * w)
+    if budget is None and isinstance(model, ModelLadder):
+        raise ValueError("a ladder of models needs a budget (size or bpp)")
+    x = _padded(image)
     dtype = resolve_precision(precision, device)
-    result = model.compress(x, integer=integer, device=device, dtype=dtype)
-    colour, grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
-    digest = result.digest[:DIGEST_SIZE] if result.digest is not None else None
-    model_id = model.identity if digest is None else model.integer_identity
-    if model_id is None:
-        raise BundleError("the model's integer path has no identity: load it from a bundle")
-    f = AeicFile(w, h, bytes.fromhex(model_id), tuple(result.streams), colour, grid, digest)
-    data = pack(f)
+    ladder = model if isinstance(model, ModelLadder) else None
+    if budget is not None and ladder is None:
+        ladder = ModelLadder(Ladder.solo(model), {0: model})
+    if ladder is None:
+        coder = _FileCoder(model, image, x, colour_fix, colour_grid, integer, device, dtype)
+        result = coder.encode(qstep)
+    else:
+        if integer is False:
+            raise ValueError("a byte budget needs the integer entropy path")
+        coders: dict[int, _FileCoder] = {}
+
+        def encode(rung: int, q: int) -> bytes:
+            if rung not in coders:
+                m = ladder.model(rung)
+                coders[rung] = _FileCoder(m, image, x, colour_fix, colour_grid, None, device, dtype)
+            return coders[rung].encode(q).data
+
+        fit = fit_budget(ladder.ladder, budget, h * w, encode)
+        result = coders[fit.rung].last(fit.qstep)
+        result.trials = fit.trials
+        model = ladder.model(fit.rung)
     if verify:
         try:
-            y_hat, full_digest = latent_and_digest(unpack(data), model)
+            y_hat, full_digest = latent_and_digest(unpack(result.data), model)
         except FormatError as exc:
             raise VerifyError(f"the encoded file does not decode ({exc})") from exc
         if full_digest != result.digest or not torch.equal(y_hat, result.y_hat):
             raise VerifyError("the encoded file decodes to other latents than the encoder's")
-    return EncodeResult(data, result.stream_bits, result.y_hat, result.digest)
+    return result
+
+
+def _budget(size: int | None, bpp: float | None, pixels: int) -> int | None:
+    """The byte budget that ``size`` or ``bpp`` asks for (None: no budget)."""
+    if size is not None and bpp is not None:
+        raise ValueError("give a budget as size or as bpp, not both")
+    if bpp is not None:
+        if not bpp > 0:
+            raise ValueError(f"bpp must be positive, got {bpp}")
+        size = int(bpp * pixels / 8)
+    if size is not None and size < 1:
+        raise RateError(f"a budget of {size} bytes is too small for any file")
+    return size
+
+
+class _FileCoder:
+    """One image under one model: g_a once, then a file per quantisation step."""
+
+    def __init__(
+        self,
+        model: AEIC,
+        image: np.ndarray,
+        x: torch.Tensor,
+        colour_fix: bool | None,
+        colour_grid: bool | None,
+        integer: bool | None,
+        device: str,
+        dtype: torch.dtype,
+    ) -> None:
+        if model.identity is None:
+            raise BundleError("the model has no identity: load it from a bundle or save it first")
+        self.model = model
+        self.integer = integer
+        self.height, self.width = image.shape[:2]
+        if colour_fix is None:
+            colour_fix = self.height * self.width > model.cfg.colorfix_min_pixels
+        if colour_grid is None:
+            colour_grid = bool(model.cfg.colour_grid)
+        self.y, self.z = model.analyse(x, device, dtype)
+        self.colour, self.grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
+        self._results: dict[int, EncodeResult] = {}
+        self._hyper: object | None = None  # h_s's output: the same at every step
+
+    def encode(self, qstep: int) -> EncodeResult:
+        result = self.model.code_latents(self.y, self.z, self.integer, qstep, self._hyper)
+        self._hyper = result.hyper
+        digest = result.digest[:DIGEST_SIZE] if result.digest is not None else None
+        model = self.model
+        model_id = model.identity if digest is None else model.integer_identity
+        if model_id is None:
+            raise BundleError("the model's integer path has no identity: load it from a bundle")
+        f = AeicFile(
+            self.width,
+            self.height,
+            bytes.fromhex(model_id),
+            tuple(result.streams),
+            self.colour,
+            self.grid,
+            digest,
+            qstep,
+        )
+        out = EncodeResult(
+            pack(f), result.stream_bits, result.y_hat, result.digest, model_id, qstep
+        )
+        self._results[qstep] = out
+        return out
+
+    def last(self, qstep: int) -> EncodeResult:
+        """The result of an earlier ``encode(qstep)``."""
+        return self._results[qstep]
 
 
 def _colour_info(
@@ -178,13 +365,16 @@ def _colour_info(
 
 def encode(
     image: np.ndarray,
-    model: AEIC,
+    model: AEIC | ModelLadder,
     *,
     colour_fix: bool | None = None,
     colour_grid: bool | None = None,
     integer: bool | None = None,
     precision: str = "auto",
     verify: bool = False,
+    qstep: int = QSTEP_ONE,
+    size: int | None = None,
+    bpp: float | None = None,
 ) -> bytes:
     """Code an H x W x 3 uint8 image into the bytes of an .aeic file (see encode_image)."""
     return encode_image(
@@ -195,6 +385,9 @@ def encode(
         integer=integer,
         precision=precision,
         verify=verify,
+        qstep=qstep,
+        size=size,
+        bpp=bpp,
     ).data
 
 
@@ -224,7 +417,7 @@ def latent_and_digest(f: AeicFile, model: AEIC) -> tuple[torch.Tensor, bytes | N
     try:
         if not f.integer:
             return model.decompress(f.streams, size), None
-        y_hat, digest = model.decompress_integer(f.streams, size)
+        y_hat, digest = model.decompress_integer(f.streams, size, f.qstep)
     except (CodingError, LatentError) as exc:
         raise FormatError(f"corrupt file: {exc}") from exc
     if f.digest != digest[:DIGEST_SIZE]:

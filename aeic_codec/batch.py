@@ -182,7 +182,7 @@ class _Work:
 class EncodeWork(_Work):
     """Settings of an encode batch; called once per file in whichever process runs it."""
 
-    bundle: str
+    bundle: str | None  # None: a budget, met from ``ladder``
     force: bool
     max_pixels: int
     colour_fix: bool | None = None
@@ -191,6 +191,10 @@ class EncodeWork(_Work):
     device: str = "cpu"
     precision: str = "auto"
     verify: bool = False
+    qstep: int = 256  # y's quantisation step in 1/256 (rate.py)
+    ladder: Any = None  # a rate.Ladder: the bundles a budget chooses from
+    size: int | None = None
+    bpp: float | None = None
     debug: bool = False
     _model: Any = None
 
@@ -199,7 +203,10 @@ class EncodeWork(_Work):
         from .imageio import read_image
 
         if self._model is None:
-            self._model = api.load_model(self.bundle, decoder=False)
+            if self.ladder is not None:
+                self._model = api.ModelLadder(self.ladder)
+            else:
+                self._model = api.load_model(self.bundle, decoder=False)
         raw = read_source(task.source) if task.source == "-" else task.source
         image, outcome.warnings = read_image(raw, max_pixels=self.max_pixels)
         result = api.encode_image(
@@ -211,6 +218,9 @@ class EncodeWork(_Work):
             device=self.device,
             precision=self.precision,
             verify=self.verify,
+            qstep=self.qstep,
+            size=self.size,
+            bpp=self.bpp,
         )
         outcome.data = result.data
         h, w = image.shape[:2]
@@ -221,9 +231,8 @@ class EncodeWork(_Work):
             "height": h,
             "bytes": len(result.data),
             "bpp": 8 * len(result.data) / (w * h),
-            "model": self._model.identity
-            if result.digest is None
-            else self._model.integer_identity,
+            "model": result.model_id,
+            "qstep": result.qstep / 256,
             "entropy_digest": result.entropy_digest,
         }
 

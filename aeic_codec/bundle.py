@@ -377,6 +377,37 @@ def set_colour_grid(
     return identity
 
 
+def set_rate_curve(
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    curve: list[list[float]],
+    provenance: dict[str, Any] | None = None,
+) -> str:
+    """Write a copy of a bundle carrying a measured rate curve (rate.py); returns its identity.
+
+    The curve is metadata for the encoder's rate control: tensors and identity stay as
+    they were, so the copy decodes every file the original made.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from .files import atomic_path
+    from .rate import RateCurve
+
+    RateCurve.from_list(curve)  # refuse what a ladder could not use
+    info = read_info(path)
+    try:
+        tensors = load_file(str(info.path))
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
+    meta = dict(info.metadata, rate_curve=json.dumps(curve))
+    meta["provenance"] = json.dumps(
+        dict(info.provenance, rate_curve=provenance or {}), sort_keys=True
+    )
+    with atomic_path(output) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return info.identity
+
+
 def load_bundle(
     path: str | os.PathLike[str],
     encoder: bool = True,

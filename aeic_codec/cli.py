@@ -348,9 +348,10 @@ def _run(
 
 
 LAMBDA_HELP = (
-    "Rate point: use the bundle trained with this lambda; a larger lambda gives smaller "
-    "files and less detail. Shipped: 12, 64, 500 (default: the middle one, 64); "
-    "'aeic weights list' shows what is installed."
+    "Rate: a larger lambda gives smaller files and less detail. A bundle's own lambda "
+    "(shipped: 12, 64, 500; default: the middle one) uses that bundle; any other lambda in "
+    "the range of the bundles' rate curves (shipped: about 5 to 1300) a bundle with a finer "
+    "or coarser quantisation step. 'aeic weights list' shows what is installed."
 )
 
 
@@ -359,6 +360,17 @@ LAMBDA_HELP = (
 @click.argument("inputs", nargs=-1)
 @_common_options
 @click.option("--lambda", "lambda_", type=float, help=LAMBDA_HELP)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    help="Byte budget: the best file of at most this many bytes (container included), "
+    "whatever lambda that takes; per file in a batch.",
+)
+@click.option(
+    "--bpp",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Budget in bits per pixel: --size of bpp * width * height / 8 bytes.",
+)
 @click.option("--variant", help="Model variant when several match (e.g. AEIC-SE).")
 @click.option(
     "--colour-fix/--no-colour-fix",
@@ -407,6 +419,8 @@ def encode(
     max_pixels: int,
     debug: bool,
     lambda_: float | None,
+    size: int | None,
+    bpp: float | None,
     variant: str | None,
     colour_fix: bool | None,
     colour_grid: bool | None,
@@ -416,20 +430,32 @@ def encode(
     verify: bool,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
-    from .bundle import find_bundle
+    from . import api
 
     report = _Reporter(quiet, as_json, output == "-")
     tasks = _plan(inputs, output, ".aeic", IMAGE_SUFFIXES)
     _refuse_terminal(output, force, "compressed data")
+    budget = size is not None or bpp is not None
     try:
-        info = find_bundle(weights, lambda_=lambda_, variant=variant)
-    except BundleError as exc:
+        if budget and (lambda_ is not None or (size is not None and bpp is not None)):
+            raise click.UsageError("give one of --lambda, --size and --bpp")
+        if budget and float_entropy:
+            raise click.UsageError("--size and --bpp need the integer entropy path")
+        ladder = api.load_ladder(weights, variant=variant).ladder if budget else None
+        info, qstep = (
+            (None, 256) if budget else api.resolve_rate(weights, lambda_=lambda_, variant=variant)
+        )
+        if float_entropy and qstep != 256:
+            raise click.UsageError(
+                f"lambda {lambda_:g} is no bundle's own: it needs the integer entropy path"
+            )
+    except (BundleError, ValueError, click.UsageError) as exc:
         _usage(exc, debug)
     todo = _todo(tasks, force, report)
     if todo:
         _check_machine(device, precision, debug)
         work = batch.EncodeWork(
-            str(info.path),
+            str(info.path) if info is not None else None,
             force,
             max_pixels,
             colour_fix,
@@ -438,6 +464,10 @@ def encode(
             device=device,
             precision=precision,
             verify=verify,
+            qstep=qstep,
+            ladder=ladder,
+            size=size,
+            bpp=bpp,
         )
         _run(work, todo, jobs, threads, report, debug)
     report.finish("encoded")
@@ -536,6 +566,9 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
         if d["entropy_digest"]:
             entropy += f" (digest {d['entropy_digest']})"
         click.echo(f"  entropy path    {entropy}")
+        if d["qstep"] is not None:
+            own = " (the bundle's own)" if d["qstep"] == 1 else ""
+            click.echo(f"  quant. step     {d['qstep']:g}{own}")
         click.echo(f"  image           {d['width']}x{d['height']} ({d['pixels']} pixels)")
         model = d["model_id"] + (f" ({d['model_name']})" if d["model_name"] else " (not found)")
         click.echo(f"  model           {model}")
@@ -785,6 +818,51 @@ def weights_integerize(
         if measure:
             cost = integer_cost(model, [read_rgb(p) for p in image_files(measure)])
             click.echo(f"aeic: {cost.summary()}", err=True)
+    except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors
+        _fail_hard(exc, debug)
+
+
+@weights.command("calibrate-rate")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_bundle_output
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Images to measure on (the shipped curves: the 24 Kodak images).",
+)
+@click.option("--count", type=click.IntRange(min=1), default=24, show_default=True)
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
+@_debug_option
+def weights_calibrate_rate(
+    bundle: str, output: str, images: str, count: int, force: bool, debug: bool
+) -> None:
+    """Copy a bundle with its rate curve: bpp and PSNR against the quantisation step.
+
+    The encoder needs the curves of a ladder's bundles for lambdas between theirs and for
+    byte budgets across bundles (docs/architecture.md, section 11). Identity unchanged.
+    """
+    from . import api
+    from .bundle import load_bundle, set_rate_curve
+    from .integerize import image_files, read_rgb
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    try:
+        files = image_files(images, count)
+        model = load_bundle(bundle, encoder=True, decoder=True)
+        bar = BatchProgress(1, sys.stderr) if _on_terminal() else None
+        if bar:
+            bar.begin(f"calibrating {Path(bundle).name} on {len(files)} images")
+        curve = api.measure_rate_curve(
+            model, [read_rgb(p) for p in files], progress=bar.tiles if bar else None
+        )
+        if bar:
+            bar.clear()
+        source = {"images": Path(images).name, "count": len(files)}
+        identity = set_rate_curve(bundle, output, curve, source)
+        points = ", ".join(f"{q / 256:g}: {b:.4f} bpp {p:.2f} dB" for q, b, p in curve)
+        click.echo(f"aeic: wrote {output} (identity {identity}); step: {points}", err=True)
     except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors
         _fail_hard(exc, debug)
 

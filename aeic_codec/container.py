@@ -1,7 +1,9 @@
 """The .aeic container: a small, self-checking wrapper around the five coded streams.
 
-This module is the reference reader and writer of format versions 1 to 3 (docs/format.md):
-version 3 files come from the integer entropy path and carry a short entropy digest; the
+This module is the reference reader and writer of format versions 1 to 4 (docs/format.md):
+version 3 files come from the integer entropy path and carry a short entropy digest,
+version 4 files add the quantisation step of a continuous rate setting (written only when
+the step is not the trained one, so that such files stay version 3 byte for byte); the
 float path writes version 2 only when a file carries a colour grid, so its files without
 one stay byte for byte what earlier versions wrote. It imports only the standard library
 because ``aeic info`` parses files with it and must start without paying for torch or numpy.
@@ -15,9 +17,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 MAGIC = b"AEI"
-FORMAT_VERSION = 3  # the newest this module reads and writes
-READ_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # the newest this module reads and writes
+READ_VERSIONS = (1, 2, 3, 4)
 INTEGER_VERSION = 3  # the integer entropy path; the header carries the entropy digest
+QSTEP_VERSION = 4  # the integer path with a quantisation step other than the trained one
+# y's quantisation step is qstep / QSTEP_ONE (a dyadic rational: the integer path stays exact).
+QSTEP_ONE = 256
+QSTEP_RANGE = (16, 4096)  # steps 1/16 .. 16
 DIGEST_SIZE = 2
 MAX_DIM = 1 << 18
 NUM_STREAMS = 5
@@ -60,6 +66,7 @@ class _Header(NamedTuple):
     grid: tuple[int, int, int] | None  # cell, step, byte length
     end: int
     digest: bytes | None
+    qstep: int
 
     @property
     def declared(self) -> int:
@@ -86,7 +93,8 @@ class AeicFile:
     streams: tuple[bytes, ...]
     colour: tuple[int, ...] | None = None
     grid: ColourGrid | None = None
-    digest: bytes | None = None  # short entropy digest: integer entropy path (version 3)
+    digest: bytes | None = None  # short entropy digest: integer entropy path (versions 3, 4)
+    qstep: int = QSTEP_ONE  # y's quantisation step in 1/256 (integer path; version 4 if not 256)
 
     def __post_init__(self) -> None:
         for name, value in (("width", self.width), ("height", self.height)):
@@ -126,12 +134,16 @@ class AeicFile:
             not isinstance(self.digest, bytes) or len(self.digest) != DIGEST_SIZE
         ):
             raise ValueError(f"digest must be None or {DIGEST_SIZE} bytes, got {self.digest!r}")
+        if not isinstance(self.qstep, int) or not QSTEP_RANGE[0] <= self.qstep <= QSTEP_RANGE[1]:
+            raise ValueError(f"qstep must be an int in {QSTEP_RANGE[0]}..{QSTEP_RANGE[1]}")
+        if self.qstep != QSTEP_ONE and self.digest is None:
+            raise ValueError("a quantisation step other than 256 needs the integer entropy path")
 
     @property
     def version(self) -> int:
-        """3 for the integer entropy path; else 2 with a colour grid, 1 without."""
+        """3 for the integer entropy path (4 with another step); else 2 with a grid, 1 without."""
         if self.digest is not None:
-            return INTEGER_VERSION
+            return INTEGER_VERSION if self.qstep == QSTEP_ONE else QSTEP_VERSION
         return 2 if self.grid is not None else 1
 
     @property
@@ -160,6 +172,8 @@ class AeicFile:
         flags = FLAG_COLOUR if self.colour is not None else 0
         flags |= FLAG_GRID if self.grid is not None else 0
         parts = [MAGIC, bytes((self.version, flags)), self.model_id, self.digest or b""]
+        if self.qstep != QSTEP_ONE:
+            parts.append(_varint(self.qstep))
         parts += [_varint(v) for v in (self.width, self.height, *self.stream_sizes)]
         if self.colour is not None:
             parts.append(_COLOUR.pack(*self.colour))
@@ -227,7 +241,14 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
     if head.grid is not None:
         grid = ColourGrid(head.grid[0], head.grid[1], data[pos:body_end])
     return AeicFile(
-        head.width, head.height, head.model_id, tuple(streams), head.colour, grid, head.digest
+        head.width,
+        head.height,
+        head.model_id,
+        tuple(streams),
+        head.colour,
+        grid,
+        head.digest,
+        head.qstep,
     )
 
 
@@ -242,6 +263,7 @@ def info_dict(data: bytes) -> dict[str, Any]:
         "format_version": f.version,
         "entropy_path": "integer" if f.integer else "float",
         "entropy_digest": f.digest.hex() if f.digest is not None else None,
+        "qstep": f.qstep / QSTEP_ONE if f.integer else None,
         "model_id": f.model_id_hex,
         "width": f.width,
         "height": f.height,
@@ -334,11 +356,21 @@ def _parse_header(data: bytes, end: int) -> _Header:
     model_id = data[len(MAGIC) + 2 : _FIXED_SIZE]
     pos = _FIXED_SIZE
     digest = None
-    if version == INTEGER_VERSION:
+    qstep = QSTEP_ONE
+    if version >= INTEGER_VERSION:
         if pos + DIGEST_SIZE > end:
             raise _EndsEarly("truncated file: header ends early")
         digest = bytes(data[pos : pos + DIGEST_SIZE])
         pos += DIGEST_SIZE
+    if version == QSTEP_VERSION:
+        lo, hi = QSTEP_RANGE
+        qstep, pos = _read_varint(data, pos, end, hi, f"quantisation step above {hi}")
+        if qstep < lo:
+            raise FormatError(f"quantisation step {qstep} out of range ({lo}..{hi})")
+        if qstep == QSTEP_ONE:
+            raise FormatError(
+                f"a version 4 file must not carry step {QSTEP_ONE} (such a file is version 3)"
+            )
     dims = []
     for name in ("width", "height"):
         value, pos = _read_varint(data, pos, end, MAX_DIM, f"image {name} above {MAX_DIM}")
@@ -375,7 +407,7 @@ def _parse_header(data: bytes, end: int) -> _Header:
             data, pos + 1, end, MAX_STREAM_BYTES, f"colour grid length above {MAX_STREAM_BYTES}"
         )
         grid = (cell, step, n)
-    return _Header(model_id, width, height, tuple(lengths), colour, grid, pos, digest)
+    return _Header(model_id, width, height, tuple(lengths), colour, grid, pos, digest, qstep)
 
 
 def _crc_failure(data: bytes) -> FormatError:

@@ -42,6 +42,7 @@ from torch import nn
 
 from .bundle import SCALE_PREFIX
 from .config import ModelConfig
+from .container import QSTEP_ONE
 from .context import POSITIONS, STEPS, step_masks
 from .entropy_models import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
 
@@ -61,6 +62,9 @@ LN_PRECISION = 24  # LayerNorm's 1 / sigma has this many fractional bits
 LN_EPS = 1e-6
 EXPONENT_RANGE = (-16, 40)
 SYMBOL_CLAMP = 1 << 16  # symbols beyond saturate the 16-bit context either way
+# y's quantisation step is qstep / QSTEP_ONE (container.py): a dyadic rational, so that
+# sym * step and the scale comparisons stay exact integers.
+QSTEP_BITS = QSTEP_ONE.bit_length() - 1
 DIGIT_CHUNK = 1 << 20  # output values per band of rows in _digit_gemm
 FLOAT_SHIFT_MAX = 37  # requantisation shifts up to this run exactly in float64 (IntOps)
 
@@ -758,6 +762,10 @@ class IntegerEntropy:
         self.median = tensors["z_median"].long()  # integers at exponent f_z
         self.thresholds = tensors["scale_thresholds"].long()
 
+    def hyper(self, z_sym: torch.Tensor, y_size: tuple[int, int]) -> Act:
+        """h_s of the z symbols: the context the four steps start from (NHWC)."""
+        return hyper_synthesis(self.ops, self.z_hat(z_sym), self.cfg, y_size)
+
     def median_real(self) -> torch.Tensor:
         """The z medians the integer path rounds around (float64, exact)."""
         return self.median.double() * 2.0**-self.f_z
@@ -768,32 +776,50 @@ class IntegerEntropy:
         v = _clamp(v + self.median.view(1, -1, 1, 1))
         return Act(v.permute(0, 2, 3, 1).double(), self.f_z)
 
-    def coded_and_tables(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Which of a step's positions are coded, and their table indices (0..63)."""
-        coded = scale >= self.thresholds[0]
-        idx = torch.searchsorted(self.thresholds[1:], scale[coded], right=True)
+    def coded_and_tables(
+        self, scale: torch.Tensor, qstep: int = QSTEP_ONE
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which of a step's positions are coded, and their table indices (0..63).
+
+        A symbol of a position with scale s at step q / 256 has scale s * 256 / q, so the
+        thresholds compare against scale * 256 and threshold * q, exact in int64.
+        """
+        scaled = scale << QSTEP_BITS
+        thresholds = self.thresholds * qstep
+        coded = scaled >= thresholds[0]
+        idx = torch.searchsorted(thresholds[1:], scaled[coded], right=True)
         return coded, idx
 
     def mean_real(self, mean: torch.Tensor) -> torch.Tensor:
         return mean.double() * 2.0**-self.f_ctx
+
+    def dequantize(self, sym: torch.Tensor, mean: torch.Tensor, qstep: int) -> torch.Tensor:
+        """The context's integers at a step's positions: sym * step + mean at exponent f_ctx."""
+        v = sym.clamp(-SYMBOL_CLAMP, SYMBOL_CLAMP) * qstep
+        return _clamp(rshift_round(v, QSTEP_BITS - self.f_ctx) + mean)
 
     def run(
         self,
         z_sym: torch.Tensor,
         y_size: tuple[int, int],
         code_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+        qstep: int = QSTEP_ONE,
+        base: Act | None = None,
     ) -> tuple[torch.Tensor, bytes]:
-        """h_s and the four steps; returns y_hat (float32, sym + mean exactly) and the digest.
+        """h_s and the four steps; returns y_hat (float32, sym * step + mean) and the digest.
 
         ``code_step(k, mean, scale)`` gets step k's integer means and scales at its
         positions (int64, in C order of the (M, h, w) latent, as ``step_values`` takes
         them from a tensor) and returns their symbols (0 where a position is not coded).
-        Every operation's result is exact, so any number of threads gives the same values.
+        ``qstep`` is the quantisation step of y in 1/256 (QSTEP_ONE: the trained step);
+        ``base`` is ``hyper(z_sym, y_size)`` when the caller has it (a rate search codes
+        one z at several steps). Every operation's result is exact, so any number of
+        threads gives the same values.
         """
         ops, cfg = self.ops, self.cfg
         digest = hashlib.sha256()
-        ctx = hyper_synthesis(ops, self.z_hat(z_sym), cfg, y_size)
-        ctx = Act(ctx.v.contiguous(), ctx.f)  # NHWC, written in place step by step
+        ctx = base if base is not None else self.hyper(z_sym, y_size)
+        ctx = Act(ctx.v.clone(memory_format=torch.contiguous_format), ctx.f)  # written in place
         y_hat = torch.zeros(1, cfg.latent_channels, *y_size, dtype=torch.float64)
         for k in range(STEPS):
             cells = POSITIONS[k]
@@ -804,9 +830,9 @@ class IntegerEntropy:
             digest.update(mean.to(torch.int16).numpy().astype("<i2").tobytes())
             digest.update(scale.to(torch.int16).numpy().astype("<i2").tobytes())
             sym = code_step(k, mean, scale)
-            coded = _clamp((sym.clamp(-SYMBOL_CLAMP, SYMBOL_CLAMP) << self.f_ctx) + mean)
-            _set_step(ctx.v.permute(0, 3, 1, 2), cells, coded)
-            _set_step(y_hat, cells, sym.double() + self.mean_real(mean))
+            _set_step(ctx.v.permute(0, 3, 1, 2), cells, self.dequantize(sym, mean, qstep))
+            real = sym.double() * (qstep / QSTEP_ONE) + self.mean_real(mean)
+            _set_step(y_hat, cells, real)
         return y_hat.float(), digest.digest()
 
 

@@ -28,7 +28,7 @@ from .entropy_models import (
     scale_indexes,
     table_scales,
 )
-from .intnet import IntegerEntropy, step_values
+from .intnet import QSTEP_ONE, Act, IntegerEntropy, step_values
 from .tables import MAX_BINS, FreqTables
 from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
 
@@ -49,6 +49,7 @@ class Compressed:
     # the float path, of the table frequencies on the integer path (cheap: no tanh/erfc).
     stream_bits: list[float]
     digest: bytes | None = None  # entropy digest of the integer path (None: float path)
+    hyper: object | None = None  # the integer path's h_s output, reusable at another qstep
 
     @property
     def estimated_bits(self) -> float:
@@ -171,18 +172,40 @@ class AEIC(nn.Module):
         integer: bool | None = None,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        qstep: int = QSTEP_ONE,
     ) -> Compressed:
         """Code a padded image (1, 3, H, W) in [-1, 1] into five streams.
 
         ``integer`` picks the entropy path (default: the integer one when the model has
         it); ``device`` and ``dtype`` are where and how g_a runs (``analyse``). The
         entropy parameters are computed on the CPU: the integer path gives the same
-        integers anywhere, and it is cheap next to g_a.
+        integers anywhere, and it is cheap next to g_a. ``qstep`` is y's quantisation
+        step in 1/256 (integer path only; see ``code_latents``).
+        """
+        y, z = self.analyse(x, device, dtype)
+        return self.code_latents(y, z, integer, qstep)
+
+    @torch.no_grad()
+    def code_latents(
+        self,
+        y: torch.Tensor,
+        z: torch.Tensor,
+        integer: bool | None = None,
+        qstep: int = QSTEP_ONE,
+        hyper: object | None = None,
+    ) -> Compressed:
+        """The entropy coding of ``analyse``'s y and z: what a rate search repeats.
+
+        A ``qstep`` other than QSTEP_ONE (256) quantises y with step qstep / 256 instead of
+        the trained 1: coarser for fewer bytes, finer for more (format version 4).
+        ``hyper`` is an earlier result's ``hyper`` for the same z (it does not depend on
+        the step).
         """
         z_tables, y_tables = self._tables()
-        y, z = self.analyse(x, device, dtype)
         if self.integer is not None if integer is None else integer:
-            return self._compress_integer(y, z)
+            return self._compress_integer(y, z, qstep, hyper)
+        if qstep != QSTEP_ONE:
+            raise ValueError("another quantisation step needs the integer entropy path")
         eb = self.entropy_bottleneck
         med = eb.medians.detach().view(1, -1, 1, 1)
         z_sym = torch.round(z - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
@@ -207,7 +230,9 @@ class AEIC(nn.Module):
         y_hat = self.context.run(base, code_step)
         return Compressed(streams, y_hat, bits)
 
-    def _compress_integer(self, y: torch.Tensor, z: torch.Tensor) -> Compressed:
+    def _compress_integer(
+        self, y: torch.Tensor, z: torch.Tensor, qstep: int, hyper: object | None
+    ) -> Compressed:
         z_tables, y_tables = self._tables()
         ie = self._integer()
         med = ie.median_real().view(1, -1, 1, 1)
@@ -216,10 +241,11 @@ class AEIC(nn.Module):
         enc.encode(z_sym.numpy().ravel(), _z_ids(z_sym.shape), z_tables)
         streams, bits = [enc.finish()], [enc.bits]
         y64 = y.double()
+        step = qstep / QSTEP_ONE
 
         def code_step(k: int, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            coded, tables = ie.coded_and_tables(scale)
-            sym = torch.round(step_values(y64, k) - ie.mean_real(mean))
+            coded, tables = ie.coded_and_tables(scale, qstep)
+            sym = torch.round((step_values(y64, k) - ie.mean_real(mean)) / step)
             sym = torch.where(coded, sym.clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT), 0.0).long()
             enc = StreamEncoder()
             enc.encode(sym[coded].numpy(), tables.numpy(), y_tables)
@@ -227,8 +253,9 @@ class AEIC(nn.Module):
             bits.append(enc.bits)
             return sym
 
-        y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step)
-        return Compressed(streams, y_hat, bits, digest)
+        base = hyper if isinstance(hyper, Act) else ie.hyper(z_sym, y.shape[-2:])
+        y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step, qstep, base)
+        return Compressed(streams, y_hat, bits, digest, base)
 
     @torch.no_grad()
     def decompress(self, streams: list[bytes] | tuple[bytes, ...], y_size: tuple[int, int]):
@@ -259,7 +286,10 @@ class AEIC(nn.Module):
 
     @torch.no_grad()
     def decompress_integer(
-        self, streams: list[bytes] | tuple[bytes, ...], y_size: tuple[int, int]
+        self,
+        streams: list[bytes] | tuple[bytes, ...],
+        y_size: tuple[int, int],
+        qstep: int = QSTEP_ONE,
     ) -> tuple[torch.Tensor, bytes]:
         """y_hat and the entropy digest from the five streams of the integer path."""
         z_tables, y_tables = self._tables()
@@ -270,13 +300,13 @@ class AEIC(nn.Module):
         z = torch.from_numpy(z_sym).view(1, c, zh, zw)
 
         def code_step(k: int, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            coded, tables = ie.coded_and_tables(scale)
+            coded, tables = ie.coded_and_tables(scale, qstep)
             values = StreamDecoder(streams[k + 1]).decode(tables.numpy(), y_tables)
             sym = torch.zeros(mean.shape, dtype=torch.int64)
             sym[coded] = torch.from_numpy(values)
             return sym
 
-        return ie.run(z, y_size, code_step)
+        return ie.run(z, y_size, code_step, qstep)
 
 
 _TAIL_MULTIPLIER = -float(

@@ -74,7 +74,10 @@ def reject(data: bytes, message: str, **kwargs: object) -> None:
 @pytest.mark.parametrize(
     "grid", [None, DOC_GRID, ColourGrid(4096, 64, b""), ColourGrid(8, 1, bytes(300))]
 )
-@pytest.mark.parametrize("digest", [None, b"\x00\x00", b"\x5e\xa7"])
+@pytest.mark.parametrize(
+    "digest,qstep", [(None, 256), (b"\x00\x00", 256), (b"\x5e\xa7", 256), (b"\x5e\xa7", 16),
+                     (b"\x01\x02", 4096), (b"\x01\x02", 127), (b"\x01\x02", 257)]
+)
 def test_round_trip(
     width: int,
     height: int,
@@ -82,11 +85,13 @@ def test_round_trip(
     streams: tuple[bytes, ...],
     grid: ColourGrid | None,
     digest: bytes | None,
+    qstep: int,
 ) -> None:
-    f = AeicFile(width, height, MODEL_ID, streams, colour, grid, digest)
+    f = AeicFile(width, height, MODEL_ID, streams, colour, grid, digest, qstep)
     data = pack(f)
     assert unpack(data) == f
-    assert data[3] == f.version == (3 if digest else 1 if grid is None else 2)
+    expected = (4 if qstep != 256 else 3) if digest else 1 if grid is None else 2
+    assert data[3] == f.version == expected
     assert f.integer == (digest is not None)
     assert len(data) == f.size == f.overhead + sum(map(len, streams)) + f.grid_size
     assert data.startswith(f.header_bytes())
@@ -112,7 +117,8 @@ def test_properties() -> None:
     assert f.payload_size == 10
     assert f.model_id_hex == "a1b2c3d4"
     assert f.version == 1 and make(grid=DOC_GRID).version == 2
-    assert make(digest=b"\x5e\xa7").version == FORMAT_VERSION == 3
+    assert make(digest=b"\x5e\xa7").version == 3
+    assert make(digest=b"\x5e\xa7", qstep=300).version == FORMAT_VERSION == 4
     assert pack(f).startswith(MAGIC) and MAGIC == b"AEI"
     assert f.bpp == pytest.approx(8 * 32 / (768 * 512))
 
@@ -157,6 +163,10 @@ def test_info_dict() -> None:
         {"grid": ColourGrid(64, 0, b"")},
         {"grid": ColourGrid(64, 65, b"")},
         {"grid": ColourGrid(64, 4, "9c41")},
+        {"qstep": 300},  # another step needs the integer path (a digest)
+        {"qstep": 15, "digest": b"\x00\x00"},
+        {"qstep": 4097, "digest": b"\x00\x00"},
+        {"qstep": 256.0, "digest": b"\x00\x00"},
     ],
 )
 def test_invalid_files_cannot_be_built(changes: dict[str, object]) -> None:
@@ -184,12 +194,12 @@ def test_versions() -> None:
     data = pack(make())
     reject(
         resealed(data, 3, b"\x07"),
-        "unsupported format version 7 (this aeic reads versions 1, 2, 3); upgrade aeic",
+        "unsupported format version 7 (this aeic reads versions 1, 2, 3, 4); upgrade aeic",
     )
     reject(data[:3] + b"\x07" + data[4:], "unsupported format version 7")  # checked before the CRC
     reject(
         resealed(data, 3, b"\x00"),
-        "unsupported format version 0 (this aeic reads versions 1, 2, 3)",
+        "unsupported format version 0 (this aeic reads versions 1, 2, 3, 4)",
     )
     # The grid flag belongs to version 2, and version 2 always has a grid (canonical files).
     reject(resealed(data, 3, b"\x02"), "a version 2 file must carry a colour grid")
@@ -208,6 +218,21 @@ def test_digest_field() -> None:
         unpack(resealed(pack(make()), 3, b"\x03"))
     with pytest.raises(ValueError, match="digest must be"):
         make(digest=b"\x01")
+
+
+def test_qstep_field() -> None:
+    data = pack(make(digest=bytes.fromhex("5ea7"), qstep=384))  # the step at offsets 11, 12
+    assert data[3] == 4 and data[11:13] == _varint(384) == bytes.fromhex("8003")
+    assert info_dict(data)["qstep"] == 1.5 and info_dict(data)["format_version"] == 4
+    assert info_dict(pack(make(digest=bytes.fromhex("5ea7"))))["qstep"] == 1.0
+    assert info_dict(pack(make()))["qstep"] is None
+    reject(resealed(data, 11, _varint(256), 2), "a version 4 file must not carry step 256")
+    reject(resealed(data, 11, _varint(15), 2), "quantisation step 15 out of range (16..4096)")
+    reject(resealed(data, 11, _varint(4097), 2), "quantisation step above 4096")
+    reject(resealed(data, 11, b"\x80\x00", 2), "non-canonical (overlong) varint")
+    # A version 3 file relabelled as version 4 reads its width as the step: nothing fits.
+    with pytest.raises(FormatError):
+        unpack(resealed(pack(make(digest=bytes.fromhex("5ea7"))), 3, b"\x04"))
 
 
 def test_grid_fields() -> None:
@@ -331,6 +356,7 @@ def test_doc_examples_match_pack() -> None:
         pack(make(1920, 1080, colour=DOC_COLOUR)),
         pack(make(1920, 1080, colour=DOC_COLOUR, grid=DOC_GRID)),
         pack(make(digest=bytes.fromhex("5ea7"))),
+        pack(make(digest=bytes.fromhex("5ea7"), qstep=384)),
     ]
     for block, data in zip(blocks, expected, strict=True):
         hex_parts = [

@@ -135,7 +135,7 @@ class NumpyOps:
 
 
 def reference_decode(model: AEIC, data: bytes) -> tuple[list[np.ndarray], np.ndarray, bytes]:
-    """Decode a version 3 file's entropy parameters with NumpyOps, checking IntOps on the way.
+    """Decode a version 3 or 4 file's entropy parameters with NumpyOps, checking IntOps.
 
     Returns every step's (mean, scale) pairs concatenated, y_hat and the digest.
     """
@@ -173,17 +173,20 @@ def reference_decode(model: AEIC, data: bytes) -> tuple[list[np.ndarray], np.nda
         m_sel = mean.transpose(0, 3, 1, 2)[mask.transpose(0, 3, 1, 2)]
         s_sel = scale.transpose(0, 3, 1, 2)[mask.transpose(0, 3, 1, 2)]
         digest.update(m_sel.astype("<i2").tobytes() + s_sel.astype("<i2").tobytes())
-        coded = s_sel >= thresholds[0]
-        tables = (s_sel[coded, None] >= thresholds[None, 1:]).sum(1)
+        # A step q / 256 divides the scales by q / 256: compare scale * 256 with t * q.
+        q = f.qstep
+        coded = s_sel * 256 >= thresholds[0] * q
+        tables = (s_sel[coded, None] * 256 >= thresholds[None, 1:] * q).sum(1)
         values = StreamDecoder(f.streams[k + 1]).decode(tables, model.y_tables)
         sym = np.zeros(s_sel.shape, dtype=np.int64)
         sym[coded] = values
         sym_full = np.zeros(mean.transpose(0, 3, 1, 2).shape, dtype=np.int64)
         sym_full[mask.transpose(0, 3, 1, 2)] = sym
         sym_full = sym_full.transpose(0, 2, 3, 1)
-        new = np.clip(np.clip(sym_full, -(1 << 16), 1 << 16) * (1 << f_ctx) + mean, LO, HI)
-        ctx = np.where(mask, new, ctx)
-        y_hat = np.where(mask, sym_full + mean * 2.0**-f_ctx, y_hat)
+        v = np.clip(sym_full, -(1 << 16), 1 << 16) * q  # sym * q / 256 at exponent f_ctx:
+        v = v << (f_ctx - 8) if f_ctx >= 8 else (v + (1 << (7 - f_ctx))) >> (8 - f_ctx)
+        ctx = np.where(mask, np.clip(v + mean, LO, HI), ctx)
+        y_hat = np.where(mask, sym_full * (q / 256) + mean * 2.0**-f_ctx, y_hat)
         params += [m_sel, s_sel]
     return params, y_hat.transpose(0, 3, 1, 2).astype(np.float32), digest.digest()
 
@@ -232,16 +235,29 @@ def test_integer_path_equals_the_numpy_reference(int_bundle):
     assert model.decompress_integer(unpack(result.data).streams, latent_size(150, 200))[1] == digest
 
 
+@pytest.mark.parametrize("qstep", [16, 100, 384, 4096])
+def test_other_quantisation_steps_equal_the_numpy_reference(int_bundle, qstep):
+    model = load_bundle(int_bundle, decoder=False)
+    image = make_image(150, 200, seed=9)
+    result = _encode(model, image, qstep=qstep)
+    assert unpack(result.data).version == 4 and unpack(result.data).qstep == qstep
+    _, y_hat, digest = reference_decode(model, result.data)
+    assert digest == result.digest
+    assert np.array_equal(y_hat, result.y_hat.numpy())
+    assert _encode(model, image, qstep=qstep, verify=True).data == result.data
+
+
 def test_shipped_bundles_equal_the_numpy_reference():
     assert len(SHIPPED) == 3
     image = np.asarray(Image.open(ROOT / "docs" / "kodim23.png").convert("RGB"))[:128, :192]
     for path in SHIPPED:
         model = load_bundle(path, decoder=False)
         assert model.integer is not None, f"{path.name} has no integer entropy path"
-        result = _encode(model, image)
-        _, y_hat, digest = reference_decode(model, result.data)
-        assert digest == result.digest, path.name
-        assert np.array_equal(y_hat, result.y_hat.numpy()), path.name
+        for qstep in (256, 448):
+            result = _encode(model, image, qstep=qstep)
+            _, y_hat, digest = reference_decode(model, result.data)
+            assert digest == result.digest, path.name
+            assert np.array_equal(y_hat, result.y_hat.numpy()), path.name
 
 
 @pytest.mark.parametrize("terms", [510, 2048])  # digits recombined in int32 / in float64
@@ -317,12 +333,12 @@ def test_one_and_two_threads_give_the_same_files(int_bundle):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = _encode(model, image)
+        one = [_encode(model, image, qstep=q) for q in (256, 200)]
         torch.set_num_threads(2)
-        two = _encode(model, image)
+        two = [_encode(model, image, qstep=q) for q in (256, 200)]
     finally:
         torch.set_num_threads(before)
-    assert one.data == two.data and one.digest == two.digest
+    assert [(r.data, r.digest) for r in one] == [(r.data, r.digest) for r in two]
 
 
 _CHILD = """

@@ -1,0 +1,396 @@
+"""Rate control: any lambda between the trained ones, and the best file within a byte budget.
+
+A trained model codes y with quantisation step 1. Coding it with another step (qstep / 256,
+format version 4) moves its rate without retraining, as QVRF (Tong et al., 2023) does
+with a trained step table: coarser for fewer bytes, finer for more. A ladder puts the
+bundles of one variant in order of lambda; each takes the part of the rate axis where its
+pictures are the best of the ladder's, found from the rate curve each bundle carries
+(``rate_curve`` metadata: bpp and PSNR against qstep on calibration images, written by
+``aeic weights calibrate-rate``). A lambda between two bundles' maps to a target rate on
+the log-log line between their rates, and so to one bundle and one step; a byte budget
+is met by the first setting, in lambda order, whose file fits (``fit_budget``).
+docs/architecture.md, section 11, explains the choices.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .bundle import BundleError, BundleInfo
+from .container import QSTEP_ONE, QSTEP_RANGE
+
+# The steps a bundle without neighbours covers (0.375 .. 4): beyond, the pictures of the
+# shipped models stop improving (finer) or fall apart (coarser).
+SOLO_RANGE = (96, 1024)
+# The steps ``aeic weights calibrate-rate`` measures (0.375 .. 4, about 2**(1/3) apart).
+CALIBRATION_STEPS = (96, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024)
+# The settings a budget search tries are these steps: ratio 2**(1/32) apart (about 1.5 %
+# of the bytes), so that a search needs few trials and the files use their budgets.
+GRID_PER_OCTAVE = 32
+
+
+class RateError(ValueError):
+    """A rate setting the ladder cannot give (out of range, or no rate curves)."""
+
+
+@dataclass(frozen=True)
+class RateCurve:
+    """A bundle's measured rate and quality against its quantisation step."""
+
+    points: tuple[tuple[int, float, float], ...]  # (qstep, bpp, PSNR dB), qstep ascending
+
+    @classmethod
+    def from_list(cls, values: Sequence[Sequence[float]]) -> RateCurve:
+        points = tuple(sorted((int(q), float(b), float(p)) for q, b, p in values))
+        qs = [q for q, _, _ in points]
+        if len(points) < 2 or len(set(qs)) != len(qs) or QSTEP_ONE not in qs:
+            raise ValueError("a rate curve needs two or more distinct steps, 256 among them")
+        if any(b <= 0 for _, b, _ in points):
+            raise ValueError("a rate curve's bpp must be positive")
+        if any(b2 > b1 for (_, b1, _), (_, b2, _) in itertools.pairwise(points)):
+            raise ValueError("a rate curve's bpp must fall as the step grows")
+        if points[-1][1] >= points[0][1]:
+            raise ValueError("a rate curve's bpp must fall as the step grows")
+        if not QSTEP_RANGE[0] <= qs[0] and qs[-1] <= QSTEP_RANGE[1]:
+            raise ValueError(f"rate curve steps must lie in {QSTEP_RANGE[0]}..{QSTEP_RANGE[1]}")
+        return cls(points)
+
+    @property
+    def q_range(self) -> tuple[int, int]:
+        return self.points[0][0], self.points[-1][0]
+
+    @property
+    def bpp_range(self) -> tuple[float, float]:
+        return self.points[-1][1], self.points[0][1]
+
+    def bpp_at(self, q: float) -> float:
+        """bpp at step q, log-linear between the measured steps."""
+        return math.exp(
+            _interp(math.log(q), [(math.log(a), math.log(b)) for a, b, _ in self.points])
+        )
+
+    def psnr_at_bpp(self, bpp: float) -> float:
+        return _interp(math.log(bpp), [(math.log(b), p) for _, b, p in reversed(self.points)])
+
+    def q_at_bpp(self, bpp: float) -> float:
+        pairs = [(math.log(b), math.log(q)) for q, b, _ in reversed(self.points)]
+        return math.exp(_interp(math.log(bpp), pairs))
+
+
+def _interp(x: float, pairs: list[tuple[float, float]]) -> float:
+    """Piecewise-linear y(x) through pairs sorted by x, clamped at the ends."""
+    if x <= pairs[0][0]:
+        return pairs[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(pairs):
+        if x <= x1 and x1 > x0:  # equal rates at two steps: the first of them
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pairs[-1][1]
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One bundle's part of a ladder: steps q_lo (most bytes) to q_hi (fewest)."""
+
+    info: BundleInfo | None  # None: a model given as such (Ladder.solo)
+    q_lo: int
+    q_hi: int
+    lambda_: float = 0.0
+
+
+def rate_curve(info: BundleInfo) -> RateCurve | None:
+    """The rate curve a bundle carries in its metadata, None without one."""
+    import json
+
+    raw = info.metadata.get("rate_curve")
+    if not raw:
+        return None
+    try:
+        return RateCurve.from_list(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{info.path}: malformed rate_curve metadata ({exc})") from exc
+
+
+def q_grid(q_lo: int, q_hi: int) -> list[int]:
+    """The steps a search tries between q_lo and q_hi: 256 * 2**(k/32), both ends included."""
+    k_lo = math.ceil(GRID_PER_OCTAVE * math.log2(q_lo / QSTEP_ONE) - 1e-9)
+    k_hi = math.floor(GRID_PER_OCTAVE * math.log2(q_hi / QSTEP_ONE) + 1e-9)
+    steps = [round(QSTEP_ONE * 2 ** (k / GRID_PER_OCTAVE)) for k in range(k_lo, k_hi + 1)]
+    return sorted({q_lo, *steps, q_hi})
+
+
+class Ladder:
+    """The bundles of one variant with an integer entropy path, in order of lambda.
+
+    With one bundle the ladder is that bundle over SOLO_RANGE (no curve needed); with
+    several, every bundle needs a rate curve, and each rung ends where the next bundle's
+    pictures become the better ones at the same rate (never past the next bundle's own
+    step 256, so that ``--lambda`` at a bundle's lambda gives that bundle as before).
+    """
+
+    def __init__(self, bundles: Sequence[BundleInfo]) -> None:
+        usable = [b for b in bundles if b.integer_identity and b.lambda_ is not None]
+        if not usable:
+            raise RateError("no bundle with an integer entropy path and a lambda to choose from")
+        variants = {b.variant for b in usable}
+        if len(variants) > 1:
+            raise RateError(
+                f"bundles of several variants ({', '.join(sorted(variants))}); choose one "
+                "with --variant or --weights"
+            )
+        usable.sort(key=lambda b: b.lambda_ or 0.0)
+        lambdas = [b.lambda_ for b in usable]
+        if len(set(lambdas)) != len(lambdas):
+            raise RateError("two bundles of one variant share a lambda; choose with --weights")
+        self.curves: list[RateCurve] | None = None
+        if len(usable) == 1:
+            curve = rate_curve(usable[0])
+            lo, hi = curve.q_range if curve else SOLO_RANGE
+            self.rungs = [Rung(usable[0], lo, hi, usable[0].lambda_ or 0.0)]
+            self.curves = [curve] if curve else None
+            return
+        curves = [rate_curve(b) for b in usable]
+        missing = [str(b.path) for b, c in zip(usable, curves, strict=True) if c is None]
+        if missing:
+            raise RateError(
+                "rates between the bundles' own need a rate curve in every bundle "
+                f"(aeic weights calibrate-rate); none in {', '.join(missing)}"
+            )
+        self.curves = [c for c in curves if c is not None]
+        handovers = [
+            _handover(a, b) for a, b in itertools.pairwise(self.curves)
+        ]  # bpp where rung i hands over to rung i + 1
+        rungs = []
+        for i, (info, curve) in enumerate(zip(usable, self.curves, strict=True)):
+            lo, hi = curve.q_range
+            if i > 0:
+                lo = min(QSTEP_ONE, max(lo, round(curve.q_at_bpp(handovers[i - 1]))))
+            if i < len(usable) - 1:
+                hi = max(QSTEP_ONE, min(hi, round(curve.q_at_bpp(handovers[i]))))
+            rungs.append(Rung(info, lo, hi, info.lambda_ or 0.0))
+        self.rungs = rungs
+
+    @classmethod
+    def solo(cls, model: object) -> Ladder:
+        """A ladder of one loaded model over SOLO_RANGE: budgets for a model given as such."""
+        if getattr(model, "integer", None) is None:
+            raise RateError("a byte budget needs a model with an integer entropy path")
+        ladder = cls.__new__(cls)
+        ladder.curves = None
+        ladder.rungs = [Rung(None, *SOLO_RANGE, float(getattr(model, "lambda_", 0.0) or 0.0))]
+        return ladder
+
+    # ---------------------------------------------------------------- lambda axis
+    def _anchors(self) -> list[tuple[float, float]]:
+        """(ln lambda, ln bpp at step 256) of each bundle: the line a lambda maps onto."""
+        assert self.curves is not None
+        return [
+            (math.log(r.lambda_), math.log(c.bpp_at(QSTEP_ONE)))
+            for r, c in zip(self.rungs, self.curves, strict=True)
+        ]
+
+    def _target_bpp(self, lam: float) -> float:
+        anchors = self._anchors()
+        x = math.log(lam)
+        if x <= anchors[0][0]:
+            (x0, y0), (x1, y1) = anchors[0], anchors[1]
+        elif x >= anchors[-1][0]:
+            (x0, y0), (x1, y1) = anchors[-2], anchors[-1]
+        else:
+            (x0, y0), (x1, y1) = next(
+                (a, b) for a, b in itertools.pairwise(anchors) if a[0] <= x <= b[0]
+            )
+        return math.exp(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+    def _lambda_of_bpp(self, bpp: float) -> float:
+        """The inverse of _target_bpp (the line is monotone: more lambda, fewer bits)."""
+        anchors = [(y, x) for x, y in reversed(self._anchors())]
+        y = math.log(bpp)
+        if y <= anchors[0][0]:
+            (y0, x0), (y1, x1) = anchors[0], anchors[1]
+        elif y >= anchors[-1][0]:
+            (y0, x0), (y1, x1) = anchors[-2], anchors[-1]
+        else:
+            (y0, x0), (y1, x1) = next(
+                (a, b) for a, b in itertools.pairwise(anchors) if a[0] <= y <= b[0]
+            )
+        return math.exp(x0 + (x1 - x0) * (y - y0) / (y1 - y0))
+
+    def lambda_range(self) -> tuple[float, float]:
+        """The lambdas this ladder can give (a single bundle: its own only)."""
+        if len(self.rungs) == 1:
+            return self.rungs[0].lambda_, self.rungs[0].lambda_
+        assert self.curves is not None
+        first, last = self.rungs[0], self.rungs[-1]
+        top = self.curves[0].bpp_at(first.q_lo)
+        bottom = self.curves[-1].bpp_at(last.q_hi)
+        return self._lambda_of_bpp(top), self._lambda_of_bpp(bottom)
+
+    def setting(self, lam: float) -> tuple[BundleInfo, int]:
+        """The bundle and step (in 1/256) that give lambda ``lam``."""
+        for rung in self.rungs:
+            if rung.lambda_ == lam:
+                return rung.info, QSTEP_ONE
+        lo, hi = self.lambda_range()
+        if not lo <= lam <= hi:
+            if lo == hi:
+                raise RateError(
+                    f"lambda {lam:g} needs a ladder of bundles with rate curves; the only "
+                    f"bundle found has lambda {lo:g}"
+                )
+            raise RateError(f"lambda {lam:g} is outside the range {lo:.3g} .. {hi:.3g}")
+        assert self.curves is not None
+        bpp = self._target_bpp(lam)
+        for rung, curve in zip(self.rungs, self.curves, strict=True):
+            if bpp >= curve.bpp_at(rung.q_hi) or rung is self.rungs[-1]:
+                q = round(curve.q_at_bpp(bpp))
+                return rung.info, min(max(q, rung.q_lo), rung.q_hi)
+        raise AssertionError("unreachable")
+
+    def start_rung(self, bpp: float) -> int:
+        """The rung whose calibrated rates hold ``bpp``: where a budget search starts."""
+        if self.curves is None:
+            return 0
+        for i, (rung, curve) in enumerate(zip(self.rungs, self.curves, strict=True)):
+            if bpp >= curve.bpp_at(rung.q_hi):
+                return i
+        return len(self.rungs) - 1
+
+
+def _handover(finer: RateCurve, coarser: RateCurve) -> float:
+    """The bpp below which the coarser bundle's pictures beat the finer one's (mean PSNR).
+
+    Scanned from the finer bundle's step-256 rate down on a fine log grid; where the two
+    curves do not overlap, the handover sits at the coarser bundle's highest rate.
+    """
+    top = finer.bpp_at(QSTEP_ONE)
+    bottom = max(finer.bpp_range[0], coarser.bpp_at(QSTEP_ONE))
+    if bottom >= top:
+        return top
+    b_hi = coarser.bpp_range[1]
+    steps = 200
+    for k in range(steps + 1):
+        bpp = top * (bottom / top) ** (k / steps)
+        if bpp <= b_hi and coarser.psnr_at_bpp(bpp) > finer.psnr_at_bpp(bpp):
+            return bpp
+    return bottom
+
+
+@dataclass
+class Fit:
+    """The outcome of a budget search: the rung, the step, the file and how many were made."""
+
+    rung: int
+    qstep: int
+    data: bytes
+    trials: int
+
+
+_FINER, _COARSER = -1, -2  # what _search_rung answers when the fit lies in another rung
+
+
+def fit_budget(
+    ladder: Ladder, budget: int, pixels: int, encode: Callable[[int, int], bytes]
+) -> Fit:
+    """The first setting in lambda order whose file has at most ``budget`` bytes.
+
+    ``encode(rung, qstep)`` returns the file of that setting (the caller runs g_a once per
+    rung and only the entropy coding per step). Within a rung the bytes fall as the step
+    grows, so a search over the step grid finds the finest step that fits. A rung whose
+    finest step fits passes the search to the rung before it (it comes first in lambda
+    order), one whose coarsest does not to the rung after. Raises RateError naming the
+    smallest file the ladder makes when nothing fits.
+    """
+    files: dict[tuple[int, int], bytes] = {}
+
+    def file(r: int, i: int) -> bytes:
+        q = q_grid(ladder.rungs[r].q_lo, ladder.rungs[r].q_hi)[i]
+        if (r, q) not in files:
+            files[r, q] = encode(r, q)
+        return files[r, q]
+
+    bpp = 8 * budget / pixels
+    r = ladder.start_rung(bpp)
+    last = len(ladder.rungs) - 1
+    found = _search_rung(ladder, r, budget, bpp, file, r > 0)
+    if found == _FINER:
+        while found == _FINER:  # move towards more bytes until a rung's coarsest fails
+            r -= 1
+            found = _search_rung(ladder, r, budget, bpp, file, r > 0)
+        if found == _COARSER:
+            r, found = r + 1, 0
+    else:
+        while found == _COARSER and r < last:
+            r += 1
+            found = _search_rung(ladder, r, budget, bpp, file, False)
+    if found < 0:
+        n = len(q_grid(ladder.rungs[r].q_lo, ladder.rungs[r].q_hi))
+        raise RateError(
+            f"a budget of {budget} bytes is too small for this image: its smallest file "
+            f"has {len(file(r, n - 1))} bytes"
+        )
+    q = q_grid(ladder.rungs[r].q_lo, ladder.rungs[r].q_hi)[found]
+    return Fit(r, q, files[r, q], len(files))
+
+
+def _search_rung(
+    ladder: Ladder,
+    r: int,
+    budget: int,
+    bpp: float,
+    file: Callable[[int, int], bytes],
+    finer: bool,
+) -> int:
+    """The grid index of rung r's finest fitting step, or _FINER / _COARSER (see fit_budget).
+
+    The first trial is the step the rung's curve expects for ``bpp``. Then a secant on
+    log bytes against the grid index (the curve's slope until two trials give one) aims
+    at the budget, inside the bracket of the known fitting and non-fitting steps; two
+    trials in a row on one side of it give a bisection instead, which bounds the search.
+    Three to five files find most steps.
+    """
+    rung = ladder.rungs[r]
+    grid = q_grid(rung.q_lo, rung.q_hi)
+    curve = ladder.curves[r] if ladder.curves is not None else None
+    q0 = curve.q_at_bpp(bpp) if curve is not None else QSTEP_ONE
+    k = min(range(len(grid)), key=lambda i: abs(math.log(grid[i] / q0)))
+    # d ln(bytes) / d index: bytes fall by the curve's slope per octave of the step.
+    default = -(0.7 if curve is None else _slope(curve, grid[k])) * math.log(2) / GRID_PER_OCTAVE
+    lo, hi = -1, len(grid)  # the largest index known not to fit, the least known to fit
+    seen: list[tuple[int, float, bool]] = []
+    while True:
+        miss = math.log(len(file(r, k)) / budget)
+        fits = miss <= 0
+        seen.append((k, miss, fits))
+        if fits:
+            hi = min(hi, k)
+        else:
+            lo = max(lo, k)
+        if hi - lo <= 1:
+            break
+        slope = default
+        if len(seen) >= 2 and seen[-1][0] != seen[-2][0]:
+            measured = (seen[-1][1] - seen[-2][1]) / (seen[-1][0] - seen[-2][0])
+            slope = measured if measured < 0 else default
+        if (
+            len(seen) >= 3
+            and seen[-1][2] == seen[-2][2] == seen[-3][2]
+            and 0 <= lo < hi < len(grid)
+        ):
+            k = (lo + hi) // 2  # the secant keeps landing on one side: halve the bracket
+        else:
+            k = math.ceil(k - miss / slope - 1e-9)  # the first index expected to fit
+        k = min(max(k, lo + 1, 0), hi - 1, len(grid) - 1)
+    if hi == 0:
+        return _FINER if finer else 0
+    if hi == len(grid):
+        return _COARSER
+    return hi
+
+
+def _slope(curve: RateCurve, q: float) -> float:
+    """-d ln bpp / d ln q of the curve near q (at least 0.2)."""
+    a, b = q / 1.1, q * 1.1
+    return max(0.2, math.log(curve.bpp_at(a) / curve.bpp_at(b)) / math.log(b / a))

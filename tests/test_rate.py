@@ -1,0 +1,245 @@
+"""Rate control: ladders of bundles, lambdas between theirs, byte budgets (rate.py, api)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aeic_codec import api
+from aeic_codec.bundle import BundleInfo, load_bundle, read_info
+from aeic_codec.config import tiny_config
+from aeic_codec.container import unpack
+from aeic_codec.metrics import psnr_u8
+from aeic_codec.rate import (
+    SOLO_RANGE,
+    Ladder,
+    RateCurve,
+    RateError,
+    fit_budget,
+    q_grid,
+)
+from tests.conftest import make_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "weights").glob("*.safetensors"))
+KODIM23 = ROOT / "docs" / "kodim23.png"
+
+
+def curve_for(lam: float) -> list[list[float]]:
+    """A made-up rate curve: bpp falls as q**-0.8 from 0.4 / lam**0.5; PSNR with log bpp."""
+    top = 0.4 / lam**0.5
+    points = []
+    for q in (96, 128, 192, 256, 384, 512, 768, 1024):
+        bpp = top * (q / 256) ** -0.8
+        points.append([q, bpp, 30 + 3 * math.log(bpp) - 0.2 * math.log(lam)])
+    return points
+
+
+def info(lam: float, curve: list[list[float]] | None, variant: str = "tiny") -> BundleInfo:
+    meta = {"integer_identity": f"{int(lam):08x}"}
+    if curve is not None:
+        meta["rate_curve"] = json.dumps(curve)
+    cfg = dataclasses.replace(tiny_config(), name=variant)
+    return BundleInfo(Path(f"b{lam:g}"), f"{int(lam) + 1:08x}", cfg, lam, {}, 0, meta)
+
+
+def three() -> Ladder:
+    return Ladder([info(lam, curve_for(lam)) for lam in (500.0, 12.0, 64.0)])
+
+
+def test_rate_curves_are_checked() -> None:
+    with pytest.raises(ValueError, match="256 among them"):
+        RateCurve.from_list([[128, 0.02, 20.0], [512, 0.01, 18.0]])
+    with pytest.raises(ValueError, match="must fall"):
+        RateCurve.from_list([[128, 0.02, 20.0], [256, 0.03, 18.0]])
+    with pytest.raises(ValueError, match="must lie in"):
+        RateCurve.from_list([[8, 0.04, 21.0], [256, 0.03, 18.0]])
+    curve = RateCurve.from_list(curve_for(12.0))
+    assert curve.q_at_bpp(curve.bpp_at(300)) == pytest.approx(300)
+
+
+def test_a_ladder_gives_each_bundle_its_own_lambda() -> None:
+    ladder = three()
+    assert [r.lambda_ for r in ladder.rungs] == [12.0, 64.0, 500.0]
+    for rung in ladder.rungs:
+        assert rung.q_lo <= 256 <= rung.q_hi
+        assert ladder.setting(rung.lambda_) == (rung.info, 256)
+    lo, hi = ladder.lambda_range()
+    assert lo < 12 and hi > 500
+    # In lambda order the settings run through the rungs, each from fine to coarse steps.
+    order = [
+        (ladder.rungs.index(next(r for r in ladder.rungs if r.info is b)), q)
+        for b, q in (ladder.setting(lam) for lam in np.geomspace(lo, hi, 60))
+    ]
+    assert order == sorted(order)
+    with pytest.raises(RateError, match="outside the range"):
+        ladder.setting(hi * 1.5)
+
+
+def test_a_ladder_needs_curves_and_one_variant() -> None:
+    with pytest.raises(RateError, match="need a rate curve"):
+        Ladder([info(12.0, curve_for(12.0)), info(64.0, None)])
+    with pytest.raises(RateError, match="several variants"):
+        Ladder([info(12.0, curve_for(12.0)), info(64.0, curve_for(64.0), "other")])
+    solo = Ladder([info(64.0, None)])
+    assert (solo.rungs[0].q_lo, solo.rungs[0].q_hi) == SOLO_RANGE
+    with pytest.raises(RateError, match="needs a ladder"):
+        solo.setting(30.0)
+
+
+@pytest.mark.parametrize("scale", [0.4, 1.0, 2.5])
+def test_a_budget_gets_the_finest_setting_that_fits(scale: float) -> None:
+    """Files ``scale`` times the curves' rates: the search's choice moves to earlier
+    settings as the budget grows, is the finest fitting step of its rung and, where the
+    sizes fall all along the ladder, the first fitting setting of all."""
+    ladder, pixels = three(), 768 * 512
+    assert ladder.curves is not None
+
+    def size(r: int, q: int) -> int:
+        return int(pixels * scale * ladder.curves[r].bpp_at(q) / 8) + 20
+
+    chain = [(r, q) for r, g in enumerate(ladder.rungs) for q in q_grid(g.q_lo, g.q_hi)]
+    sizes = [size(*s) for s in chain]
+    monotone = all(b <= a for a, b in itertools.pairwise(sizes))
+    positions = []
+    for budget in np.geomspace(40, 30000, 45).astype(int):
+        made: set[tuple[int, int]] = set()
+
+        def encode(r: int, q: int, made: set[tuple[int, int]] = made) -> bytes:
+            made.add((r, q))
+            return bytes(size(r, q))
+
+        fitting = [i for i, n in enumerate(sizes) if n <= budget]
+        if not fitting:
+            with pytest.raises(RateError, match=f"smallest file has {sizes[-1]} bytes"):
+                fit_budget(ladder, int(budget), pixels, encode)
+            continue
+        fit = fit_budget(ladder, int(budget), pixels, encode)
+        position = chain.index((fit.rung, fit.qstep))
+        assert len(fit.data) == sizes[position] <= budget
+        finer = [q for r, q in chain if r == fit.rung and q < fit.qstep]
+        assert all(size(fit.rung, q) > budget for q in finer)
+        assert fit.trials == len(made) <= 10
+        if monotone:
+            assert position == fitting[0]
+        positions.append(position)
+    assert positions == sorted(positions, reverse=True) and len(set(positions)) > 10
+
+
+def test_a_budget_at_the_top_stays_in_the_first_rung() -> None:
+    ladder, pixels = three(), 768 * 512
+    fit = fit_budget(ladder, 10**6, pixels, lambda r, q: bytes(100 + 1000 // (r + 1)))
+    assert (fit.rung, fit.qstep) == (0, ladder.rungs[0].q_lo)
+
+
+# ------------------------------------------------------------------ shipped bundles
+
+
+@pytest.fixture(scope="module")
+def kodim23() -> np.ndarray:
+    return np.asarray(Image.open(KODIM23).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def l12():
+    return load_bundle(next(p for p in SHIPPED if p.stem.endswith("l12")))
+
+
+def test_shipped_bundles_carry_rate_curves() -> None:
+    ladder = Ladder([read_info(p) for p in SHIPPED])
+    lo, hi = ladder.lambda_range()
+    assert lo <= 8 and hi >= 800
+    for lam in (12.0, 64.0, 500.0):
+        assert ladder.setting(lam)[1] == 256
+
+
+def test_a_step_travels_in_the_file(l12, kodim23) -> None:
+    image = kodim23[:256, :384]
+    own = api.encode_image(image, l12)
+    coarse = api.encode_image(image, l12, qstep=448)
+    fine = api.encode_image(image, l12, qstep=160)
+    assert unpack(own.data).version == 3 and unpack(coarse.data).qstep == 448
+    assert len(fine.data) > len(own.data) > len(coarse.data)
+    decoded = [api.decode(r.data, l12, precision="fp32") for r in (fine, own, coarse)]
+    quality = [psnr_u8(image, d) for d in decoded]
+    assert quality[0] > quality[1] > quality[2]
+    with pytest.raises(ValueError, match="integer entropy path"):
+        api.encode_image(image, l12, qstep=448, integer=False)
+
+
+def test_budgets_are_never_exceeded_and_more_never_looks_worse(kodim23) -> None:
+    ladder = api.load_ladder()
+    sizes, quality = [], []
+    for budget in (300, 450, 700, 1000, 1500, 2300):
+        result = api.encode_image(kodim23, ladder, size=budget)
+        assert len(result.data) <= budget
+        assert len(result.data) >= 0.85 * budget
+        decoder = load_bundle(
+            next(p for p in SHIPPED if read_info(p).integer_identity == result.model_id),
+            encoder=False,
+        )
+        sizes.append(len(result.data))
+        quality.append(psnr_u8(kodim23, api.decode(result.data, decoder, precision="fp32")))
+    assert sizes == sorted(sizes) and quality == sorted(quality)
+    small = make_image(100, 150, seed=3)
+    for budget in range(60, 400, 23):
+        try:
+            data = api.encode_image(small, ladder, bpp=8 * budget / (100 * 150)).data
+        except RateError as exc:
+            assert "smallest file has" in str(exc)
+            continue
+        assert len(data) <= budget
+
+
+def _aeic(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aeic_codec.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_cli_budget_lambda_and_info(tmp_path: Path) -> None:
+    src = tmp_path / "img.png"
+    Image.fromarray(make_image(128, 192, seed=2)).save(src)
+    out = tmp_path / "img.aeic"
+    done = _aeic("encode", str(src), "-o", str(out), "--size", "20", cwd=ROOT)
+    assert done.returncode == 1 and not out.exists()
+    assert done.stderr.count("\n") == 1 and "smallest file has" in done.stderr
+    done = _aeic("encode", str(src), "-o", str(out), "--size", "200", "--lambda", "12", cwd=ROOT)
+    assert done.returncode == 2 and not out.exists()
+    done = _aeic("encode", str(src), "-o", str(out), "--lambda", "30", "--json", cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["qstep"] > 1 and unpack(out.read_bytes()).version == 4
+    shown = _aeic("info", str(out), cwd=ROOT).stdout
+    assert f"quant. step     {record['qstep']:g}" in shown
+    done = _aeic("encode", str(src), "-o", str(out), "-f", "--bpp", "0.05", "--json", cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["bytes"] <= 0.05 * 128 * 192 / 8
+    done = _aeic("encode", str(src), "-o", str(out), "-f", "--lambda", "100000", cwd=ROOT)
+    assert done.returncode == 2 and "outside the range" in done.stderr
+
+
+def test_calibrate_rate_keeps_the_identity(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(make_image(64, 96, seed=1)).save(folder / "a.png")
+    src = next(p for p in SHIPPED if p.stem.endswith("l500"))
+    out = tmp_path / "calibrated.safetensors"
+    done = _aeic(
+        "weights", "calibrate-rate", str(src), "-o", str(out), "--images", str(folder), cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = read_info(src), read_info(out)
+    assert after.identity == before.identity
+    assert after.integer_identity == before.integer_identity
+    curve = json.loads(after.metadata["rate_curve"])
+    assert [q for q, _, _ in curve] == [96, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024]
