@@ -32,7 +32,24 @@ from bench._machine import machine_line
 from bench.rd_kodak import ROOT, kodak_images, load_rgb, measure_anchor
 from bench.rd_kodak import _downscaled as downscaled
 
-LAMBDAS = (5.0, 8.0, 12.0, 18.0, 27.0, 40.0, 64.0, 100.0, 160.0, 250.0, 500.0, 800.0, 1200.0)
+LAMBDAS = (
+    1.5,
+    3.0,
+    6.0,
+    12.0,
+    18.0,
+    27.0,
+    40.0,
+    64.0,
+    100.0,
+    160.0,
+    250.0,
+    500.0,
+    800.0,
+    1200.0,
+    2000.0,
+    3000.0,
+)
 BUDGETS = (200, 250, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, 3000)
 USAGE_BUDGETS = (300, 600, 1000, 1500)
 
