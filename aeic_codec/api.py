@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .bundle import BundleError, BundleInfo, find_bundle, load_bundle
+from .bundle import BundleError, find_bundle, load_bundle
 from .container import DIGEST_SIZE, QSTEP_ONE, AeicFile, ColourGrid, FormatError, pack, unpack
 from .imageio import DEFAULT_MAX_PIXELS
-from .rate import Ladder, RateError, fit_budget
+from .rate import Ladder, RateError, find_ladder, fit_budget
+from .rate import resolve_rate as resolve_rate  # part of this API
 
 if TYPE_CHECKING:
     import torch
@@ -97,38 +98,7 @@ def load_ladder(
     weights: str | os.PathLike[str] | None = None, *, variant: str | None = None
 ) -> ModelLadder:
     """The ladder of bundles (one variant) that ``encode_image``'s budgets choose from."""
-    from .bundle import bundles_at, iter_bundles, search_paths
-
-    if weights:
-        found = bundles_at(weights)
-    else:
-        found = [b for b in iter_bundles(search_paths()) if not isinstance(b, Exception)]
-    if variant is not None:
-        found = [b for b in found if b.variant.lower() == variant.lower()]
-    elif len({b.variant for b in found}) > 1:
-        default = find_bundle(weights)  # the default bundle names the default variant
-        found = [b for b in found if b.variant == default.variant]
-    return ModelLadder(Ladder(found))
-
-
-def resolve_rate(
-    weights: str | os.PathLike[str] | None = None,
-    *,
-    lambda_: float | None = None,
-    variant: str | None = None,
-) -> tuple[BundleInfo, int]:
-    """The bundle and quantisation step (in 1/256) for a lambda, any in the ladder's range.
-
-    A lambda that a bundle was trained at gives that bundle at its own step; another one
-    needs a ladder with rate curves (rate.py). No lambda: the default bundle.
-    """
-    try:
-        return find_bundle(weights, lambda_=lambda_, variant=variant), QSTEP_ONE
-    except BundleError:
-        if lambda_ is None:
-            raise
-    ladder = load_ladder(weights, variant=variant).ladder
-    return ladder.setting(lambda_)
+    return ModelLadder(find_ladder(weights, variant=variant))
 
 
 def measure_rate_curve(

@@ -349,9 +349,10 @@ def _run(
 
 LAMBDA_HELP = (
     "Rate: a larger lambda gives smaller files and less detail. A bundle's own lambda "
-    "(shipped: 12, 64, 500; default: the middle one) uses that bundle; any other lambda in "
-    "the range of the bundles' rate curves (shipped: about 5 to 1300) a bundle with a finer "
-    "or coarser quantisation step. 'aeic weights list' shows what is installed."
+    "(shipped: 12, 64, 500; default: the middle one, 64) uses that bundle; any other lambda "
+    "in the range of the bundles' rate curves (shipped: about 0.54 to 4350) the bundle best "
+    "at that rate, with a finer or coarser quantisation step. 'aeic weights list' shows what "
+    "is installed."
 )
 
 
@@ -430,7 +431,7 @@ def encode(
     verify: bool,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
-    from . import api
+    from .rate import find_ladder, resolve_rate
 
     report = _Reporter(quiet, as_json, output == "-")
     tasks = _plan(inputs, output, ".aeic", IMAGE_SUFFIXES)
@@ -441,9 +442,9 @@ def encode(
             raise click.UsageError("give one of --lambda, --size and --bpp")
         if budget and float_entropy:
             raise click.UsageError("--size and --bpp need the integer entropy path")
-        ladder = api.load_ladder(weights, variant=variant).ladder if budget else None
+        ladder = find_ladder(weights, variant=variant) if budget else None
         info, qstep = (
-            (None, 256) if budget else api.resolve_rate(weights, lambda_=lambda_, variant=variant)
+            (None, 256) if budget else resolve_rate(weights, lambda_=lambda_, variant=variant)
         )
         if float_entropy and qstep != 256:
             raise click.UsageError(

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .bundle import BundleError, BundleInfo
+from .bundle import BundleError, BundleInfo, find_bundle
 from .container import QSTEP_ONE, QSTEP_RANGE
 
 # The steps a bundle without neighbours covers (0.375 .. 4): beyond, the pictures of the
@@ -240,7 +241,11 @@ class Ladder:
                     f"lambda {lam:g} needs a ladder of bundles with rate curves; the only "
                     f"bundle found has lambda {lo:g}"
                 )
-            raise RateError(f"lambda {lam:g} is outside the range {lo:.3g} .. {hi:.3g}")
+            own = ", ".join(f"{r.lambda_:g}" for r in self.rungs)
+            raise RateError(
+                f"lambda {lam:g} is outside the range {lo:.3g} .. {hi:.4g} of these bundles "
+                f"(their own lambdas: {own})"
+            )
         assert self.curves is not None
         bpp = self._target_bpp(lam)
         for rung, curve in zip(self.rungs, self.curves, strict=True):
@@ -394,3 +399,50 @@ def _slope(curve: RateCurve, q: float) -> float:
     """-d ln bpp / d ln q of the curve near q (at least 0.2)."""
     a, b = q / 1.1, q * 1.1
     return max(0.2, math.log(curve.bpp_at(a) / curve.bpp_at(b)) / math.log(b / a))
+
+
+def find_ladder(
+    weights: str | os.PathLike[str] | None = None, *, variant: str | None = None
+) -> Ladder:
+    """The ladder of the bundles found (``--weights``, else $AEIC_WEIGHTS and weights/).
+
+    Without ``variant``, that of the default bundle when several variants are found.
+    """
+    from .bundle import bundles_at, iter_bundles, search_paths
+
+    if weights:
+        found = bundles_at(weights)
+    else:
+        found = [b for b in iter_bundles(search_paths()) if isinstance(b, BundleInfo)]
+    if variant is not None:
+        found = [b for b in found if b.variant.lower() == variant.lower()]
+    elif len({b.variant for b in found}) > 1:
+        default = find_bundle(weights)  # the default bundle names the default variant
+        found = [b for b in found if b.variant == default.variant]
+    return Ladder(found)
+
+
+def resolve_rate(
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    lambda_: float | None = None,
+    variant: str | None = None,
+) -> tuple[BundleInfo, int]:
+    """The bundle and quantisation step (in 1/256) for a lambda, any in the ladder's range.
+
+    A lambda that a bundle was trained at gives that bundle at its own step; another one
+    needs a ladder with rate curves. No lambda: the default bundle.
+    """
+    try:
+        return find_bundle(weights, lambda_=lambda_, variant=variant), QSTEP_ONE
+    except BundleError as exc:
+        if lambda_ is None:
+            raise
+        missing = exc
+    try:
+        ladder = find_ladder(weights, variant=variant)
+        if len(ladder.rungs) == 1:
+            raise RateError("a lambda between bundles' own needs two or more with rate curves")
+    except RateError as exc:
+        raise BundleError(f"{missing} Lambdas between bundles' own: {exc}") from None
+    return ladder.setting(lambda_)

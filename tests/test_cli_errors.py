@@ -100,12 +100,13 @@ def test_decode_weights_are_checked_once_and_the_identity_per_file(
     assert "no bundle with model identity" in record["error"]
 
 
-def test_lambda_without_a_bundle_is_exit_2_and_lists_the_rates_in_order(tmp_path, png_file):
-    code, _, err = run("encode", str(png_file), "-o", str(tmp_path / "x.aeic"), "--lambda", "13")
+def test_lambda_out_of_range_is_exit_2_and_lists_the_rates_in_order(tmp_path, png_file):
+    out = tmp_path / "x.aeic"
+    code, _, err = run("encode", str(png_file), "-o", str(out), "--lambda", "100000")
     line = one_error(err)
-    assert code == 2 and "no bundle with lambda 13 found" in line
-    rates = [float(r) for r in re.findall(r"aeic-small@([\d.]+)", line)]
-    assert rates == sorted(rates) and len(rates) >= 1
+    assert code == 2 and "lambda 100000 is outside the range" in line and not out.exists()
+    rates = [float(r) for r in line.split("own lambdas: ")[1].rstrip(")").split(", ")]
+    assert rates == sorted(rates) == [12.0, 64.0, 500.0]
 
 
 def test_lambda_help_names_the_values_the_default_and_the_direction():

@@ -75,8 +75,16 @@ def reject(data: bytes, message: str, **kwargs: object) -> None:
     "grid", [None, DOC_GRID, ColourGrid(4096, 64, b""), ColourGrid(8, 1, bytes(300))]
 )
 @pytest.mark.parametrize(
-    "digest,qstep", [(None, 256), (b"\x00\x00", 256), (b"\x5e\xa7", 256), (b"\x5e\xa7", 16),
-                     (b"\x01\x02", 4096), (b"\x01\x02", 127), (b"\x01\x02", 257)]
+    "digest,qstep",
+    [
+        (None, 256),
+        (b"\x00\x00", 256),
+        (b"\x5e\xa7", 256),
+        (b"\x5e\xa7", 16),
+        (b"\x01\x02", 4096),
+        (b"\x01\x02", 127),
+        (b"\x01\x02", 257),
+    ],
 )
 def test_round_trip(
     width: int,
