@@ -325,6 +325,14 @@ def fit_budget(
 
     bpp = 8 * budget / pixels
     r = ladder.start_rung(bpp)
+    if ladder.curves is not None:
+        # One file tells how this image's rate compares with the curves' (calibration
+        # images): aim every rung's search at the budget scaled by that.
+        curve, grid = ladder.curves[r], q_grid(ladder.rungs[r].q_lo, ladder.rungs[r].q_hi)
+        first = _nearest(grid, curve.q_at_bpp(bpp))
+        ratio = 8 * len(file(r, first)) / pixels / curve.bpp_at(grid[first])
+        bpp /= ratio
+        r = ladder.start_rung(bpp)
     last = len(ladder.rungs) - 1
     found = _search_rung(ladder, r, budget, bpp, file, r > 0)
     if found == _FINER:
@@ -357,7 +365,8 @@ def _search_rung(
 ) -> int:
     """The grid index of rung r's finest fitting step, or _FINER / _COARSER (see fit_budget).
 
-    The first trial is the step the rung's curve expects for ``bpp``. Then a secant on
+    The first trial is the step the rung's curve expects for ``bpp`` (the budget's rate
+    scaled to the calibration images' by the first file fit_budget made). Then a secant on
     log bytes against the grid index (the curve's slope until two trials give one) aims
     at the budget, inside the bracket of the known fitting and non-fitting steps; two
     trials in a row on one side of it give a bisection instead, which bounds the search.
@@ -366,8 +375,7 @@ def _search_rung(
     rung = ladder.rungs[r]
     grid = q_grid(rung.q_lo, rung.q_hi)
     curve = ladder.curves[r] if ladder.curves is not None else None
-    q0 = curve.q_at_bpp(bpp) if curve is not None else QSTEP_ONE
-    k = min(range(len(grid)), key=lambda i: abs(math.log(grid[i] / q0)))
+    k = _nearest(grid, curve.q_at_bpp(bpp) if curve is not None else QSTEP_ONE)
     # d ln(bytes) / d index: bytes fall by the curve's slope per octave of the step.
     default = -(0.7 if curve is None else _slope(curve, grid[k])) * math.log(2) / GRID_PER_OCTAVE
     lo, hi = -1, len(grid)  # the largest index known not to fit, the least known to fit
@@ -400,6 +408,11 @@ def _search_rung(
     if hi == len(grid):
         return _COARSER
     return hi
+
+
+def _nearest(grid: list[int], q: float) -> int:
+    """The index of the grid step nearest to q (in ratio)."""
+    return min(range(len(grid)), key=lambda i: abs(math.log(grid[i] / q)))
 
 
 def _slope(curve: RateCurve, q: float) -> float:

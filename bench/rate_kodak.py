@@ -182,6 +182,7 @@ def plot(rows: list[dict[str, object]], avif: list[dict[str, float]], out: Path)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, name in ((axes[0], "psnr", "PSNR dB"), (axes[1], "msssim", "MS-SSIM")):
@@ -197,6 +198,9 @@ def plot(rows: list[dict[str, object]], avif: list[dict[str, float]], out: Path)
         )
         ax.plot([p["bpp"] for p in avif], [p[key] for p in avif], "^--", label="x2 + AVIF")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator([0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08]))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bpp (Kodak, real files)")
         ax.set_ylabel(name)
         ax.grid(True, which="both", alpha=0.3)
