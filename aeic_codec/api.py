@@ -448,10 +448,13 @@ def resolve_precision(precision: str, device: str = "cpu") -> torch.dtype:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX)."""
-    import torch
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX).
 
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    ``AEIC_MAX_CPU_ISA=AVX2`` says no (cpu.py).
+    """
+    from .cpu import has
+
+    return has("avx512_bf16", "amx_bf16")
 
 
 def synthesize(

@@ -44,6 +44,7 @@ from .bundle import SCALE_PREFIX
 from .config import ModelConfig
 from .container import QSTEP_ONE
 from .context import POSITIONS, STEPS, step_masks
+from .cpu import has
 from .entropy_models import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
 
 INTEGER_FORMAT = "1"  # the bundle's ``integer_format``: the layout of the integer tensors
@@ -243,8 +244,7 @@ def use_int8_gemm() -> bool:
     Measured on an AMD EPYC with AVX2 alone: aeic-small-l12's entropy path on kodim01 took
     1.4 s with the int8 GEMM and 0.27 s with float64's. Either gives the same integers.
     """
-    capabilities = torch.cpu.get_capabilities()
-    return any(capabilities.get(k, False) for k in INT8_DOT_PRODUCTS) and int8_gemm_exact()
+    return has(*INT8_DOT_PRODUCTS) and int8_gemm_exact()
 
 
 @functools.cache

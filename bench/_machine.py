@@ -19,9 +19,12 @@ def machine_line() -> str:
                     break
     except OSError:
         pass
+    from aeic_codec.cpu import ISA_VARIABLE, avx2_ceiling
+
+    ceiling = f" | {ISA_VARIABLE}=AVX2 (paths of an AVX2-only CPU)" if avx2_ceiling() else ""
     return (
         f"{datetime.date.today().isoformat()} | {cpu} | {os.cpu_count()} cores | "
-        f"torch {torch.__version__} | {torch.get_num_threads()} threads"
+        f"torch {torch.__version__} | {torch.get_num_threads()} threads{ceiling}"
     )
 
 
