@@ -428,11 +428,14 @@ def load_bundle(
     info = read_info(path)
     if realism and info.realism is None:
         raise BundleError(f"{info.path}: this bundle has no realism decoder (use realism 0)")
-    model = AEIC(info.config, encoder=encoder, decoder=decoder)
-    if realism and info.realism is not None:
-        from .realism import RealismDecoder
+    from .startup import skipped_init
 
-        model.realism = RealismDecoder(info.realism)
+    with skipped_init():  # every tensor is filled from the bundle below (or it is refused)
+        model = AEIC(info.config, encoder=encoder, decoder=decoder)
+        if realism and info.realism is not None:
+            from .realism import RealismDecoder
+
+            model.realism = RealismDecoder(info.realism)
     # Filled in place: the parameters' own memory is written once, with no temporaries.
     targets = model.state_dict()
     try:

@@ -61,10 +61,12 @@ class AnalysisTransform(nn.Module):
         if torch.is_grad_enabled() or x.shape[0] != 1 or x.device.type != "cpu":
             return self.analysis_transform(x)
         # Encoding on the CPU: StarBlocks in bands of rows (their memory traffic, not
-        # their arithmetic, is most of g_a's time at full resolution).
+        # their arithmetic, is most of g_a's time at full resolution), every tensor
+        # channels-last, so that bands, depthwise convolutions and Downs move whole pixels.
+        x = x.contiguous(memory_format=torch.channels_last)
         for layer in self.analysis_transform:
             x = layer.forward_banded(x) if isinstance(layer, StarBlock) else layer(x)
-        return x
+        return x.contiguous()  # y as the entropy path and callers take it
 
 
 class HyperAnalysis(nn.Module):

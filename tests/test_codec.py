@@ -208,6 +208,19 @@ def test_pad_reflect_matches_torch_reflect_when_legal():
     assert tiny.shape == (1, 3, 64, 64)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_down_at_inference_is_conv_then_pixel_unshuffle_in_either_layout(layout):
+    torch.manual_seed(3)
+    down = blocks.Down(8, 16).eval()
+    down.body[0].shared = False  # as in g_a: oneDNN's convolution, which keeps the layout
+    x = torch.randn(1, 8, 6, 10).contiguous(memory_format=layout)
+    with torch.no_grad():
+        got = down(x)
+        ref = torch.nn.functional.pixel_unshuffle(down.body[0](x.contiguous()), 2)
+    assert got.is_contiguous(memory_format=layout)  # g_a stays channels-last throughout
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_g_a_in_bands_computes_the_same_transform(monkeypatch, threads):
     """Inference runs g_a's StarBlocks a band of rows at a time; training runs them whole."""

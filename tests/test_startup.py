@@ -111,3 +111,32 @@ def test_collection_stays_as_the_caller_left_it():
     assert not gc.isenabled()
     startup.resume_collection()
     assert gc.isenabled()
+
+
+def test_a_bundle_loads_without_running_default_initialisers(tiny_bundle: Path):
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    from aeic_codec.bundle import load_bundle
+    from aeic_codec.config import tiny_config
+    from aeic_codec.model import AEIC
+
+    class Seen(TorchFunctionMode):
+        """Names of the torch functions called inside."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None) -> object:
+            self.names.add(getattr(func, "__name__", ""))
+            return func(*args, **(kwargs or {}))
+
+    initialisers = {"kaiming_uniform_", "uniform_", "fill_", "zero_", "normal_"}
+    with Seen() as built:
+        AEIC(tiny_config())
+    assert initialisers & built.names  # a plain build initialises
+    with Seen() as loaded:
+        model = load_bundle(tiny_bundle)
+    assert not initialisers & loaded.names, initialisers & loaded.names
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())
