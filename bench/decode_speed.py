@@ -5,6 +5,9 @@ bf16 and fp32, model loading reported on its own line, and the peak resident mem
 decoding a large image (2048x2048 by default) in a fresh process.
 
 Usage: python -m bench.decode_speed [--variant AEIC-SE] [--large 2048x2048] [--skip-fp32]
+
+With ``AEIC_MAX_CPU_ISA=AVX2`` in the environment it measures the paths of a CPU with AVX2
+alone (``aeic_codec/cpu.py``; the machine line says so).
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Like the ``aeic`` command, the process first sets glibc's malloc to keep freed m
 Usage: python -m bench.encode_speed [--only small|se] [--rounds 5] [--threads 2]
                                     [--bundle weights/aeic-small-l12.safetensors]
                                     [--glibc-defaults]
+
+With ``AEIC_MAX_CPU_ISA=AVX2`` in the environment it measures the paths of a CPU with AVX2
+alone (``aeic_codec/cpu.py``; the machine line says so).
 """
 
 from __future__ import annotations
