@@ -750,6 +750,14 @@ def quantize_norm(
 # --------------------------------------------------------------------------- the model
 
 
+class Start(NamedTuple):
+    """h_s's output (NHWC) and step 0's means and scales: the same at every quantisation
+    step, so a rate search computes them once per z."""
+
+    ctx: Act
+    step0: tuple[torch.Tensor, torch.Tensor]
+
+
 class IntegerEntropy:
     """The integer entropy model of a bundle: its tensors (without the prefix) and the run."""
 
@@ -762,9 +770,15 @@ class IntegerEntropy:
         self.median = tensors["z_median"].long()  # integers at exponent f_z
         self.thresholds = tensors["scale_thresholds"].long()
 
-    def hyper(self, z_sym: torch.Tensor, y_size: tuple[int, int]) -> Act:
-        """h_s of the z symbols: the context the four steps start from (NHWC)."""
-        return hyper_synthesis(self.ops, self.z_hat(z_sym), self.cfg, y_size)
+    def start(self, z_sym: torch.Tensor, y_size: tuple[int, int]) -> Start:
+        """What the four steps start from and no quantisation step changes (see Start)."""
+        ctx = hyper_synthesis(self.ops, self.z_hat(z_sym), self.cfg, y_size)
+        return Start(ctx, self._params(0, ctx))
+
+    def _params(self, k: int, ctx: Act) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step k's integer means and scales at its positions (1-D int64, C order)."""
+        mean, scale = context_params(self.ops, k, ctx, self.cfg, POSITIONS[k])
+        return mean.v.transpose(1, 2).reshape(-1).long(), scale.v.transpose(1, 2).reshape(-1).long()
 
     def median_real(self) -> torch.Tensor:
         """The z medians the integer path rounds around (float64, exact)."""
@@ -804,7 +818,7 @@ class IntegerEntropy:
         y_size: tuple[int, int],
         code_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
         qstep: int = QSTEP_ONE,
-        base: Act | None = None,
+        start: Start | None = None,
     ) -> tuple[torch.Tensor, bytes]:
         """h_s and the four steps; returns y_hat (float32, sym * step + mean) and the digest.
 
@@ -812,21 +826,18 @@ class IntegerEntropy:
         positions (int64, in C order of the (M, h, w) latent, as ``step_values`` takes
         them from a tensor) and returns their symbols (0 where a position is not coded).
         ``qstep`` is the quantisation step of y in 1/256 (QSTEP_ONE: the trained step);
-        ``base`` is ``hyper(z_sym, y_size)`` when the caller has it (a rate search codes
+        ``start`` is ``start(z_sym, y_size)`` when the caller has it (a rate search codes
         one z at several steps). Every operation's result is exact, so any number of
         threads gives the same values.
         """
-        ops, cfg = self.ops, self.cfg
+        cfg = self.cfg
         digest = hashlib.sha256()
-        ctx = base if base is not None else self.hyper(z_sym, y_size)
-        ctx = Act(ctx.v.clone(memory_format=torch.contiguous_format), ctx.f)  # written in place
+        start = start if start is not None else self.start(z_sym, y_size)
+        ctx = Act(start.ctx.v.clone(memory_format=torch.contiguous_format), start.ctx.f)
         y_hat = torch.zeros(1, cfg.latent_channels, *y_size, dtype=torch.float64)
         for k in range(STEPS):
             cells = POSITIONS[k]
-            mean, scale = (
-                a.v.transpose(1, 2).reshape(-1).long()
-                for a in context_params(ops, k, ctx, cfg, cells)
-            )
+            mean, scale = start.step0 if k == 0 else self._params(k, ctx)
             digest.update(mean.to(torch.int16).numpy().astype("<i2").tobytes())
             digest.update(scale.to(torch.int16).numpy().astype("<i2").tobytes())
             sym = code_step(k, mean, scale)

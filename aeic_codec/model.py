@@ -28,7 +28,7 @@ from .entropy_models import (
     scale_indexes,
     table_scales,
 )
-from .intnet import QSTEP_ONE, Act, IntegerEntropy, step_values
+from .intnet import QSTEP_ONE, IntegerEntropy, Start, step_values
 from .tables import MAX_BINS, FreqTables
 from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
 
@@ -49,7 +49,7 @@ class Compressed:
     # the float path, of the table frequencies on the integer path (cheap: no tanh/erfc).
     stream_bits: list[float]
     digest: bytes | None = None  # entropy digest of the integer path (None: float path)
-    hyper: object | None = None  # the integer path's h_s output, reusable at another qstep
+    hyper: object | None = None  # the integer path's intnet.Start, reusable at another qstep
 
     @property
     def estimated_bits(self) -> float:
@@ -253,9 +253,9 @@ class AEIC(nn.Module):
             bits.append(enc.bits)
             return sym
 
-        base = hyper if isinstance(hyper, Act) else ie.hyper(z_sym, y.shape[-2:])
-        y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step, qstep, base)
-        return Compressed(streams, y_hat, bits, digest, base)
+        start = hyper if isinstance(hyper, Start) else ie.start(z_sym, y.shape[-2:])
+        y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step, qstep, start)
+        return Compressed(streams, y_hat, bits, digest, start)
 
     @torch.no_grad()
     def decompress(self, streams: list[bytes] | tuple[bytes, ...], y_size: tuple[int, int]):
