@@ -31,6 +31,10 @@ SOLO_RANGE = (96, 1024)
 # image, so without the gap a larger budget could cross the handover to a worse picture.
 # 0.06 in rate is about 0.1 dB of the curves' PSNR; a budget in the gap uses >= 94 % of it.
 HANDOVER_GAP = 0.06
+# A budget search leaves the rung of its first file only for rates this far (relative)
+# outside the rung's: an image's rate against the curves differs from bundle to bundle by
+# about as much, and staying spares a g_a (the search still moves on where it must).
+SWITCH_MARGIN = 0.15
 # The steps ``aeic weights calibrate-rate`` measures (0.375 .. 4, about 2**(1/3) apart).
 CALIBRATION_STEPS = (96, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024)
 # The settings a budget search tries are these steps: ratio 2**(1/32) apart (about 1.5 %
@@ -332,7 +336,9 @@ def fit_budget(
         first = _nearest(grid, curve.q_at_bpp(bpp))
         ratio = 8 * len(file(r, first)) / pixels / curve.bpp_at(grid[first])
         bpp /= ratio
-        r = ladder.start_rung(bpp)
+        low, high = curve.bpp_at(ladder.rungs[r].q_hi), curve.bpp_at(ladder.rungs[r].q_lo)
+        if not low * (1 - SWITCH_MARGIN) <= bpp <= high * (1 + SWITCH_MARGIN):
+            r = ladder.start_rung(bpp)  # clearly another rung's rates: worth another g_a
     last = len(ladder.rungs) - 1
     found = _search_rung(ladder, r, budget, bpp, file, r > 0)
     if found == _FINER:
