@@ -770,16 +770,25 @@ def weights_set_grid(
     click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
 
 
+def _images_options(what: str, count: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--images DIR and --count N: the images a weights command measures on."""
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--count", type=click.IntRange(min=1), default=count, show_default=True)(f)
+        return click.option(
+            "--images",
+            required=True,
+            type=click.Path(exists=True, file_okay=False),
+            help=f"{what} (folder, searched recursively; the first --count in name order).",
+        )(f)
+
+    return apply
+
+
 @weights.command("integerize")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @_bundle_output
-@click.option(
-    "--images",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Calibration images (folder, searched recursively; the first --count in name order).",
-)
-@click.option("--count", type=click.IntRange(min=1), default=16, show_default=True)
+@_images_options("Calibration images", 16)
 @click.option(
     "--measure",
     type=click.Path(exists=True, file_okay=False),
@@ -826,13 +835,7 @@ def weights_integerize(
 @weights.command("calibrate-rate")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @_bundle_output
-@click.option(
-    "--images",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Images to measure on (the shipped curves: the 24 Kodak images).",
-)
-@click.option("--count", type=click.IntRange(min=1), default=24, show_default=True)
+@_images_options("Images to measure on (the shipped curves: the 24 Kodak images)", 24)
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
 @_debug_option
 def weights_calibrate_rate(

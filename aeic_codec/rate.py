@@ -90,6 +90,19 @@ class RateCurve:
         return math.exp(_interp(math.log(bpp), pairs))
 
 
+def _line(points: list[tuple[float, float]], x: float) -> float:
+    """y(x) on the broken line through points sorted by x, its end segments extended."""
+    if x <= points[0][0]:
+        (x0, y0), (x1, y1) = points[0], points[1]
+    elif x >= points[-1][0]:
+        (x0, y0), (x1, y1) = points[-2], points[-1]
+    else:
+        (x0, y0), (x1, y1) = next(
+            (a, b) for a, b in itertools.pairwise(points) if a[0] <= x <= b[0]
+        )
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
 def _interp(x: float, pairs: list[tuple[float, float]]) -> float:
     """Piecewise-linear y(x) through pairs sorted by x, clamped at the ends."""
     if x <= pairs[0][0]:
@@ -204,31 +217,11 @@ class Ladder:
         ]
 
     def _target_bpp(self, lam: float) -> float:
-        anchors = self._anchors()
-        x = math.log(lam)
-        if x <= anchors[0][0]:
-            (x0, y0), (x1, y1) = anchors[0], anchors[1]
-        elif x >= anchors[-1][0]:
-            (x0, y0), (x1, y1) = anchors[-2], anchors[-1]
-        else:
-            (x0, y0), (x1, y1) = next(
-                (a, b) for a, b in itertools.pairwise(anchors) if a[0] <= x <= b[0]
-            )
-        return math.exp(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+        return math.exp(_line(self._anchors(), math.log(lam)))
 
     def _lambda_of_bpp(self, bpp: float) -> float:
         """The inverse of _target_bpp (the line is monotone: more lambda, fewer bits)."""
-        anchors = [(y, x) for x, y in reversed(self._anchors())]
-        y = math.log(bpp)
-        if y <= anchors[0][0]:
-            (y0, x0), (y1, x1) = anchors[0], anchors[1]
-        elif y >= anchors[-1][0]:
-            (y0, x0), (y1, x1) = anchors[-2], anchors[-1]
-        else:
-            (y0, x0), (y1, x1) = next(
-                (a, b) for a, b in itertools.pairwise(anchors) if a[0] <= y <= b[0]
-            )
-        return math.exp(x0 + (x1 - x0) * (y - y0) / (y1 - y0))
+        return math.exp(_line([(y, x) for x, y in reversed(self._anchors())], math.log(bpp)))
 
     def lambda_range(self) -> tuple[float, float]:
         """The lambdas this ladder can give (a single bundle: its own only)."""
