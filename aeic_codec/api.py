@@ -15,7 +15,7 @@ import numpy as np
 from .bundle import BundleError, find_bundle, load_bundle
 from .container import DIGEST_SIZE, QSTEP_ONE, AeicFile, ColourGrid, FormatError, pack, unpack
 from .imageio import DEFAULT_MAX_PIXELS
-from .rate import Ladder, RateError, find_ladder, fit_budget
+from .rate import Ladder, RateError, find_ladder, fit_budget, rate_ratio
 from .rate import resolve_rate as resolve_rate  # part of this API
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def encode_image(
                 coders[rung] = _FileCoder(m, image, x, colour_fix, colour_grid, None, device, dtype)
             return coders[rung].encode(q).data
 
-        fit = fit_budget(ladder.ladder, budget, h * w, encode)
+        fit = fit_budget(ladder.ladder, budget, h * w, encode, rate_ratio(image))
         result = coders[fit.rung].last(fit.qstep)
         result.trials = fit.trials
         model = ladder.model(fit.rung)

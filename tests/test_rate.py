@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import subprocess
@@ -97,20 +96,17 @@ def test_a_ladder_needs_curves_and_one_variant() -> None:
 
 
 @pytest.mark.parametrize("scale", [0.4, 1.0, 2.5])
-def test_a_budget_gets_the_finest_setting_that_fits(scale: float) -> None:
-    """Files ``scale`` times the curves' rates: the search's choice moves to earlier
-    settings as the budget grows, is the finest fitting step of its rung and, where the
-    sizes fall all along the ladder, the first fitting setting of all."""
+def test_a_budget_gets_the_finest_step_that_fits(scale: float) -> None:
+    """Files ``scale`` times the curves' rates: the search stays in the bundle the budget's
+    rate picks where that bundle can meet it, takes the finest fitting step of the bundle's
+    whole range, and moves to earlier bundles and finer steps only as the budget grows."""
     ladder, pixels = three(), 768 * 512
     assert ladder.curves is not None
 
     def size(r: int, q: int) -> int:
         return int(pixels * scale * ladder.curves[r].bpp_at(q) / 8) + 20
 
-    chain = [(r, q) for r, g in enumerate(ladder.rungs) for q in q_grid(g.q_lo, g.q_hi)]
-    sizes = [size(*s) for s in chain]
-    monotone = all(b <= a for a, b in itertools.pairwise(sizes))
-    positions = []
+    choices = []
     for budget in np.geomspace(40, 30000, 45).astype(int):
         made: set[tuple[int, int]] = set()
 
@@ -118,21 +114,23 @@ def test_a_budget_gets_the_finest_setting_that_fits(scale: float) -> None:
             made.add((r, q))
             return bytes(size(r, q))
 
-        fitting = [i for i, n in enumerate(sizes) if n <= budget]
-        if not fitting:
-            with pytest.raises(RateError, match=f"smallest file has {sizes[-1]} bytes"):
-                fit_budget(ladder, int(budget), pixels, encode)
+        grids = [q_grid(*c.q_range) for c in ladder.curves]
+        if all(size(r, g[-1]) > budget for r, g in enumerate(grids)):
+            smallest = size(2, grids[2][-1])
+            with pytest.raises(RateError, match=f"smallest file has {smallest} bytes"):
+                fit_budget(ladder, int(budget), pixels, encode, ratio=scale)
             continue
-        fit = fit_budget(ladder, int(budget), pixels, encode)
-        position = chain.index((fit.rung, fit.qstep))
-        assert len(fit.data) == sizes[position] <= budget
-        finer = [q for r, q in chain if r == fit.rung and q < fit.qstep]
-        assert all(size(fit.rung, q) > budget for q in finer)
-        assert fit.trials == len(made) <= 10
-        if monotone:
-            assert position == fitting[0]
-        positions.append(position)
-    assert positions == sorted(positions, reverse=True) and len(set(positions)) > 10
+        fit = fit_budget(ladder, int(budget), pixels, encode, ratio=scale)
+        grid = grids[fit.rung]
+        assert len(fit.data) == size(fit.rung, fit.qstep) <= budget
+        assert all(size(fit.rung, q) > budget for q in grid if q < fit.qstep)
+        start = ladder.start_rung(8 * budget / pixels / scale)
+        if size(start, grids[start][-1]) <= budget < size(start, grids[start][0]):
+            assert fit.rung == start  # the bundle the rate picks can meet the budget
+        assert fit.trials == len(made) <= 8
+        assert len({r for r, _ in made}) <= 2
+        choices.append((fit.rung, fit.qstep))
+    assert choices == sorted(choices, reverse=True) and len(set(choices)) > 10
 
 
 def test_a_budget_at_the_top_stays_in_the_first_rung() -> None:
