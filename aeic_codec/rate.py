@@ -27,11 +27,6 @@ from .container import QSTEP_ONE, QSTEP_RANGE
 # The steps a bundle without neighbours covers (0.375 .. 4): beyond, the pictures of the
 # shipped models stop improving (finer) or fall apart (coarser).
 SOLO_RANGE = (96, 1024)
-# A rung starts this much (in ln bpp) below where the rung before it hands over: at equal
-# rates the two bundles' pictures are equally good on average, either better on a given
-# image, so without the gap a larger budget could cross the handover to a worse picture.
-# 0.06 in rate is about 0.1 dB of the curves' PSNR; a budget in the gap uses >= 94 % of it.
-HANDOVER_GAP = 0.06
 # The steps ``aeic weights calibrate-rate`` measures (0.375 .. 4, about 2**(1/3) apart).
 CALIBRATION_STEPS = (96, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024)
 # The settings a budget search tries are these steps: ratio 2**(1/32) apart (about 1.5 %
@@ -146,9 +141,9 @@ class Ladder:
 
     With one bundle the ladder is that bundle over SOLO_RANGE (no curve needed); with
     several, every bundle needs a rate curve, and each rung ends where the next bundle's
-    pictures become the better ones at the same rate, the next one starting HANDOVER_GAP
-    below (no rung leaves out its own step 256, so that ``--lambda`` at a bundle's lambda
-    gives that bundle as before).
+    pictures become the better ones at the same rate, where the next one starts (no rung
+    leaves out its own step 256, so that ``--lambda`` at a bundle's lambda gives that
+    bundle as before).
     """
 
     def __init__(self, bundles: Sequence[BundleInfo]) -> None:
@@ -186,9 +181,8 @@ class Ladder:
         rungs = []
         for i, (info, curve) in enumerate(zip(usable, self.curves, strict=True)):
             lo, hi = curve.q_range
-            if i > 0:  # starts a little below the handover: see HANDOVER_GAP
-                start = handovers[i - 1] * math.exp(-HANDOVER_GAP)
-                lo = min(QSTEP_ONE, max(lo, round(curve.q_at_bpp(start))))
+            if i > 0:
+                lo = min(QSTEP_ONE, max(lo, round(curve.q_at_bpp(handovers[i - 1]))))
             if i < len(usable) - 1:
                 hi = max(QSTEP_ONE, min(hi, round(curve.q_at_bpp(handovers[i]))))
             rungs.append(Rung(info, lo, hi, info.lambda_ or 0.0))
