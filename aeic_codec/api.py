@@ -308,7 +308,9 @@ def synthesize(
     """
     import torch
 
-    from .tiling import denoise_steps, tiled_denoise, tiled_vae_decode, vae_steps
+    from . import layerwise
+    from .attention import local_attention
+    from .tiling import denoise_steps, tiled_denoise
 
     if model.g_s is None or model.denoiser is None or model.vae is None:
         raise RuntimeError("this model was loaded without its decoder")
@@ -316,19 +318,18 @@ def synthesize(
     cfg = model.cfg
     eps_tile = tile or cfg.eps_tile
     overlap = max(1, min(eps_tile * cfg.eps_overlap // cfg.eps_tile, (eps_tile - 1) // 2))
-    vae_tile = tile or cfg.vae_tile
     # channels-last lets oneDNN skip a layout reorder around every convolution (1.5-2x).
     layout = torch.channels_last
     for part in (model.g_s, model.denoiser, model.vae):
         part.to(device=device, dtype=dtype, memory_format=layout)
-    with torch.no_grad():
+    with torch.no_grad(), local_attention(model.denoiser, 8), local_attention(model.vae, 8):
         y = y_hat.to(device=device, dtype=dtype).contiguous(memory_format=layout)
         l_t, l_res = model.g_s(y)
         l_t = model.denoiser.with_noise(l_t)  # whole l_T before tiling: the tiles agree
-        # One progress count over both tiled phases, so that a bar never starts over.
+        # One progress count over both phases, so that a bar never starts over.
         lh, lw = l_t.shape[-2:]
         n_eps = denoise_steps(lh, lw, eps_tile, overlap)
-        total = n_eps + vae_steps(lh, lw, vae_tile)
+        total = n_eps + layerwise.decoder_steps(model.vae, lh, lw)
         eps_progress = vae_progress = None
         if progress is not None:
             report = progress
@@ -340,7 +341,8 @@ def synthesize(
                 report(n_eps + done, total)
 
         l_0 = tiled_denoise(model.denoiser, l_t, eps_tile, overlap, eps_progress) + l_res
-        x = tiled_vae_decode(model.vae, l_0, vae_tile, vae_progress)
+        del l_t, l_res
+        x = layerwise.decode(model.vae, l_0, vae_progress)
     return x[0, :, :height, :width].float().clamp(-1, 1).cpu()
 
 
