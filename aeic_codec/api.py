@@ -203,11 +203,14 @@ def decode_latent(f: AeicFile, model: AEIC) -> torch.Tensor:
     return latent_and_digest(f, model)[0]
 
 
-def latent_and_digest(f: AeicFile, model: AEIC) -> tuple[torch.Tensor, bytes | None]:
+def latent_and_digest(
+    f: AeicFile, model: AEIC, progress: Progress | None = None
+) -> tuple[torch.Tensor, bytes | None]:
     """y_hat and, for the integer path, the entropy digest, checked against the file's.
 
     A digest that differs from the one the file carries raises DigestMismatch: the
-    latents would be garbage, so nothing is decoded further.
+    latents would be garbage, so nothing is decoded further. ``progress`` hears of each
+    of the four context steps: (1, 4) to (4, 4).
     """
     from .coder import CodingError
     from .model import LatentError, latent_size
@@ -221,10 +224,18 @@ def latent_and_digest(f: AeicFile, model: AEIC) -> tuple[torch.Tensor, bytes | N
             "bundle it was encoded with"
         )
     size = latent_size(f.height, f.width)
+    step = None
+    if progress is not None:
+        report, done = progress, [0]
+
+        def step() -> None:
+            done[0] += 1
+            report(done[0], ENTROPY_STEPS)
+
     try:
         if not f.integer:
-            return model.decompress(f.streams, size), None
-        y_hat, digest = model.decompress_integer(f.streams, size)
+            return model.decompress(f.streams, size, step), None
+        y_hat, digest = model.decompress_integer(f.streams, size, step)
     except (CodingError, LatentError) as exc:
         raise FormatError(f"corrupt file: {exc}") from exc
     if f.digest != digest[:DIGEST_SIZE]:
@@ -380,17 +391,28 @@ def decode(
     ).image
 
 
-def _one_count(progress: Progress | None, index: int, count: int) -> Progress | None:
-    """Progress of the ``index``-th of ``count`` decoders run one after the other, reported
-    as one count (each taken as long as the one running), so that a bar never starts over."""
-    if progress is None or count == 1:
-        return progress
-    report = progress
+ENTROPY_STEPS = 4  # progress ticks of the entropy decoding (its context steps)
+# The entropy decoding's share of a decode's progress, against 1 for each decoder run:
+# about what it takes at any size (it is linear too), 0.3 to 1 of a decoder by the CPU.
+ENTROPY_SHARE = 0.5
 
-    def share(done: int, total: int) -> None:
-        report(index * total + done, count * total)
 
-    return share
+def _phases(progress: Progress | None, shares: list[float]) -> list[Progress | None]:
+    """One progress callback per phase of a decode, reported as one count out of 1000 in
+    which each phase takes its share, so that a bar moves all along and never starts
+    over (a phase's own count can have any total)."""
+    if progress is None:
+        return [None] * len(shares)
+    report, whole = progress, sum(shares)
+    starts = [sum(shares[:i]) for i in range(len(shares))]
+
+    def phase(start: float, share: float) -> Progress:
+        def tell(done: int, total: int) -> None:
+            report(round(1000 * (start + share * done / max(total, 1)) / whole), 1000)
+
+        return tell
+
+    return [phase(a, b) for a, b in zip(starts, shares, strict=True)]
 
 
 def decode_image(
@@ -425,9 +447,10 @@ def decode_image(
         raise ValueError("this realism setting needs a model loaded with its own decoder")
     f = unpack(data, max_pixels=max_pixels)
     levels = read_grid(f)  # before the slow part, so that a corrupt grid fails at once
-    y_hat, digest = latent_and_digest(f, model)
     parts = [model] if fidelity else []
     parts += [model.realism] if r > 0 else []
+    entropy_progress, *decoder_progress = _phases(progress, [ENTROPY_SHARE] + [1.0] * len(parts))
+    y_hat, digest = latent_and_digest(f, model, entropy_progress)
     pictures = [
         synthesize(
             decoder,
@@ -437,9 +460,9 @@ def decode_image(
             dtype=resolve_precision(precision, device),
             device=device,
             tile=tile,
-            progress=_one_count(progress, i, len(parts)),
+            progress=part_progress,
         )
-        for i, decoder in enumerate(parts)
+        for decoder, part_progress in zip(parts, decoder_progress, strict=True)
     ]
     if len(pictures) == 1:
         x = pictures[0]
