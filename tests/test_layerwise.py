@@ -148,3 +148,14 @@ def test_decode_of_a_model_without_integer_path_reports_entropy_steps() -> None:
     api.latent_and_digest(api.read_header(data), model, lambda *a: steps.append(a))
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert np.asarray(api.decode(data, model)).shape == (64, 64, 3)
+
+
+def test_upsampled_rows_are_the_upsamplers_output() -> None:
+    torch.manual_seed(0)
+    upsampler = build_vae(tiny_config()).up_blocks[0].upsamplers[0]
+    u = torch.randn(1, upsampler.channels, 9, 7)
+    with torch.no_grad():
+        full, lazy = upsampler(u), layerwise.Upsampled(upsampler, u)
+        assert lazy.shape == full.shape
+        for first, last in [(0, 18), (0, 1), (5, 11), (17, 18)]:
+            torch.testing.assert_close(lazy.rows(first, last), full[..., first:last, :])
