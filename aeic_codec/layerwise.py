@@ -36,29 +36,39 @@ BAND_ELEMENTS = 1 << 24  # of a band's input (times the upsampling): bounds the 
 TINY_CORE = 128  # latent side of a tiny D tile's kept core
 
 
-class Upsampled:
-    """An upsampler's output, computed for the rows asked for and never held whole.
+class Lazy:
+    """A layer's output (``fn`` on ``source``) computed for the rows asked for, never
+    held whole.
 
-    A residual block after an upsampler reads its input three times (statistics, first
-    and second half); recomputing the upsampler's rows each time costs one 3x3
-    convolution more, twice, but the largest activation (at full size, in float32,
-    1.5 GB at 12 megapixels for the shipped D) is never stored.
+    ``fn`` sees at most ``halo`` rows of its input around each output row and upsamples
+    by ``scale``. Reading one costs recomputing ``fn``, but the largest activations (at
+    full size, in float32, 1.5 GB at 12 megapixels for the shipped D) are then never
+    stored: an upsampler's output, read three times by the residual block after it
+    (statistics, first and second half), and a block's inner activation, whose
+    statistics alone are needed before its block runs fused (``_resnet``).
     """
 
-    def __init__(self, upsampler: nn.Module, source: torch.Tensor) -> None:
-        self.upsampler, self.source = upsampler, source
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        source: torch.Tensor,
+        channels: int,
+        halo: int = 1,
+        scale: int = 1,
+    ) -> None:
+        self.fn, self.source, self.halo, self.scale = fn, source, halo, scale
         batch, _, height, width = source.shape
-        self.shape = (batch, upsampler.out_channels, 2 * height, 2 * width)
+        self.shape = (batch, channels, scale * height, scale * width)
 
     def rows(self, first: int, last: int) -> torch.Tensor:
-        """Rows first..last-1: the upsampler on the source rows they depend on, cropped."""
-        start = max(first // 2 - 1, 0)
-        stop = min((last + 1) // 2 + 1, self.source.shape[-2])
-        out = self.upsampler(self.source[..., start:stop, :])
-        return out[..., first - 2 * start : last - 2 * start, :]
+        """Rows first..last-1: ``fn`` on the source rows they depend on, cropped."""
+        start = max(first // self.scale - self.halo, 0)
+        stop = min(-(-last // self.scale) + self.halo, self.source.shape[-2])
+        out = self.fn(self.source[..., start:stop, :])
+        return out[..., first - self.scale * start : last - self.scale * start, :]
 
 
-Source = torch.Tensor | Upsampled
+Source = torch.Tensor | Lazy
 
 
 def _rows(x: Source, first: int, last: int) -> torch.Tensor:
@@ -168,23 +178,35 @@ def _normed(
 def _resnet(block: nn.Module, x: Source) -> torch.Tensor:
     """diffusers' ResnetBlock2D (no time embedding, no resampling), band by band.
 
-    x is overwritten when it is a tensor and the block keeps its width.
+    A block that keeps its width, on a tensor of more than one band, runs fused: its
+    inner activation's statistics first (its first half by rows, not stored), then
+    both halves per band with two rows of halo, the result overwriting x. Otherwise
+    the inner activation is stored, and the result overwrites x or it.
     """
     if block.time_emb_proj is not None or block.upsample or block.downsample:
         raise ValueError("a decoder's residual block has no time embedding and no resampling")
     shortcut = block.conv_shortcut
     norm1 = _normed(block.norm1, block.nonlinearity, x)
-    h = banded(lambda t, _: block.conv1(norm1(t)), x, 1)
+
+    def first(t: torch.Tensor) -> torch.Tensor:
+        return block.conv1(norm1(t))
+
+    fused = isinstance(x, torch.Tensor) and shortcut is None and x.shape[-2] > _rows_per_band(x)
+    channels = block.conv1.out_channels
+    h = Lazy(first, x, channels) if fused else banded(lambda t, _: first(t), x, 1)
     norm2 = _normed(block.norm2, block.nonlinearity, h)
 
-    def second(t: torch.Tensor, res: torch.Tensor | None) -> torch.Tensor:
-        assert res is not None
+    def second(t: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
         out = block.conv2(norm2(t))
         out += shortcut(res) if shortcut is not None else res
         return out if block.output_scale_factor == 1 else out / block.output_scale_factor
 
+    if fused:
+        assert isinstance(x, torch.Tensor)
+        return banded(lambda t, _: second(first(t), t), x, 2, out=x)
+    assert isinstance(h, torch.Tensor)
     in_place = isinstance(x, torch.Tensor) and shortcut is None
-    return banded(second, h, 1, extra=x, out=x if in_place else h)
+    return banded(lambda t, res: second(t, res), h, 1, extra=x, out=x if in_place else h)
 
 
 def decoder_steps(decoder: nn.Module, height: int, width: int) -> int:
@@ -216,7 +238,7 @@ def _sd_decode(decoder: nn.Module, l_0: torch.Tensor, tick: Ticker) -> torch.Ten
             x = _resnet(resnet, x)
             tick()
         for upsampler in up.upsamplers or ():
-            x = Upsampled(upsampler, x)
+            x = Lazy(upsampler, x, upsampler.out_channels, scale=2)
             if x.shape[-2] <= _rows_per_band(x):  # small: held whole, computed once
                 x = x.rows(0, x.shape[-2])
             tick()
