@@ -32,7 +32,7 @@ from torch import nn
 
 from .tiling import Progress, Ticker
 
-BAND_ELEMENTS = 1 << 24  # of a band's input (times the upsampling): bounds the temporaries
+BAND_ELEMENTS = 1 << 22  # of a band's input (times the upsampling): 16 MB in float32
 TINY_CORE = 128  # latent side of a tiny D tile's kept core
 
 
