@@ -79,11 +79,15 @@ class LocalAttnProcessor:
         self.grid: tuple[int, int] | None = None
 
     def __call__(
-        self, attn: nn.Module, hidden_states: torch.Tensor, *args: object, **kwargs: object
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if args or any(
-            kwargs.get(k) is not None for k in ("encoder_hidden_states", "attention_mask")
-        ):
+        """The arguments diffusers passes, named: it warns about any this does not name."""
+        if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("local attention is self-attention without a mask")
         residual = hidden_states
         if hidden_states.ndim == 4:
