@@ -8,6 +8,7 @@ included). The last column divides each run's seconds per megapixel by the first
 size's, so a linear codec shows 1.0 all down (issue 31 asks at most 1.5 at 12 MP).
 
 Usage: python -m bench.scaling [--sizes 768x512,2048x2048,4000x3000] [--realism 0,1]
+       [--precision auto|fp32|bf16] [--threads N]
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from aeic_codec.allocator import keep_freed_memory
 from bench._machine import peak_rss_mb
 keep_freed_memory()  # as the aeic command does
 job = json.loads(sys.argv[1])
+if job["threads"]:
+    import torch
+    torch.set_num_threads(job["threads"])
 if job["kind"] == "encode":
     from aeic_codec.imageio import read_image
     image, _ = read_image(job["image"])
@@ -77,8 +81,14 @@ def main() -> None:
     p.add_argument("--realism", default="0,1", help="decode settings, comma-separated")
     p.add_argument("--lambda", dest="lambda_", type=float, default=None)
     p.add_argument("--precision", default="auto")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's); 1 keeps timings steady on a shared machine",
+    )
     args = p.parse_args()
-    print(machine_line())
+    print(machine_line(), f"| runs with {args.threads or 'the default'} thread(s)")
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     settings = [float(r) for r in args.realism.split(",")]
     first: dict[str, float] = {}
@@ -88,7 +98,7 @@ def main() -> None:
             image = upscaled(width, height, Path(tmp))
             file = Path(tmp) / f"{width}x{height}.aeic"
             mp = width * height / 1e6
-            common = {"file": str(file), "precision": args.precision}
+            common = {"file": str(file), "precision": args.precision, "threads": args.threads}
             runs = [("encode", {"kind": "encode", "image": str(image), "lambda": args.lambda_})]
             runs += [(f"decode r={r:g}", {"kind": "decode", "realism": r}) for r in settings]
             for name, job in runs:
