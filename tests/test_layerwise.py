@@ -28,11 +28,16 @@ def tiny_d_config():
 def small_bands(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bands of a few rows and tiles of 6 latent pixels, so small latents take many."""
     monkeypatch.setattr(layerwise, "BAND_ELEMENTS", 512)
+    monkeypatch.setattr(layerwise, "LAZY_BYTES", 0)  # every upsampler lazy, every block fused
     monkeypatch.setattr(layerwise, "TINY_CORE", 6)
 
 
-@pytest.mark.parametrize("mid_attention", [True, False])
-def test_layerwise_sd_decoder_is_the_plain_call(small_bands: None, mid_attention: bool) -> None:
+@pytest.mark.parametrize(("mid_attention", "lazy"), [(True, True), (False, True), (True, False)])
+def test_layerwise_sd_decoder_is_the_plain_call(
+    small_bands: None, mid_attention: bool, lazy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not lazy:
+        monkeypatch.setattr(layerwise, "LAZY_BYTES", 1 << 40)
     torch.manual_seed(0)
     decoder = build_vae(tiny_config(vae_mid_attention=mid_attention)).eval()
     l_0 = torch.randn(1, 8, 21, 13)
