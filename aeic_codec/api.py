@@ -366,11 +366,14 @@ def decode_latent(f: AeicFile, model: AEIC) -> torch.Tensor:
     return latent_and_digest(f, model)[0]
 
 
-def latent_and_digest(f: AeicFile, model: AEIC) -> tuple[torch.Tensor, bytes | None]:
+def latent_and_digest(
+    f: AeicFile, model: AEIC, progress: Progress | None = None
+) -> tuple[torch.Tensor, bytes | None]:
     """y_hat and, for the integer path, the entropy digest, checked against the file's.
 
     A digest that differs from the one the file carries raises DigestMismatch: the
-    latents would be garbage, so nothing is decoded further.
+    latents would be garbage, so nothing is decoded further. ``progress`` hears of each
+    of the four context steps: (1, 4) to (4, 4).
     """
     from .coder import CodingError
     from .model import LatentError, latent_size
@@ -384,10 +387,18 @@ def latent_and_digest(f: AeicFile, model: AEIC) -> tuple[torch.Tensor, bytes | N
             "bundle it was encoded with"
         )
     size = latent_size(f.height, f.width)
+    step = None
+    if progress is not None:
+        report, done = progress, [0]
+
+        def step() -> None:
+            done[0] += 1
+            report(done[0], ENTROPY_STEPS)
+
     try:
         if not f.integer:
-            return model.decompress(f.streams, size), None
-        y_hat, digest = model.decompress_integer(f.streams, size, f.qstep)
+            return model.decompress(f.streams, size, step), None
+        y_hat, digest = model.decompress_integer(f.streams, size, f.qstep, step)
     except (CodingError, LatentError) as exc:
         raise FormatError(f"corrupt file: {exc}") from exc
     if f.digest != digest[:DIGEST_SIZE]:
@@ -474,7 +485,9 @@ def synthesize(
     """
     import torch
 
-    from .tiling import denoise_steps, tiled_denoise, tiled_vae_decode, vae_steps
+    from . import layerwise
+    from .attention import local_attention
+    from .tiling import denoise_steps, tiled_denoise
 
     if model.g_s is None or model.denoiser is None or model.vae is None:
         raise RuntimeError("this model was loaded without its decoder")
@@ -482,19 +495,18 @@ def synthesize(
     cfg = model.cfg
     eps_tile = tile or cfg.eps_tile
     overlap = max(1, min(eps_tile * cfg.eps_overlap // cfg.eps_tile, (eps_tile - 1) // 2))
-    vae_tile = tile or cfg.vae_tile
     # channels-last lets oneDNN skip a layout reorder around every convolution (1.5-2x).
     layout = torch.channels_last
     for part in (model.g_s, model.denoiser, model.vae):
         part.to(device=device, dtype=dtype, memory_format=layout)
-    with torch.no_grad():
+    with torch.no_grad(), local_attention(model.denoiser, 8), local_attention(model.vae, 8):
         y = y_hat.to(device=device, dtype=dtype).contiguous(memory_format=layout)
         l_t, l_res = model.g_s(y)
         l_t = model.denoiser.with_noise(l_t)  # whole l_T before tiling: the tiles agree
-        # One progress count over both tiled phases, so that a bar never starts over.
+        # One progress count over both phases, so that a bar never starts over.
         lh, lw = l_t.shape[-2:]
         n_eps = denoise_steps(lh, lw, eps_tile, overlap)
-        total = n_eps + vae_steps(lh, lw, vae_tile)
+        total = n_eps + layerwise.decoder_steps(model.vae, lh, lw)
         eps_progress = vae_progress = None
         if progress is not None:
             report = progress
@@ -506,7 +518,8 @@ def synthesize(
                 report(n_eps + done, total)
 
         l_0 = tiled_denoise(model.denoiser, l_t, eps_tile, overlap, eps_progress) + l_res
-        x = tiled_vae_decode(model.vae, l_0, vae_tile, vae_progress)
+        del l_t, l_res
+        x = layerwise.decode(model.vae, l_0, vae_progress)
     return x[0, :, :height, :width].float().clamp(-1, 1).cpu()
 
 
@@ -544,17 +557,28 @@ def decode(
     ).image
 
 
-def _one_count(progress: Progress | None, index: int, count: int) -> Progress | None:
-    """Progress of the ``index``-th of ``count`` decoders run one after the other, reported
-    as one count (each taken as long as the one running), so that a bar never starts over."""
-    if progress is None or count == 1:
-        return progress
-    report = progress
+ENTROPY_STEPS = 4  # progress ticks of the entropy decoding (its context steps)
+# The entropy decoding's share of a decode's progress, against 1 for each decoder run:
+# about what it takes at any size (it is linear too), 0.3 to 1 of a decoder by the CPU.
+ENTROPY_SHARE = 0.5
 
-    def share(done: int, total: int) -> None:
-        report(index * total + done, count * total)
 
-    return share
+def _phases(progress: Progress | None, shares: list[float]) -> list[Progress | None]:
+    """One progress callback per phase of a decode, reported as one count out of 1000 in
+    which each phase takes its share, so that a bar moves all along and never starts
+    over (a phase's own count can have any total)."""
+    if progress is None:
+        return [None] * len(shares)
+    report, whole = progress, sum(shares)
+    starts = [sum(shares[:i]) for i in range(len(shares))]
+
+    def phase(start: float, share: float) -> Progress:
+        def tell(done: int, total: int) -> None:
+            report(round(1000 * (start + share * done / max(total, 1)) / whole), 1000)
+
+        return tell
+
+    return [phase(a, b) for a, b in zip(starts, shares, strict=True)]
 
 
 def decode_image(
@@ -589,9 +613,10 @@ def decode_image(
         raise ValueError("this realism setting needs a model loaded with its own decoder")
     f = unpack(data, max_pixels=max_pixels)
     levels = read_grid(f)  # before the slow part, so that a corrupt grid fails at once
-    y_hat, digest = latent_and_digest(f, model)
     parts = [model] if fidelity else []
     parts += [model.realism] if r > 0 else []
+    entropy_progress, *decoder_progress = _phases(progress, [ENTROPY_SHARE] + [1.0] * len(parts))
+    y_hat, digest = latent_and_digest(f, model, entropy_progress)
     pictures = [
         synthesize(
             decoder,
@@ -601,9 +626,9 @@ def decode_image(
             dtype=resolve_precision(precision, device),
             device=device,
             tile=tile,
-            progress=_one_count(progress, i, len(parts)),
+            progress=part_progress,
         )
-        for i, decoder in enumerate(parts)
+        for decoder, part_progress in zip(parts, decoder_progress, strict=True)
     ]
     if len(pictures) == 1:
         x = pictures[0]

@@ -63,7 +63,7 @@ class ModelConfig:
     # the old spelling: every bundle stores it, and bundle identities hash it).
     eps_tile: int = 192
     eps_overlap: int = 64
-    vae_tile: int = 160
+    vae_tile: int = 160  # no longer read: D runs layer by layer (layerwise.py); kept, as hashed
     colorfix_min_pixels: int = 768 * 768
     # Colour grid (colour.py): cell size in pixels (0: none) and quantization step of the
     # cell means the encoder sends.

@@ -11,6 +11,7 @@ and 2, which the published checkpoints were trained with; see docs/format.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -258,8 +259,16 @@ class AEIC(nn.Module):
         return Compressed(streams, y_hat, bits, digest, start)
 
     @torch.no_grad()
-    def decompress(self, streams: list[bytes] | tuple[bytes, ...], y_size: tuple[int, int]):
-        """Rebuild y_hat (1, M, h, w) from the five streams of the float path."""
+    def decompress(
+        self,
+        streams: list[bytes] | tuple[bytes, ...],
+        y_size: tuple[int, int],
+        step: Callable[[], None] | None = None,
+    ):
+        """Rebuild y_hat (1, M, h, w) from the five streams of the float path.
+
+        ``step`` is called after each of the four context steps (for progress).
+        """
         z_tables, y_tables = self._tables()
         zh, zw = hyper_size(y_size)
         c = self.cfg.hyper_channels
@@ -276,6 +285,8 @@ class AEIC(nn.Module):
             )
             sym = torch.zeros_like(mean)
             sym[coded] = torch.from_numpy(values).to(sym.dtype)
+            if step is not None:
+                step()
             return sym + mean
 
         base = self.h_s(z_hat, y_size)
@@ -290,8 +301,12 @@ class AEIC(nn.Module):
         streams: list[bytes] | tuple[bytes, ...],
         y_size: tuple[int, int],
         qstep: int = QSTEP_ONE,
+        step: Callable[[], None] | None = None,
     ) -> tuple[torch.Tensor, bytes]:
-        """y_hat and the entropy digest from the five streams of the integer path."""
+        """y_hat and the entropy digest from the five streams of the integer path.
+
+        ``step`` is called after each of the four context steps (for progress).
+        """
         z_tables, y_tables = self._tables()
         ie = self._integer()
         zh, zw = hyper_size(y_size)
@@ -304,6 +319,8 @@ class AEIC(nn.Module):
             values = StreamDecoder(streams[k + 1]).decode(tables.numpy(), y_tables)
             sym = torch.zeros(mean.shape, dtype=torch.int64)
             sym[coded] = torch.from_numpy(values)
+            if step is not None:
+                step()
             return sym
 
         return ie.run(z, y_size, code_step, qstep)

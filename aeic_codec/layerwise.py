@@ -1,0 +1,322 @@
+"""D over the whole latent at a cost linear in the pixels, equal to the untiled decode.
+
+The tiled D this replaces (two tiled passes to share GroupNorm statistics, tiles of
+256 latent pixels overlapping by 64 and Gaussian-blended, global attention inside each
+tile) cost 4.2 times an untiled decode's convolutions at 4000 x 3000 and only
+approximated it. Here:
+
+- The SD-style D (``vae.LiteVAEDecoder``, diffusers' ``Decoder``) runs layer by layer
+  over the whole picture: each residual block, upsampler and convolution in row bands
+  that read one row of halo per 3x3 convolution, every GroupNorm with the exact
+  statistics of its whole input, gathered before the layer runs. On a large picture an
+  upsampler's output is never stored (``Lazy``: recomputed by rows where read) and a
+  residual block that keeps its width runs fused over x, so at most one activation of
+  the full size is held at a time: a 4000 x 3000 decode of the shipped D peaks at
+  2.6 GB in float32 (the whole process), where a plain call needs several times that.
+  Its mid-block attention sees the whole latent, windowed by
+  ``attention.local_attention``.
+- The tiny D (``tiny_vae.TinyDecoder``) has GroupNorms only in its first, latent-sized
+  blocks: those run on the whole latent, and the purely convolutional rest on tiles
+  whose halo covers its receptive field, of which only the cores are kept.
+
+Both are the untiled decode up to float rounding (the convolutions add in another
+order; a GroupNorm over several bands is a batch norm with the group statistics); the
+recomputations cost the shipped D about a quarter more work at 4000 x 3000 in float32.
+One band (up to 4 M elements a layer: 768 x 512 and smaller) is the plain module calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tiling import Progress, Ticker
+
+BAND_ELEMENTS = 1 << 22  # of a band's input (times the upsampling): 16 MB in float32
+TINY_CORE = 128  # latent side of a tiny D tile's kept core
+# Activations above this are never held whole (``Lazy``, fused blocks); smaller ones are,
+# as recomputing them costs time: at 4000 x 3000 in float32 that leaves the shipped D's
+# last two upsamplers and its full-size blocks, +25 % of its work instead of +80 %.
+LAZY_BYTES = 512 << 20
+
+
+def _big(x: Source, dtype: torch.dtype) -> bool:
+    return math.prod(x.shape) * dtype.itemsize > LAZY_BYTES
+
+
+class Lazy:
+    """A layer's output (``fn`` on ``source``) computed for the rows asked for, never
+    held whole.
+
+    ``fn`` sees at most ``halo`` rows of its input around each output row and upsamples
+    by ``scale``. Reading one costs recomputing ``fn``, but the largest activations (at
+    full size, in float32, 1.5 GB at 12 megapixels for the shipped D) are then never
+    stored: an upsampler's output, read three times by the residual block after it
+    (statistics, first and second half), and a block's inner activation, whose
+    statistics alone are needed before its block runs fused (``_resnet``).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        source: torch.Tensor,
+        channels: int,
+        halo: int = 1,
+        scale: int = 1,
+    ) -> None:
+        self.fn, self.source, self.halo, self.scale = fn, source, halo, scale
+        batch, _, height, width = source.shape
+        self.shape = (batch, channels, scale * height, scale * width)
+
+    def rows(self, first: int, last: int) -> torch.Tensor:
+        """Rows first..last-1: ``fn`` on the source rows they depend on, cropped."""
+        start = max(first // self.scale - self.halo, 0)
+        stop = min(-(-last // self.scale) + self.halo, self.source.shape[-2])
+        out = self.fn(self.source[..., start:stop, :])
+        return out[..., first - self.scale * start : last - self.scale * start, :]
+
+
+Source = torch.Tensor | Lazy
+
+
+def _rows(x: Source, first: int, last: int) -> torch.Tensor:
+    return x[..., first:last, :] if isinstance(x, torch.Tensor) else x.rows(first, last)
+
+
+def _rows_per_band(x: Source, scale: int = 1) -> int:
+    return max(BAND_ELEMENTS // (x.shape[1] * x.shape[-1] * scale * scale), 4)
+
+
+def banded(
+    fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    x: Source,
+    halo: int,
+    scale: int = 1,
+    extra: Source | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``fn(rows of x with halo, the same rows of extra)`` over row bands of x, stitched.
+
+    ``fn`` must see no farther than ``halo`` rows and may upsample by ``scale``;
+    ``extra`` (output-sized) is an optional second input that ``fn`` may only use
+    pointwise: its halo rows are cropped away, so they may be stale. ``out`` may be
+    ``extra`` or ``x`` itself: x's halo rows above each band are kept aside before the
+    band overwrites them.
+    """
+    height, width = x.shape[-2:]
+    rows = _rows_per_band(x, scale)
+    above: torch.Tensor | None = None  # x's original rows just above the band (in place)
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        first, last = max(top - halo, 0), min(bottom + halo, height)
+        piece = _rows(x, first, last)
+        if out is x and above is not None:
+            piece = torch.cat((above, x[..., top:last, :]), dim=-2)
+        if out is x and halo:
+            above = x[..., max(bottom - halo, 0) : bottom, :].clone()
+        part = _rows(extra, first * scale, last * scale) if extra is not None else None
+        y = fn(piece, part)[..., (top - first) * scale : (bottom - first) * scale, :]
+        if out is None:
+            shape = (*y.shape[:2], height * scale, width * scale)
+            layout = _layout(x if isinstance(x, torch.Tensor) else x.source)
+            out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=layout)
+        out[..., top * scale : bottom * scale, :] = y
+        del y, piece
+    assert out is not None
+    return out
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last)
+        else (torch.contiguous_format)
+    )
+
+
+def group_moments(x: Source, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and biased variance of all of x (batch of one), float64, (1, groups).
+
+    Per band, a batch norm in training mode gives each channel's mean and variance in
+    float32 (one fused pass, no float32 copy of a bf16 band; twice as fast as two sums);
+    the bands' moments then add up in float64.
+    """
+    if x.shape[0] != 1:
+        raise ValueError("the layer-wise D decodes one latent at a time")
+    rows = _rows_per_band(x)
+    sums = None
+    for top in range(0, x.shape[-2], rows):
+        region = _rows(x, top, min(top + rows, x.shape[-2]))
+        count = region.shape[-2] * region.shape[-1]
+        mean = torch.zeros(x.shape[1], dtype=torch.float32, device=region.device)
+        var = torch.zeros_like(mean)
+        F.batch_norm(region, mean, var, None, None, True, 1.0, norm.eps)
+        mean, var = mean.double(), var.double() * (count - 1) / count  # unbiased to biased
+        part = torch.stack([torch.full_like(mean, count), mean * count, (var + mean**2) * count])
+        sums = part if sums is None else sums + part
+    assert sums is not None
+    count, total, squares = sums.reshape(3, 1, norm.num_groups, -1).sum(-1)
+    mean = total / count
+    return mean, (squares / count - mean**2).clamp_min(0)
+
+
+def _normed(
+    norm: nn.GroupNorm, act: nn.Module, x: Source
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``act(norm(piece))`` for pieces of x, ``norm`` with the statistics of all of x.
+
+    When x is one band, that is the module itself; otherwise the group statistics go to
+    every channel of the group and a batch norm in inference mode applies them (one
+    fused pass, float32 statistics for a bf16 input).
+    """
+    if x.shape[-2] <= _rows_per_band(x):
+        return lambda piece: act(norm(piece))
+    mean, var = group_moments(x, norm)
+    per_group = x.shape[1] // norm.num_groups
+    mean = mean[0].repeat_interleave(per_group).float()
+    var = var[0].repeat_interleave(per_group).float()
+    weight, bias = (norm.weight.float(), norm.bias.float()) if norm.affine else (None, None)
+
+    def apply(piece: torch.Tensor) -> torch.Tensor:
+        return act(F.batch_norm(piece, mean, var, weight, bias, False, 0.0, norm.eps))
+
+    return apply
+
+
+def _resnet(block: nn.Module, x: Source) -> torch.Tensor:
+    """diffusers' ResnetBlock2D (no time embedding, no resampling), band by band.
+
+    A block that keeps its width, on a tensor above LAZY_BYTES, runs fused: its
+    inner activation's statistics first (its first half by rows, not stored), then
+    both halves per band with two rows of halo, the result overwriting x. Otherwise
+    the inner activation is stored, and the result overwrites x or it.
+    """
+    if block.time_emb_proj is not None or block.upsample or block.downsample:
+        raise ValueError("a decoder's residual block has no time embedding and no resampling")
+    shortcut = block.conv_shortcut
+    norm1 = _normed(block.norm1, block.nonlinearity, x)
+
+    def first(t: torch.Tensor) -> torch.Tensor:
+        return block.conv1(norm1(t))
+
+    fused = isinstance(x, torch.Tensor) and shortcut is None and _big(x, x.dtype)
+    channels = block.conv1.out_channels
+    h = Lazy(first, x, channels) if fused else banded(lambda t, _: first(t), x, 1)
+    norm2 = _normed(block.norm2, block.nonlinearity, h)
+
+    def second(t: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        out = block.conv2(norm2(t))
+        out += shortcut(res) if shortcut is not None else res
+        return out if block.output_scale_factor == 1 else out / block.output_scale_factor
+
+    if fused:
+        assert isinstance(x, torch.Tensor)
+        return banded(lambda t, _: second(first(t), t), x, 2, out=x)
+    assert isinstance(h, torch.Tensor)
+    in_place = isinstance(x, torch.Tensor) and shortcut is None
+    return banded(lambda t, res: second(t, res), h, 1, extra=x, out=x if in_place else h)
+
+
+def decoder_steps(decoder: nn.Module, height: int, width: int) -> int:
+    """How many progress ticks ``decode`` gives for this D and a latent of this size."""
+    if not hasattr(decoder, "up_blocks"):
+        return 1 + math.ceil(height / TINY_CORE) * math.ceil(width / TINY_CORE)
+    mid = decoder.mid_block
+    steps = 1 + len(mid.resnets) + sum(a is not None for a in mid.attentions) + 1
+    for up in decoder.up_blocks:
+        steps += len(up.resnets) + len(up.upsamplers or ())
+    return steps
+
+
+def _sd_decode(decoder: nn.Module, l_0: torch.Tensor, tick: Ticker) -> torch.Tensor:
+    """diffusers' Decoder.forward (no latent embeddings), layer by layer."""
+    x = banded(lambda t, _: decoder.conv_in(t), l_0, 1)
+    tick()
+    mid = decoder.mid_block
+    x = _resnet(mid.resnets[0], x)
+    tick()
+    for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
+        if attn is not None:
+            x = attn(x)
+            tick()
+        x = _resnet(resnet, x)
+        tick()
+    for up in decoder.up_blocks:
+        for resnet in up.resnets:
+            x = _resnet(resnet, x)
+            tick()
+        for upsampler in up.upsamplers or ():
+            x = Lazy(upsampler, x, upsampler.out_channels, scale=2)
+            if not _big(x, x.source.dtype):  # held whole, computed once
+                x = banded(lambda t, _, u=upsampler: u(t), x.source, 1, scale=2)
+            tick()
+    norm = _normed(decoder.conv_norm_out, decoder.conv_act, x)
+    x = banded(lambda t, _: decoder.conv_out(norm(t)), x, 1)
+    tick()
+    return x
+
+
+def _reach(layers: list[nn.Module]) -> int:
+    """How many input pixels of context these layers use on each side (a bound).
+
+    Counts every convolution's half-width at the scale it runs at; Upsample doubles it.
+    """
+    reach, scale = 0.0, 1
+    for layer in layers:
+        for module in layer.modules():
+            if isinstance(module, nn.Upsample):
+                scale *= int(module.scale_factor)
+            elif isinstance(module, nn.Conv2d):
+                reach += (module.kernel_size[0] // 2) * module.dilation[0] / scale
+    return math.ceil(reach)
+
+
+def _tiny_decode(decoder: nn.Sequential, latent: torch.Tensor, tick: Ticker) -> torch.Tensor:
+    """TinyDecoder.forward: its GroupNorm blocks on the whole latent, the rest on tiles."""
+    layers = list(decoder)
+    split = 1 + max(
+        (
+            i
+            for i, layer in enumerate(layers)
+            for m in layer.modules()
+            if isinstance(m, nn.GroupNorm)
+        ),
+        default=-1,
+    )
+    x = latent
+    for layer in layers[:split]:
+        x = layer(x)
+    tick()
+    rest = nn.Sequential(*layers[split:])
+    halo, scale = _reach(layers[split:]) + 1, decoder.scale
+    height, width = x.shape[-2:]
+    out = None
+    for top in range(0, height, TINY_CORE):
+        for left in range(0, width, TINY_CORE):
+            bottom, right = min(top + TINY_CORE, height), min(left + TINY_CORE, width)
+            y0, x0 = max(top - halo, 0), max(left - halo, 0)
+            piece = rest(x[..., y0 : min(bottom + halo, height), x0 : min(right + halo, width)])
+            piece = piece[
+                ...,
+                (top - y0) * scale : (bottom - y0) * scale,
+                (left - x0) * scale : (right - x0) * scale,
+            ]
+            if out is None:
+                shape = (*piece.shape[:2], height * scale, width * scale)
+                out = piece.new_empty(shape)
+            out[..., top * scale : bottom * scale, left * scale : right * scale] = piece
+            tick()
+    assert out is not None
+    return out * 2 - 1
+
+
+def decode(decoder: nn.Module, l_0: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+    """D of any kind on the whole of l_0, as ``decoder(l_0)`` computes it; see the module."""
+    tick = Ticker(progress, decoder_steps(decoder, *l_0.shape[-2:]))
+    if not hasattr(decoder, "up_blocks"):
+        return _tiny_decode(decoder, l_0, tick)
+    return _sd_decode(decoder, l_0, tick)
