@@ -454,7 +454,12 @@ def find_ladder(
     elif len({b.variant for b in found}) > 1:
         default = find_bundle(weights)  # the default bundle names the default variant
         found = [b for b in found if b.variant == default.variant]
-    return Ladder(found)
+    # A lambda found twice (an installed copy of weights/, or a bundle of one's own in
+    # $AEIC_WEIGHTS): the first in search order, as find_bundle picks.
+    first: dict[float | None, BundleInfo] = {}
+    for b in found:
+        first.setdefault(b.lambda_, b)
+    return Ladder(list(first.values()))
 
 
 def resolve_rate(

@@ -23,8 +23,10 @@ from aeic_codec.rate import (
     Ladder,
     RateCurve,
     RateError,
+    find_ladder,
     fit_budget,
     q_grid,
+    resolve_rate,
 )
 from tests.conftest import make_image
 
@@ -140,6 +142,18 @@ def test_a_budget_at_the_top_stays_in_the_first_rung() -> None:
 
 
 # ------------------------------------------------------------------ shipped bundles
+
+
+def test_a_bundle_found_twice_counts_once(tmp_path: Path, monkeypatch) -> None:
+    """An installed copy of weights/ (or one's own bundle of a shipped lambda) in the
+    search path: the first found serves that lambda, as find_bundle picks it."""
+    l64 = next(p for p in SHIPPED if p.stem.endswith("l64"))
+    (tmp_path / l64.name).write_bytes(l64.read_bytes())
+    monkeypatch.setenv("AEIC_WEIGHTS", str(tmp_path))
+    ladder = find_ladder()
+    assert [r.lambda_ for r in ladder.rungs] == [12.0, 64.0, 500.0]
+    assert ladder.rungs[1].info is not None and ladder.rungs[1].info.path.parent == tmp_path
+    assert resolve_rate(lambda_=30.0)[1] != 256
 
 
 @pytest.fixture(scope="module")
