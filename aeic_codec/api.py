@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from .config import ModelConfig
+    from .intnet import Start
     from .model import AEIC
     from .realism import RealismDecoder
     from .tiling import Progress
@@ -203,10 +204,9 @@ def encode_image(
     ``qstep`` quantises y with step qstep / 256 instead of the trained 1 (integer path;
     ``resolve_rate`` turns a lambda into a bundle and a step). ``size`` (bytes) or ``bpp``
     asks instead for the best file of at most that many bytes (``bpp * width * height /
-    8``, rounded down): the first setting in lambda order that fits, searched over the
-    steps of ``model``, or over the bundles and steps of a ``ModelLadder``; g_a runs once
-    per bundle tried and only the entropy coding per step. A budget that nothing fits
-    raises RateError naming the smallest file.
+    8``, rounded down): the finest fitting step of ``model``, or of the bundle of a
+    ``ModelLadder`` that ``rate.fit_budget`` picks; g_a runs once and only the entropy
+    coding per step. A budget that nothing fits raises RateError naming the smallest file.
     """
     import torch
 
@@ -228,15 +228,17 @@ def encode_image(
         if integer is False:
             raise ValueError("a byte budget needs the integer entropy path")
         coders: dict[int, _FileCoder] = {}
+        results: dict[tuple[int, int], EncodeResult] = {}
 
         def encode(rung: int, q: int) -> bytes:
             if rung not in coders:
                 m = ladder.model(rung)
                 coders[rung] = _FileCoder(m, image, x, colour_fix, colour_grid, None, device, dtype)
-            return coders[rung].encode(q).data
+            results[rung, q] = coders[rung].encode(q)
+            return results[rung, q].data
 
         fit = fit_budget(ladder.ladder, budget, h * w, encode, rate_ratio(image))
-        result = coders[fit.rung].last(fit.qstep)
+        result = results[fit.rung, fit.qstep]
         result.trials = fit.trials
         model = ladder.model(fit.rung)
     if verify:
@@ -287,12 +289,11 @@ class _FileCoder:
             colour_grid = bool(model.cfg.colour_grid)
         self.y, self.z = model.analyse(x, device, dtype)
         self.colour, self.grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
-        self._results: dict[int, EncodeResult] = {}
-        self._hyper: object | None = None  # h_s's output: the same at every step
+        self._start: Start | None = None  # h_s and step 0: the same at every step
 
     def encode(self, qstep: int) -> EncodeResult:
-        result = self.model.code_latents(self.y, self.z, self.integer, qstep, self._hyper)
-        self._hyper = result.hyper
+        result = self.model.code_latents(self.y, self.z, self.integer, qstep, self._start)
+        self._start = result.start
         digest = result.digest[:DIGEST_SIZE] if result.digest is not None else None
         model = self.model
         model_id = model.identity if digest is None else model.integer_identity
@@ -308,15 +309,9 @@ class _FileCoder:
             digest,
             qstep,
         )
-        out = EncodeResult(
+        return EncodeResult(
             pack(f), result.stream_bits, result.y_hat, result.digest, model_id, qstep
         )
-        self._results[qstep] = out
-        return out
-
-    def last(self, qstep: int) -> EncodeResult:
-        """The result of an earlier ``encode(qstep)``."""
-        return self._results[qstep]
 
 
 def _colour_info(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import allocator, startup
 from .bundle import BundleError
-from .container import FormatError
+from .container import QSTEP_ONE, FormatError
 from .imageio import ImageError
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class EncodeWork(_Work):
     device: str = "cpu"
     precision: str = "auto"
     verify: bool = False
-    qstep: int = 256  # y's quantisation step in 1/256 (rate.py)
+    qstep: int = QSTEP_ONE  # y's quantisation step in 1/256 (rate.py)
     ladder: Any = None  # a rate.Ladder: the bundles a budget chooses from
     size: int | None = None
     bpp: float | None = None

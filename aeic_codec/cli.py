@@ -22,7 +22,7 @@ import click
 from . import allocator, batch, startup
 from .batch import Outcome, Task, TaskFailed, read_source
 from .bundle import BundleError
-from .container import FormatError, check_magic
+from .container import QSTEP_ONE, FormatError, check_magic
 from .imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from .progress import BatchProgress
 
@@ -444,9 +444,9 @@ def encode(
             raise click.UsageError("--size and --bpp need the integer entropy path")
         ladder = find_ladder(weights, variant=variant) if budget else None
         info, qstep = (
-            (None, 256) if budget else resolve_rate(weights, lambda_=lambda_, variant=variant)
+            (None, QSTEP_ONE) if budget else resolve_rate(weights, lambda_=lambda_, variant=variant)
         )
-        if float_entropy and qstep != 256:
+        if float_entropy and qstep != QSTEP_ONE:
             raise click.UsageError(
                 f"lambda {lambda_:g} is no bundle's own: it needs the integer entropy path"
             )

@@ -50,7 +50,7 @@ class Compressed:
     # the float path, of the table frequencies on the integer path (cheap: no tanh/erfc).
     stream_bits: list[float]
     digest: bytes | None = None  # entropy digest of the integer path (None: float path)
-    hyper: object | None = None  # the integer path's intnet.Start, reusable at another qstep
+    start: Start | None = None  # the integer path's h_s and step 0, reusable at another qstep
 
     @property
     def estimated_bits(self) -> float:
@@ -193,18 +193,18 @@ class AEIC(nn.Module):
         z: torch.Tensor,
         integer: bool | None = None,
         qstep: int = QSTEP_ONE,
-        hyper: object | None = None,
+        start: Start | None = None,
     ) -> Compressed:
         """The entropy coding of ``analyse``'s y and z: what a rate search repeats.
 
         A ``qstep`` other than QSTEP_ONE (256) quantises y with step qstep / 256 instead of
         the trained 1: coarser for fewer bytes, finer for more (format version 4).
-        ``hyper`` is an earlier result's ``hyper`` for the same z (it does not depend on
+        ``start`` is an earlier result's ``start`` for the same z (it does not depend on
         the step).
         """
         z_tables, y_tables = self._tables()
         if self.integer is not None if integer is None else integer:
-            return self._compress_integer(y, z, qstep, hyper)
+            return self._compress_integer(y, z, qstep, start)
         if qstep != QSTEP_ONE:
             raise ValueError("another quantisation step needs the integer entropy path")
         eb = self.entropy_bottleneck
@@ -232,7 +232,7 @@ class AEIC(nn.Module):
         return Compressed(streams, y_hat, bits)
 
     def _compress_integer(
-        self, y: torch.Tensor, z: torch.Tensor, qstep: int, hyper: object | None
+        self, y: torch.Tensor, z: torch.Tensor, qstep: int, start: Start | None
     ) -> Compressed:
         z_tables, y_tables = self._tables()
         ie = self._integer()
@@ -254,7 +254,7 @@ class AEIC(nn.Module):
             bits.append(enc.bits)
             return sym
 
-        start = hyper if isinstance(hyper, Start) else ie.start(z_sym, y.shape[-2:])
+        start = start if start is not None else ie.start(z_sym, y.shape[-2:])
         y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step, qstep, start)
         return Compressed(streams, y_hat, bits, digest, start)
 

@@ -8,7 +8,8 @@ pictures are the best of the ladder's, found from the rate curve each bundle car
 (``rate_curve`` metadata: bpp and PSNR against qstep on calibration images, written by
 ``aeic weights calibrate-rate``). A lambda between two bundles' maps to a target rate on
 the log-log line between their rates, and so to one bundle and one step; a byte budget
-is met by the first setting, in lambda order, whose file fits (``fit_budget``).
+is met by the finest fitting step of the bundle best at the budget's rate for the image
+(``fit_budget``).
 docs/architecture.md, section 11, explains the choices.
 """
 
@@ -243,14 +244,12 @@ class Ladder:
             )
         assert self.curves is not None
         bpp = self._target_bpp(lam)
-        for rung, curve in zip(self.rungs, self.curves, strict=True):
-            if bpp >= curve.bpp_at(rung.q_hi) or rung is self.rungs[-1]:
-                q = round(curve.q_at_bpp(bpp))
-                return rung.info, min(max(q, rung.q_lo), rung.q_hi)
-        raise AssertionError("unreachable")
+        r = self.start_rung(bpp)
+        rung, q = self.rungs[r], round(self.curves[r].q_at_bpp(bpp))
+        return rung.info, min(max(q, rung.q_lo), rung.q_hi)
 
     def start_rung(self, bpp: float) -> int:
-        """The rung whose calibrated rates hold ``bpp``: where a budget search starts."""
+        """The rung whose calibrated rates hold ``bpp`` (the last for rates below all)."""
         if self.curves is None:
             return 0
         for i, (rung, curve) in enumerate(zip(self.rungs, self.curves, strict=True)):
