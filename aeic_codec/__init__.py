@@ -2,7 +2,7 @@
 
 import os
 
-from .cpu import limit_libraries
+from aeic_codec.runtime.cpu import limit_libraries
 
 # MKL's strict reproducibility mode makes GEMM results independent of the number of
 # threads. The entropy parameters must come out bit-identical on encoder and decoder,

@@ -12,20 +12,28 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .bundle import BundleError, find_bundle, load_bundle
-from .container import DIGEST_SIZE, QSTEP_ONE, AeicFile, ColourGrid, FormatError, pack, unpack
-from .imageio import DEFAULT_MAX_PIXELS
-from .rate import Ladder, RateError, find_ladder, fit_budget, rate_ratio
-from .rate import resolve_rate as resolve_rate  # part of this API
+from aeic_codec.bundles.bundle import BundleError, find_bundle, load_bundle
+from aeic_codec.bundles.rate import Ladder, RateError, find_ladder, fit_budget, rate_ratio
+from aeic_codec.bundles.rate import resolve_rate as resolve_rate
+from aeic_codec.format.container import (
+    DIGEST_SIZE,
+    QSTEP_ONE,
+    AeicFile,
+    ColourGrid,
+    FormatError,
+    pack,
+    unpack,
+)
+from aeic_codec.runtime.imageio import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     import torch
 
-    from .config import ModelConfig
-    from .intnet import Start
-    from .model import AEIC
-    from .realism import RealismDecoder
-    from .tiling import Progress
+    from aeic_codec.codec.model import AEIC
+    from aeic_codec.codec.realism import RealismDecoder
+    from aeic_codec.codec.tiling import Progress
+    from aeic_codec.entropy_models.intnet import Start
+    from aeic_codec.nn.config import ModelConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -115,8 +123,8 @@ def measure_rate_curve(
     What a bundle's ``rate_curve`` holds (rate.py): where its pictures beat its
     neighbours' in a ladder, and which step gives a lambda between theirs.
     """
-    from .metrics import psnr_u8
-    from .rate import CALIBRATION_STEPS
+    from aeic_codec.bundles.rate import CALIBRATION_STEPS
+    from aeic_codec.codec.metrics import psnr_u8
 
     steps = list(qsteps or CALIBRATION_STEPS)
     rates: dict[int, list[float]] = {q: [] for q in steps}
@@ -138,8 +146,8 @@ def _padded(image: np.ndarray) -> torch.Tensor:
     """The encoder's input: (1, 3, H, W) in [-1, 1], mirror-padded to a multiple of 64."""
     import torch
 
-    from .model import PAD
-    from .transforms import from_pixels, pad_reflect
+    from aeic_codec.codec.model import PAD
+    from aeic_codec.nn.transforms import from_pixels, pad_reflect
 
     # A copy when read-only (Pillow's arrays are): torch warns about non-writable arrays.
     pixels = np.ascontiguousarray(image) if image.flags.writeable else image.copy()
@@ -163,7 +171,7 @@ def load_decoder(
         raise BundleError(
             f"{info.path}: this bundle has no realism decoder; decode with --realism 0"
         )
-    from .realism import needs_fidelity
+    from aeic_codec.codec.realism import needs_fidelity
 
     fidelity = needs_fidelity(r, info.realism)
     return load_bundle(info.path, encoder=False, decoder=fidelity, realism=r > 0)
@@ -318,8 +326,8 @@ def _colour_info(
     image: np.ndarray, cfg: ModelConfig, colour_fix: bool, colour_grid: bool
 ) -> tuple[tuple[int, ...] | None, ColourGrid | None]:
     """The colour statistics and the coded colour grid a file carries (None: not sent)."""
-    from .colour import DEFAULT_GRID, grid_levels, source_stats
-    from .grid_coder import encode_grid
+    from aeic_codec.codec.colour import DEFAULT_GRID, grid_levels, source_stats
+    from aeic_codec.format.grid_coder import encode_grid
 
     colour = source_stats(image) if colour_fix else None
     if not colour_grid:
@@ -370,8 +378,8 @@ def latent_and_digest(
     latents would be garbage, so nothing is decoded further. ``progress`` hears of each
     of the four context steps: (1, 4) to (4, 4).
     """
-    from .coder import CodingError
-    from .model import LatentError, latent_size
+    from aeic_codec.codec.model import LatentError, latent_size
+    from aeic_codec.format.coder import CodingError
 
     expected = model.integer_identity if f.integer else model.identity
     if model.identity is not None and f.model_id_hex != expected:
@@ -407,7 +415,7 @@ def latent_and_digest(
 
 def read_grid(f: AeicFile) -> np.ndarray | None:
     """The colour grid's levels (3 x rows x columns), None without a grid; no torch needed."""
-    from .grid_coder import GridError, decode_grid
+    from aeic_codec.format.grid_coder import GridError, decode_grid
 
     if f.grid is None:
         return None
@@ -458,7 +466,7 @@ def cpu_has_native_bf16() -> bool:
 
     ``AEIC_MAX_CPU_ISA=AVX2`` says no (cpu.py).
     """
-    from .cpu import has
+    from aeic_codec.runtime.cpu import has
 
     return has("avx512_bf16", "amx_bf16")
 
@@ -480,9 +488,9 @@ def synthesize(
     """
     import torch
 
-    from . import layerwise
-    from .attention import local_attention
-    from .tiling import denoise_steps, tiled_denoise
+    from aeic_codec.codec import layerwise
+    from aeic_codec.codec.tiling import denoise_steps, tiled_denoise
+    from aeic_codec.nn.attention import local_attention
 
     if model.g_s is None or model.denoiser is None or model.vae is None:
         raise RuntimeError("this model was loaded without its decoder")
@@ -596,8 +604,8 @@ def decode_image(
     bend faces, which looks less like a photograph than the fidelity decoder's blur
     (README, "Default models").
     """
-    from .colour import apply_colour_fix, apply_grid
-    from .realism import detail_blend, needs_fidelity
+    from aeic_codec.codec.colour import apply_colour_fix, apply_grid
+    from aeic_codec.codec.realism import detail_blend, needs_fidelity
 
     r = check_realism(realism)
     if r > 0 and model.realism is None:

@@ -19,7 +19,7 @@ def machine_line() -> str:
                     break
     except OSError:
         pass
-    from aeic_codec.cpu import ISA_VARIABLE, avx2_ceiling
+    from aeic_codec.runtime.cpu import ISA_VARIABLE, avx2_ceiling
 
     ceiling = f" | {ISA_VARIABLE}=AVX2 (paths of an AVX2-only CPU)" if avx2_ceiling() else ""
     return (

@@ -5,15 +5,15 @@ Usage: python -m bench.complexity.py
 
 from __future__ import annotations
 
-from aeic_codec.complexity import (
+from aeic_codec.codec.complexity import (
     encoder_macs_per_pixel,
     encoder_params,
     param_count,
     synthesis_macs_per_pixel,
 )
-from aeic_codec.config import AEIC_ME, AEIC_SE
-from aeic_codec.model import AEIC
-from aeic_codec.transforms import SynthesisTransform
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.config import AEIC_ME, AEIC_SE
+from aeic_codec.nn.transforms import SynthesisTransform
 from bench._machine import machine_line
 
 PAPER = {"AEIC-SE": ("16.10 M", "46.02 K"), "AEIC-ME": ("55.91 M", "204.26 K")}

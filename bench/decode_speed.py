@@ -7,7 +7,7 @@ decoding a large image (2048x2048 by default) in a fresh process.
 Usage: python -m bench.decode_speed [--variant AEIC-SE] [--large 2048x2048] [--skip-fp32]
 
 With ``AEIC_MAX_CPU_ISA=AVX2`` in the environment it measures the paths of a CPU with AVX2
-alone (``aeic_codec/cpu.py``; the machine line says so).
+alone (``aeic_codec/runtime/cpu.py``; the machine line says so).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from aeic_codec import api
-from aeic_codec.allocator import keep_freed_memory
-from aeic_codec.config import PRESETS
-from aeic_codec.model import AEIC
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.config import PRESETS
+from aeic_codec.runtime.allocator import keep_freed_memory
 from bench._machine import machine_line, peak_rss_mb
 
 
@@ -62,7 +62,7 @@ def peak_child(variant: str, h: int, w: int, precision: str) -> dict[str, float]
         "import json, time\n"
         "from bench.decode_speed import build, image\n"
         "from aeic_codec import api\n"
-        "from aeic_codec.allocator import keep_freed_memory\n"
+        "from aeic_codec.runtime.allocator import keep_freed_memory\n"
         "from bench._machine import peak_rss_mb\n"
         "keep_freed_memory()\n"
         f"m, _ = build({variant!r}); data = api.encode(image({h}, {w}), m)\n"
@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--skip-fp32", action="store_true")
     args = p.parse_args()
-    keep_freed_memory()  # as the aeic command does (aeic_codec/allocator.py)
+    keep_freed_memory()  # as the aeic command does (aeic_codec/runtime/allocator.py)
     print(machine_line())
     model, load = build(args.variant)
     print(f"{args.variant}: model build {load:.1f} s (excluded below)")

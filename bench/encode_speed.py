@@ -17,14 +17,14 @@ change in the machine's load hits both alike), reporting the median and the best
   each are printed too (random weights: a check that the paths agree, not a rate figure).
 
 Like the ``aeic`` command, the process first sets glibc's malloc to keep freed memory
-(``aeic_codec/allocator.py``); ``--glibc-defaults`` leaves it as it is.
+(``aeic_codec/runtime/allocator.py``); ``--glibc-defaults`` leaves it as it is.
 
 Usage: python -m bench.encode_speed [--only small|se] [--rounds 5] [--threads 2]
                                     [--bundle weights/aeic-small-l12.safetensors]
                                     [--glibc-defaults]
 
 With ``AEIC_MAX_CPU_ISA=AVX2`` in the environment it measures the paths of a CPU with AVX2
-alone (``aeic_codec/cpu.py``; the machine line says so).
+alone (``aeic_codec/runtime/cpu.py``; the machine line says so).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aeic_codec.allocator import keep_freed_memory
+from aeic_codec.runtime.allocator import keep_freed_memory
 from bench._machine import machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def side_by_side(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str,
 def small(rounds: int, bundle: Path) -> dict[str, list[float]]:
     """A bundle's api.encode_image against Pillow AVIF q0, on kodim23."""
     from aeic_codec import api
-    from aeic_codec.bundle import load_bundle
+    from aeic_codec.bundles.bundle import load_bundle
 
     model = load_bundle(bundle, decoder=False)
     image = np.asarray(Image.open(IMAGE).convert("RGB"))
@@ -81,10 +81,10 @@ def small(rounds: int, bundle: Path) -> dict[str, list[float]]:
 def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, list[float]]:
     """AEIC-SE with random weights: AEIC.compress through the integer and the float path."""
     from aeic_codec import api
-    from aeic_codec.config import PRESETS
-    from aeic_codec.integerize import padded
-    from aeic_codec.intnet import WEIGHT_PLANS, IntegerEntropy, integerize
-    from aeic_codec.model import AEIC
+    from aeic_codec.codec.model import AEIC
+    from aeic_codec.entropy_models.intnet import WEIGHT_PLANS, IntegerEntropy, integerize
+    from aeic_codec.nn.config import PRESETS
+    from aeic_codec.tools.integerize import padded
 
     torch.manual_seed(0)
     model = AEIC(PRESETS["AEIC-SE"], decoder=False).eval()

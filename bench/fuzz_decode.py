@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from aeic_codec import api
-from aeic_codec.bundle import load_bundle, save_bundle
-from aeic_codec.config import tiny_config
-from aeic_codec.container import AeicFile, FormatError, pack, unpack
-from aeic_codec.model import AEIC
+from aeic_codec.bundles.bundle import load_bundle, save_bundle
+from aeic_codec.codec.model import AEIC
+from aeic_codec.format.container import AeicFile, FormatError, pack, unpack
+from aeic_codec.nn.config import tiny_config
 from bench._machine import machine_line, peak_rss_mb
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from aeic_codec import api
-from aeic_codec.bundle import find_bundle, load_bundle
-from aeic_codec.metrics import ms_ssim_u8, psnr_u8
+from aeic_codec.bundles.bundle import find_bundle, load_bundle
+from aeic_codec.codec.metrics import ms_ssim_u8, psnr_u8
 from bench._machine import machine_line
 from bench.rd_kodak import ROOT, kodak_images, load_rgb, measure_anchor
 from bench.rd_kodak import _downscaled as downscaled

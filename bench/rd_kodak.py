@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aeic_codec.allocator import keep_freed_memory
-from aeic_codec.metrics import (
+from aeic_codec.codec.metrics import (
     SPECTRUM_BANDS,
     band_power_db,
     lattice_rms,
@@ -43,6 +42,7 @@ from aeic_codec.metrics import (
     orientation_error,
     psnr_u8,
 )
+from aeic_codec.runtime.allocator import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -110,7 +110,7 @@ def load_rgb(path: Path) -> np.ndarray:
 
 def realism_settings(path: Path) -> list[float]:
     """The realism values a bundle is measured at: 0, and 1 when it has a realism decoder."""
-    from aeic_codec.bundle import read_info
+    from aeic_codec.bundles.bundle import read_info
 
     return [0.0, 1.0] if read_info(path).realism is not None else [0.0]
 
@@ -120,7 +120,7 @@ def measure_bundle(
 ) -> Point:
     """Encode and decode every image with one bundle, timing both (model loaded once)."""
     from aeic_codec import api
-    from aeic_codec.bundle import load_bundle
+    from aeic_codec.bundles.bundle import load_bundle
 
     model = load_bundle(path, realism=realism > 0)
     label = model_label(path) + (f" realism {realism:g}" if realism_settings(path)[1:] else "")
@@ -138,14 +138,14 @@ def measure_bundle(
 
 def shipped_bundles() -> list[Path]:
     """The bundles in weights/, highest rate first (lowest lambda)."""
-    from aeic_codec.bundle import read_info
+    from aeic_codec.bundles.bundle import read_info
 
     paths = ROOT.glob("weights/*.safetensors")
     return sorted(paths, key=lambda p: (read_info(p).lambda_ or 0.0, p.name))
 
 
 def model_label(path: Path) -> str:
-    from aeic_codec.bundle import read_info
+    from aeic_codec.bundles.bundle import read_info
 
     info = read_info(path)
     lam = f" λ={info.lambda_:g}" if info.lambda_ is not None else ""
@@ -286,7 +286,7 @@ def crops(
     from PIL import ImageDraw
 
     from aeic_codec import api
-    from aeic_codec.bundle import load_bundle
+    from aeic_codec.bundles.bundle import load_bundle
 
     src = load_rgb(image)
     h, w = src.shape[:2]
@@ -316,7 +316,7 @@ def realism_crops(bundle: Path, images: list[Path], out: Path, side: int = 256) 
     from PIL import ImageDraw
 
     from aeic_codec import api
-    from aeic_codec.bundle import load_bundle
+    from aeic_codec.bundles.bundle import load_bundle
 
     model = load_bundle(bundle, realism=True)
     rows = []
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench._machine import machine_line
 
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as the aeic command does (aeic_codec/allocator.py)
+    keep_freed_memory()  # as the aeic command does (aeic_codec/runtime/allocator.py)
     images = kodak_images(args.kodak, args.limit)
     shipped = shipped_bundles()
     bundles = args.weights if args.weights is not None else shipped

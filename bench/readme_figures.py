@@ -17,14 +17,14 @@ import struct
 import sys
 from pathlib import Path
 
-from aeic_codec.bundle import (
+from aeic_codec.bundles.bundle import (
     DECODER_PARTS,
     INTEGER_PREFIX,
     REALISM_PREFIX,
-    SCALE_PREFIX,
     SHARED_PARTS,
     SUFFIX,
 )
+from aeic_codec.nn.int8 import SCALE_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aeic_codec.metrics import SPECTRUM_BANDS
+from aeic_codec.codec.metrics import SPECTRUM_BANDS
 
 BANDS = [f"1/{round(1 / lo)}-1/{round(1 / hi)}" for lo, hi in SPECTRUM_BANDS]
 

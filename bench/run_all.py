@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from aeic_codec.allocator import keep_freed_memory
+from aeic_codec.runtime.allocator import keep_freed_memory
 from bench import rd_kodak
 
 if TYPE_CHECKING:
-    from aeic_codec.config import ModelConfig
-    from aeic_codec.model import AEIC
+    from aeic_codec.codec.model import AEIC
+    from aeic_codec.nn.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMS = ("z", "step 0", "step 1", "step 2", "step 3")
@@ -153,10 +153,10 @@ def random_model(cfg: ModelConfig, encoder: bool = True, decoder: bool = True) -
     """
     import torch
 
-    from aeic_codec.denoiser import Denoiser
-    from aeic_codec.model import AEIC
-    from aeic_codec.transforms import SynthesisTransform
-    from aeic_codec.vae import LiteVAEDecoder
+    from aeic_codec.codec.model import AEIC
+    from aeic_codec.nn.denoiser import Denoiser
+    from aeic_codec.nn.transforms import SynthesisTransform
+    from aeic_codec.nn.vae import LiteVAEDecoder
 
     torch.manual_seed(0)
     model = AEIC(cfg, encoder=True, decoder=False)
@@ -176,8 +176,8 @@ def random_model(cfg: ModelConfig, encoder: bool = True, decoder: bool = True) -
 
 def load_model(spec: dict[str, str], encoder: bool = True, decoder: bool = True) -> AEIC:
     """{"bundle": path} or {"config": json}: a shipped bundle or a random-weight preset."""
-    from aeic_codec.bundle import load_bundle
-    from aeic_codec.config import ModelConfig
+    from aeic_codec.bundles.bundle import load_bundle
+    from aeic_codec.nn.config import ModelConfig
 
     if "bundle" in spec:
         return load_bundle(spec["bundle"], encoder=encoder, decoder=decoder)
@@ -200,9 +200,9 @@ def complexity(plan: Plan) -> str:
     """Params and MACs per pixel, counted on the "meta" device (nothing is computed)."""
     import torch
 
-    from aeic_codec import complexity as cx
-    from aeic_codec.bundle import read_info
-    from aeic_codec.model import AEIC
+    from aeic_codec.bundles.bundle import read_info
+    from aeic_codec.codec import complexity as cx
+    from aeic_codec.codec.model import AEIC
 
     configs = list(plan.presets)
     if plan.bundles:
@@ -261,8 +261,8 @@ def _unmerged_decoder_params(model: AEIC) -> int | None:
 
     import torch
 
-    from aeic_codec import complexity as cx
-    from aeic_codec.lora import add_lora
+    from aeic_codec.codec import complexity as cx
+    from aeic_codec.nn.lora import add_lora
 
     with torch.device("meta"):
         denoiser = add_lora(copy.deepcopy(model.denoiser))
@@ -321,7 +321,7 @@ def _model_speed(
 
 
 def speed(plan: Plan) -> str:
-    from aeic_codec.bundle import load_bundle
+    from aeic_codec.bundles.bundle import load_bundle
 
     rows: list[list[str]] = []
     files: dict[tuple[int, int], bytes] = {}
@@ -462,8 +462,8 @@ def startup(plan: Plan, files: dict[tuple[int, int], bytes]) -> str:
 def entropy(plan: Plan) -> str:
     """Stream bytes against the model's information estimate, and the container overhead."""
     from aeic_codec import api
-    from aeic_codec.bundle import load_bundle
-    from aeic_codec.container import unpack
+    from aeic_codec.bundles.bundle import load_bundle
+    from aeic_codec.format.container import unpack
 
     if not plan.bundles:
         return heading("Entropy coding") + "\nNo shipped bundle: not measured."
@@ -518,8 +518,8 @@ def integer_path(plan: Plan) -> str:
     import io
 
     from aeic_codec import api
-    from aeic_codec.bundle import load_bundle
-    from aeic_codec.integerize import integer_cost
+    from aeic_codec.bundles.bundle import load_bundle
+    from aeic_codec.tools.integerize import integer_cost
 
     title = heading("Integer entropy path")
     bundles = [p for p in plan.bundles if load_bundle(p, decoder=False).integer is not None]
@@ -732,7 +732,7 @@ def run(plan: Plan, only: str | None = None) -> Path:
     from bench._machine import machine_line
 
     torch.set_num_threads(plan.threads)
-    keep_freed_memory()  # as the aeic command does (aeic_codec/allocator.py)
+    keep_freed_memory()  # as the aeic command does (aeic_codec/runtime/allocator.py)
     plan.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     parts, timings = [], []
@@ -757,7 +757,7 @@ def run(plan: Plan, only: str | None = None) -> Path:
 
 
 def plan_for(quick: bool, out: Path, threads: int) -> Plan:
-    from aeic_codec.config import PRESETS
+    from aeic_codec.nn.config import PRESETS
 
     kodak = rd_kodak.kodak_images(rd_kodak.KODAK)
     bundles = rd_kodak.shipped_bundles()
@@ -804,10 +804,10 @@ def slice_plan(work: Path) -> Plan:
     """Every section in seconds: a tiny random bundle, a tiny preset and two 64x48 images."""
     import torch
 
-    from aeic_codec.bundle import save_bundle
-    from aeic_codec.config import tiny_config
-    from aeic_codec.integerize import integerize_bundle
-    from aeic_codec.model import AEIC
+    from aeic_codec.bundles.bundle import save_bundle
+    from aeic_codec.codec.model import AEIC
+    from aeic_codec.nn.config import tiny_config
+    from aeic_codec.tools.integerize import integerize_bundle
 
     (work / "weights").mkdir(parents=True, exist_ok=True)
     (work / "images").mkdir(exist_ok=True)

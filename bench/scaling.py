@@ -28,7 +28,7 @@ SAMPLE = ROOT / "docs" / "kodim23.png"
 _CHILD = """
 import json, sys, time
 from aeic_codec import api
-from aeic_codec.allocator import keep_freed_memory
+from aeic_codec.runtime.allocator import keep_freed_memory
 from bench._machine import peak_rss_mb
 keep_freed_memory()  # as the aeic command does
 job = json.loads(sys.argv[1])
@@ -36,7 +36,7 @@ if job["threads"]:
     import torch
     torch.set_num_threads(job["threads"])
 if job["kind"] == "encode":
-    from aeic_codec.imageio import read_image
+    from aeic_codec.runtime.imageio import read_image
     image, _ = read_image(job["image"])
     model = api.load_model(lambda_=job["lambda"], decoder=False)
     start = time.perf_counter()

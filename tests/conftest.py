@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from aeic_codec.bundle import save_bundle
-from aeic_codec.config import tiny_config
-from aeic_codec.model import AEIC
+from aeic_codec.bundles.bundle import save_bundle
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.config import tiny_config
 
 
 def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -33,7 +33,7 @@ def kodak_folder() -> Path | None:
 
 def machine_kind() -> str:
     """What decides the float networks' rounding: the CPU's bf16 path and the threads."""
-    from aeic_codec import cpu
+    from aeic_codec.runtime import cpu
 
     isa = "amx" if cpu.has("amx_bf16") else "avx512bf16" if cpu.has("avx512_bf16") else "avx2"
     return f"{isa}-threads{THREADS}"
@@ -45,7 +45,7 @@ def compute(folder: Path, log: bool = False) -> dict[str, str]:
     import torch
 
     from aeic_codec.api import decode_image, encode_image, load_model
-    from aeic_codec.imageio import read_image
+    from aeic_codec.runtime.imageio import read_image
 
     torch.set_num_threads(THREADS)
     out: dict[str, str] = {}

@@ -45,7 +45,7 @@ def _probe(setup: str) -> tuple[int, int]:
 
 def test_large_blocks_come_from_the_heap_afterwards():
     setup = (
-        "from aeic_codec.allocator import keep_freed_memory\n"
+        "from aeic_codec.runtime.allocator import keep_freed_memory\n"
         "assert keep_freed_memory() and keep_freed_memory()"
     )
     assert _probe(setup) == (1, 0)

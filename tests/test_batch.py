@@ -12,8 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from aeic_codec import batch
-from aeic_codec.cli import main
+from aeic_codec.cli import batch, main
 
 from .conftest import make_image
 

@@ -93,7 +93,7 @@ def test_corrupt_files_fail_cleanly(tmp_path, png_file, tiny_bundle, mutate, mes
 
 
 def test_absurd_dimensions_refused(tmp_path: Path):
-    from aeic_codec.container import AeicFile, pack
+    from aeic_codec.format.container import AeicFile, pack
 
     f = AeicFile(200000, 200000, b"\0\0\0\0", (b"",) * 5)
     path = tmp_path / "huge.aeic"
@@ -195,7 +195,7 @@ def test_weights_set_grid_copies_the_weights(tmp_path, png_file, tiny_bundle):
     from safetensors import safe_open
 
     from aeic_codec.api import read_header
-    from aeic_codec.bundle import read_info
+    from aeic_codec.bundles.bundle import read_info
 
     new = tmp_path / "grid.safetensors"
     args = ("weights", "set-grid", str(tiny_bundle), "-o", str(new))

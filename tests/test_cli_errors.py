@@ -21,11 +21,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from aeic_codec import batch
-from aeic_codec.bundle import BundleError, find_bundle, save_bundle
-from aeic_codec.cli import main
-from aeic_codec.config import tiny_config
-from aeic_codec.model import AEIC
+from aeic_codec.bundles.bundle import BundleError, find_bundle, save_bundle
+from aeic_codec.cli import batch, main
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.config import tiny_config
 
 from .conftest import make_image
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from aeic_codec.progress import BatchProgress
+from aeic_codec.runtime.progress import BatchProgress
 
 from .conftest import make_image
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from aeic_codec import api, blocks
-from aeic_codec.bundle import load_bundle
-from aeic_codec.colour import grid_levels
-from aeic_codec.complexity import (
+from aeic_codec import api
+from aeic_codec.bundles.bundle import load_bundle
+from aeic_codec.codec.colour import grid_levels
+from aeic_codec.codec.complexity import (
     decoder_macs,
     decoder_macs_per_pixel,
     decoder_params,
@@ -19,11 +19,12 @@ from aeic_codec.complexity import (
     encoder_params,
     param_count,
 )
-from aeic_codec.config import AEIC_ME, AEIC_SE, tiny_config
-from aeic_codec.container import ColourGrid, FormatError, pack, unpack
-from aeic_codec.cpu import avx2_ceiling
-from aeic_codec.model import AEIC, latent_size
-from aeic_codec.transforms import pad_reflect
+from aeic_codec.codec.model import AEIC, latent_size
+from aeic_codec.format.container import ColourGrid, FormatError, pack, unpack
+from aeic_codec.nn import blocks
+from aeic_codec.nn.config import AEIC_ME, AEIC_SE, tiny_config
+from aeic_codec.nn.transforms import pad_reflect
+from aeic_codec.runtime.cpu import avx2_ceiling
 
 from .conftest import make_image
 from .published import manifest
@@ -118,7 +119,7 @@ def test_decoder_side_counts_match_the_paper():
 
 def test_unmerged_decoder_side_matches_the_paper():
     pytest.importorskip("peft")
-    from aeic_codec.lora import add_lora
+    from aeic_codec.nn.lora import add_lora
 
     with torch.device("meta"):
         se = AEIC(AEIC_SE)
@@ -132,7 +133,7 @@ def test_unmerged_decoder_side_matches_the_paper():
 def test_published_state_dict_layout_matches_manifest():
     layout = manifest("official_codec_AEIC-SE.json")
     model = AEIC(AEIC_SE, decoder=False)
-    from aeic_codec.transforms import SynthesisTransform
+    from aeic_codec.nn.transforms import SynthesisTransform
 
     model.g_s = SynthesisTransform(AEIC_SE)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aeic_codec import coder
-from aeic_codec.coder import StreamDecoder, StreamEncoder
-from aeic_codec.tables import FreqTables
+from aeic_codec.format import coder
+from aeic_codec.format.coder import StreamDecoder, StreamEncoder
+from aeic_codec.format.tables import FreqTables
 
 
 @pytest.fixture(scope="module")

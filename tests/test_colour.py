@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aeic_codec import colour
-from aeic_codec.colour import apply_colour_fix, apply_grid, grid_levels, source_stats
-from aeic_codec.grid_coder import GridError, decode_grid, encode_grid, grid_shape
+from aeic_codec.codec import colour
+from aeic_codec.codec.colour import apply_colour_fix, apply_grid, grid_levels, source_stats
+from aeic_codec.format.grid_coder import GridError, decode_grid, encode_grid, grid_shape
 from tests.conftest import make_image
 
 
@@ -72,7 +72,7 @@ def test_colour_fix_clamps() -> None:
 
 
 def test_no_torch_import() -> None:
-    code = "import sys, aeic_codec.colour; sys.exit('torch' in sys.modules)"
+    code = "import sys, aeic_codec.codec.colour; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 

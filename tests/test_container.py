@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aeic_codec.container import (
+from aeic_codec.format.container import (
     FORMAT_VERSION,
     MAGIC,
     MAX_DIM,
@@ -376,7 +376,7 @@ def test_doc_examples_match_pack() -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, aeic_codec.container; "
+        "import sys, aeic_codec.format.container; "
         "heavy = {'torch', 'numpy', 'diffusers', 'compressai', 'constriction'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch
 
-from aeic_codec import api, cpu, intnet
+from aeic_codec import api
+from aeic_codec.entropy_models import intnet
+from aeic_codec.runtime import cpu
 
 
 @pytest.fixture

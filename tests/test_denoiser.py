@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from aeic_codec.config import AEIC_SE, tiny_config
-from aeic_codec.denoiser import Denoiser
+from aeic_codec.nn.config import AEIC_SE, tiny_config
+from aeic_codec.nn.denoiser import Denoiser
 
 from .published import manifest
 

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from aeic_codec import api
-from aeic_codec.bundle import load_bundle
-from aeic_codec.imageio import read_image
+from aeic_codec.bundles.bundle import load_bundle
+from aeic_codec.runtime.imageio import read_image
 from aeic_codec.training import (
     CropDataset,
     Group,

@@ -14,8 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aeic_codec.container import MAGIC, MAX_DIM, NUM_STREAMS, AeicFile, FormatError, pack, unpack
-from aeic_codec.container import _varint as leb128  # only forges headers; tested elsewhere
+from aeic_codec.format.container import (
+    MAGIC,
+    MAX_DIM,
+    NUM_STREAMS,
+    AeicFile,
+    FormatError,
+    pack,
+    unpack,
+)
+from aeic_codec.format.container import _varint as leb128
 
 # No example database: it would litter the working tree, and failures print their seed.
 FUZZ = settings(max_examples=300, deadline=None, database=None)

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aeic_codec import api
-from aeic_codec.bundle import load_bundle
-from aeic_codec.container import AeicFile, ColourGrid, FormatError, pack, unpack
+from aeic_codec.bundles.bundle import load_bundle
+from aeic_codec.format.container import AeicFile, ColourGrid, FormatError, pack, unpack
 
 from .conftest import make_image
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aeic_codec.imageio import ImageError, image_shape, read_image
+from aeic_codec.runtime.imageio import ImageError, image_shape, read_image
 
 from .conftest import make_image
 

@@ -11,11 +11,11 @@ from PIL import Image
 from safetensors import safe_open
 
 from aeic_codec import api
-from aeic_codec.bundle import load_bundle, read_info
-from aeic_codec.container import unpack
-from aeic_codec.importer import CheckpointError, build_model, import_published
-from aeic_codec.integerize import PLAN_WORDS
-from aeic_codec.model import latent_size
+from aeic_codec.bundles.bundle import load_bundle, read_info
+from aeic_codec.bundles.importer import CheckpointError, build_model, import_published
+from aeic_codec.codec.model import latent_size
+from aeic_codec.format.container import unpack
+from aeic_codec.tools.integerize import PLAN_WORDS
 
 from .published import FIXTURE, write_published
 
@@ -70,7 +70,7 @@ def test_merged_import_equals_unmerged_pieces(published):
     """peft LoRA on the fly + D.conv_in derived in memory == the imported, merged model."""
     from safetensors.torch import load_file
 
-    from aeic_codec.lora import add_lora
+    from aeic_codec.nn.lora import add_lora
 
     pkl, sd, vae_path = published
     model = build_model(pkl, sd, vae_path)

@@ -23,16 +23,17 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from aeic_codec import api, intnet
-from aeic_codec.bundle import load_bundle, read_info, save_bundle
+from aeic_codec import api
+from aeic_codec.bundles.bundle import load_bundle, read_info, save_bundle
 from aeic_codec.cli import main
-from aeic_codec.coder import StreamDecoder, StreamEncoder
-from aeic_codec.config import tiny_config
-from aeic_codec.container import FormatError, pack, unpack
-from aeic_codec.context import STEPS, step_masks
-from aeic_codec.integerize import integer_cost, integerize_bundle, padded
-from aeic_codec.intnet import Act, IntOps, context_params, hyper_synthesis
-from aeic_codec.model import AEIC, hyper_size, latent_size
+from aeic_codec.codec.model import AEIC, hyper_size, latent_size
+from aeic_codec.entropy_models import intnet
+from aeic_codec.entropy_models.intnet import Act, IntOps, context_params, hyper_synthesis
+from aeic_codec.format.coder import StreamDecoder, StreamEncoder
+from aeic_codec.format.container import FormatError, pack, unpack
+from aeic_codec.nn.config import tiny_config
+from aeic_codec.nn.context import STEPS, step_masks
+from aeic_codec.tools.integerize import integer_cost, integerize_bundle, padded
 
 from .conftest import make_image
 
@@ -345,8 +346,9 @@ _CHILD = """
 import json, sys
 import numpy as np, torch
 from PIL import Image
-from aeic_codec import api, intnet
-from aeic_codec.bundle import load_bundle
+from aeic_codec import api
+from aeic_codec.entropy_models import intnet
+from aeic_codec.bundles.bundle import load_bundle
 torch.set_num_threads(int(sys.argv[1]))
 image = np.asarray(Image.open(sys.argv[2]).convert("RGB"))[:128, :192]
 out = {}
@@ -541,7 +543,7 @@ def test_integer_weights_option(tmp_path, monkeypatch, choice):
     """--integer-weights: float weights become int8 or int16 integer tensors (mixed: int8
     in the context model's blocks alone); auto takes the first of 8, mixed, 16 that costs
     at most the limit (set here to anything, or nothing: 16 in the end)."""
-    from aeic_codec import integerize
+    from aeic_codec.tools import integerize
 
     torch.manual_seed(8)
     src = tmp_path / "float.safetensors"

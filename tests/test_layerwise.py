@@ -9,12 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aeic_codec import api, attention, layerwise
-from aeic_codec.bundle import load_bundle
-from aeic_codec.config import tiny_config
-from aeic_codec.denoiser import Denoiser
-from aeic_codec.model import AEIC
-from aeic_codec.vae import build_vae
+from aeic_codec import api
+from aeic_codec.bundles.bundle import load_bundle
+from aeic_codec.codec import layerwise
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn import attention
+from aeic_codec.nn.config import tiny_config
+from aeic_codec.nn.denoiser import Denoiser
+from aeic_codec.nn.vae import build_vae
 from tests.conftest import make_image
 
 

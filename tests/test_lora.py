@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from aeic_codec.config import AEIC_SE, tiny_config
-from aeic_codec.denoiser import Denoiser
-from aeic_codec.lora import add_lora, lora_pairs, merge_and_unload, merge_lora_state
+from aeic_codec.nn.config import AEIC_SE, tiny_config
+from aeic_codec.nn.denoiser import Denoiser
+from aeic_codec.nn.lora import add_lora, lora_pairs, merge_and_unload, merge_lora_state
 
 from .published import manifest
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from aeic_codec.metrics import (
+from aeic_codec.codec.metrics import (
     SPECTRUM_BANDS,
     band_power_db,
     lattice_cell,
@@ -27,7 +27,7 @@ from .conftest import make_image
 
 
 def test_no_torch_import() -> None:
-    code = "import sys, aeic_codec.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, aeic_codec.codec.metrics; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 

@@ -14,11 +14,8 @@ import pytest
 from PIL import Image
 
 from aeic_codec import api
-from aeic_codec.bundle import BundleInfo, load_bundle, read_info
-from aeic_codec.config import tiny_config
-from aeic_codec.container import unpack
-from aeic_codec.metrics import psnr_u8
-from aeic_codec.rate import (
+from aeic_codec.bundles.bundle import BundleInfo, load_bundle, read_info
+from aeic_codec.bundles.rate import (
     SOLO_RANGE,
     Ladder,
     RateCurve,
@@ -28,6 +25,9 @@ from aeic_codec.rate import (
     q_grid,
     resolve_rate,
 )
+from aeic_codec.codec.metrics import psnr_u8
+from aeic_codec.format.container import unpack
+from aeic_codec.nn.config import tiny_config
 from tests.conftest import make_image
 
 ROOT = Path(__file__).resolve().parents[1]

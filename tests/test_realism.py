@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from aeic_codec import api
-from aeic_codec.bundle import (
+from aeic_codec.bundles.bundle import (
     BundleError,
     attach_realism,
     load_bundle,
@@ -20,10 +20,10 @@ from aeic_codec.bundle import (
     save_bundle,
 )
 from aeic_codec.cli import main
-from aeic_codec.config import AEIC_SMALL_TAEF2, ModelConfig, tiny_config
-from aeic_codec.model import AEIC
-from aeic_codec.realism import RealismDecoder
-from aeic_codec.tiny_vae import TinyDecoder, TinyEncoder, read_taef2
+from aeic_codec.codec.model import AEIC
+from aeic_codec.codec.realism import RealismDecoder
+from aeic_codec.nn.config import AEIC_SMALL_TAEF2, ModelConfig, tiny_config
+from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder, read_taef2
 from tests.conftest import make_image
 
 TAEF2 = Path(__file__).resolve().parents[2] / "shared" / "pretrained" / "taef2"
@@ -200,7 +200,7 @@ def test_the_noise_input_is_configuration_and_decodes_the_same_every_time(
 
 
 def test_gaussian_blur_is_the_documented_sum() -> None:
-    from aeic_codec.realism import gaussian_blur
+    from aeic_codec.codec.realism import gaussian_blur
 
     rng = np.random.default_rng(3)
     image = rng.random((3, 20, 31))
@@ -220,7 +220,7 @@ def test_gaussian_blur_is_the_documented_sum() -> None:
 def test_a_detail_decoder_adds_detail_to_the_fidelity_picture(
     realism_bundle: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from aeic_codec.realism import gaussian_blur
+    from aeic_codec.codec.realism import gaussian_blur
 
     plain, _ = realism_bundle
     assert "detail_sigma" not in json.loads(tiny_realism_config().to_json())  # identities kept

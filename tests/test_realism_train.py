@@ -14,18 +14,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from aeic_codec import api
-from aeic_codec.bundle import load_bundle, read_info, save_bundle
-from aeic_codec.config import AEIC_SMALL_TAEF2, tiny_config
-from aeic_codec.model import AEIC
-from aeic_codec.tiny_vae import TinyDecoder, TinyEncoder
+from aeic_codec.bundles.bundle import load_bundle, read_info, save_bundle
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.config import AEIC_SMALL_TAEF2, tiny_config
+from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 from aeic_codec.training.losses import spectrum_distance
-from aeic_codec.training.realism import (
-    RealismConfig,
-    crops,
-    export,
-    load_config,
-    run,
-)
+from aeic_codec.training.realism import RealismConfig, crops, export, load_config, run
 from tests.conftest import make_image
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from aeic_codec import api
-from aeic_codec.bundle import find_bundle, load_bundle, read_info
-from aeic_codec.metrics import band_power_db, psnr_u8
+from aeic_codec.bundles.bundle import find_bundle, load_bundle, read_info
+from aeic_codec.codec.metrics import band_power_db, psnr_u8
 from tests.conftest import make_image
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"

@@ -61,10 +61,10 @@ def test_a_diffusers_that_needs_what_is_hidden_is_imported_the_ordinary_way():
     # the lean import, which then falls back to a plain one and builds the same network.
     in_fresh_python(
         "import sys\n"
-        "from aeic_codec import diffusers_blocks\n"
+        "from aeic_codec.nn import diffusers_blocks\n"
         "diffusers_blocks.HIDDEN += ('huggingface_hub',)\n"
-        "from aeic_codec.config import tiny_config\n"
-        "from aeic_codec.denoiser import Denoiser\n"
+        "from aeic_codec.nn.config import tiny_config\n"
+        "from aeic_codec.nn.denoiser import Denoiser\n"
         "assert sys.modules['diffusers.models'].__file__.endswith('__init__.py')\n"
         "assert sys.modules['huggingface_hub'] is not None\n"
         "keys = sorted(Denoiser(tiny_config()).state_dict())\n"
@@ -98,7 +98,7 @@ def test_no_collection_runs_before_the_first_file_and_collection_is_back_after(
 def test_collection_stays_as_the_caller_left_it():
     import gc
 
-    from aeic_codec import startup
+    from aeic_codec.runtime import startup
 
     gc.disable()
     try:
@@ -117,9 +117,9 @@ def test_a_bundle_loads_without_running_default_initialisers(tiny_bundle: Path):
     import torch
     from torch.overrides import TorchFunctionMode
 
-    from aeic_codec.bundle import load_bundle
-    from aeic_codec.config import tiny_config
-    from aeic_codec.model import AEIC
+    from aeic_codec.bundles.bundle import load_bundle
+    from aeic_codec.codec.model import AEIC
+    from aeic_codec.nn.config import tiny_config
 
     class Seen(TorchFunctionMode):
         """Names of the torch functions called inside."""

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aeic_codec.config import tiny_config
-from aeic_codec.denoiser import Denoiser
-from aeic_codec.tiling import tile_starts, tiled_denoise
+from aeic_codec.codec.tiling import tile_starts, tiled_denoise
+from aeic_codec.nn.config import tiny_config
+from aeic_codec.nn.denoiser import Denoiser
 
 
 @st.composite
@@ -87,7 +87,7 @@ def test_tiled_denoise_runs_on_odd_sizes_in_bf16() -> None:
 def test_decode_progress_counts_both_phases_on_one_scale() -> None:
     """eps tiles and D's layers report into one rising count that ends at its total."""
     from aeic_codec.api import synthesize
-    from aeic_codec.model import AEIC
+    from aeic_codec.codec.model import AEIC
 
     torch.manual_seed(0)
     model = AEIC(tiny_config(), encoder=False).eval()

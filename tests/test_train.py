@@ -16,12 +16,12 @@ from PIL import Image
 from safetensors import safe_open
 
 from aeic_codec import api
-from aeic_codec.bundle import BundleError, load_bundle, save_bundle, stored_value
-from aeic_codec.colour import apply_grid, grid_levels
-from aeic_codec.config import PRESETS, tiny_config
-from aeic_codec.container import unpack
-from aeic_codec.cpu import avx2_ceiling
-from aeic_codec.model import AEIC
+from aeic_codec.bundles.bundle import BundleError, load_bundle, save_bundle, stored_value
+from aeic_codec.codec.colour import apply_grid, grid_levels
+from aeic_codec.codec.model import AEIC
+from aeic_codec.format.container import unpack
+from aeic_codec.nn.config import PRESETS, tiny_config
+from aeic_codec.runtime.cpu import avx2_ceiling
 from aeic_codec.training import (
     TrainConfig,
     TrainConfigError,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aeic_codec.config import tiny_config
+from aeic_codec.nn.config import tiny_config
 from aeic_codec.training import LossWeights, StageConfig, TrainConfig, TrainConfigError
 from aeic_codec.training.config import parse_train_config
 

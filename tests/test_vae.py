@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from aeic_codec.config import AEIC_SE, tiny_config
-from aeic_codec.vae import LiteVAEDecoder
+from aeic_codec.nn.config import AEIC_SE, tiny_config
+from aeic_codec.nn.vae import LiteVAEDecoder
 
 from .published import manifest
 

@@ -15,11 +15,12 @@ One module per concern, each importable on its own:
 - ``realism``: a realism decoder for a trained bundle, trained in its D's latent space
   (run as ``python -m aeic_codec.training.realism``; not imported here).
 
-Image quality figures (PSNR, MS-SSIM) live in ``aeic_codec.metrics``. The names below are
+Image quality figures (PSNR, MS-SSIM) live in ``aeic_codec.codec.metrics``. The names below are
 the package's public surface.
 """
 
-from ..metrics import ms_ssim, ms_ssim_scales, psnr_u8
+from aeic_codec.codec.metrics import ms_ssim, ms_ssim_scales, psnr_u8
+
 from .config import (
     LossWeights,
     StageConfig,

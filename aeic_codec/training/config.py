@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bundle import STORAGE_DTYPES, BundleError, read_info
-from ..config import PRESETS, ModelConfig, tiny_config
+from aeic_codec.bundles.bundle import STORAGE_DTYPES, BundleError, read_info
+from aeic_codec.nn.config import PRESETS, ModelConfig, tiny_config
 
 PARTS = ("encoder", "context", "g_s", "denoiser_lora", "denoiser", "vae")
 SCHEDULES = ("constant", "cosine")

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..imageio import IMAGE_SUFFIXES, image_shape, read_image
-from ..transforms import from_pixels
+from aeic_codec.nn.transforms import from_pixels
+from aeic_codec.runtime.imageio import IMAGE_SUFFIXES, image_shape, read_image
+
 from .config import TrainConfigError
 from .distributed import Share
 

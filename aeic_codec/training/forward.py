@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..entropy_models import gaussian_likelihood
-from ..model import AEIC
+from aeic_codec.codec.model import AEIC
+from aeic_codec.entropy_models.priors import gaussian_likelihood
+from aeic_codec.nn.config import ModelConfig
+
 from .distributed import Share
 
 ENCODER_FEATURES = ("y", "z", "base", "y_hat")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..blocks import BasicBlock, GatedCNN, InceptionNeXt, StarBlock
-from ..bundle import BundleError
-from ..config import ModelConfig
-from ..model import AEIC
+from aeic_codec.bundles.bundle import BundleError
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.blocks import BasicBlock, GatedCNN, InceptionNeXt, StarBlock
+from aeic_codec.nn.config import ModelConfig
 
 _GROWING = ("g_s.synthesis_transform.", "context.g_c.")  # the state growth changes
 _RESIDUAL_OUT = {StarBlock: "fc2", GatedCNN: "fc2", InceptionNeXt: "conv2"}

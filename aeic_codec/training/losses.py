@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..colour import YCC, YCC_OFFSET
-from ..config import ModelConfig
-from ..metrics import ms_ssim, oriented_band_power
-from ..model import AEIC
+from aeic_codec.codec.colour import YCC, YCC_OFFSET
+from aeic_codec.codec.metrics import ms_ssim, oriented_band_power
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.config import ModelConfig
+
 from .config import LossWeights, TrainConfigError
 from .distributed import Share
 from .forward import ENCODER_FEATURES, feature_channels, forward_train

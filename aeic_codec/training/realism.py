@@ -60,10 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bundle import load_bundle, read_info
-from ..config import PRESETS
-from ..imageio import read_image
-from ..metrics import (
+from aeic_codec.bundles.bundle import load_bundle, read_info
+from aeic_codec.codec.metrics import (
     band_power_db,
     lattice_cell,
     lattice_rms,
@@ -71,10 +69,13 @@ from ..metrics import (
     orientation_error,
     psnr_u8,
 )
-from ..model import AEIC, PAD
-from ..realism import RealismDecoder, realism_config
-from ..tiny_vae import TinyEncoder, read_taef2
-from ..transforms import pad_reflect
+from aeic_codec.codec.model import AEIC, PAD
+from aeic_codec.codec.realism import RealismDecoder, realism_config
+from aeic_codec.nn.config import PRESETS
+from aeic_codec.nn.tiny_vae import TinyEncoder, read_taef2
+from aeic_codec.nn.transforms import pad_reflect
+from aeic_codec.runtime.imageio import read_image
+
 from .data import find_images
 from .losses import PatchDiscriminator, colour_grid_fix, critic_loss, spectrum_distance
 from .run import StopSignals
@@ -636,8 +637,8 @@ def shipped_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def export(cfg: RealismConfig, checkpoint: Path, output: Path, config_name: str) -> str:
     """Write the base bundle with the checkpoint's realism decoder attached (int8)."""
-    from ..bundle import attach_realism
-    from ..config import ModelConfig
+    from aeic_codec.bundles.bundle import attach_realism
+    from aeic_codec.nn.config import ModelConfig
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     dcfg = ModelConfig.from_json(state["decoder_config"]).replace(detail_sigma=cfg.detail_sigma)

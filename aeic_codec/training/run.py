@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import atomic_path, atomic_write
-from ..imageio import IMAGE_SUFFIXES, read_image
+from aeic_codec.runtime.files import atomic_path, atomic_write
+from aeic_codec.runtime.imageio import IMAGE_SUFFIXES, read_image
+
 from .config import TrainConfig, TrainConfigError
 from .data import CALIBRATION_STAGE, CropDataset, crop_batches, data_key, find_images, image_shapes
 from .distributed import Group, join, leave

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write
+from aeic_codec.runtime.files import atomic_write
 
 
 class RunLog:

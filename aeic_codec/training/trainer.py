@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..api import cpu_has_native_bf16
-from ..blocks import Down
-from ..bundle import load_bundle, save_bundle, stored_value
-from ..lora import FULLY_TRAINED, add_lora, merge_and_unload
-from ..metrics import ms_ssim_u8, psnr_u8
-from ..model import AEIC
+from aeic_codec.api import cpu_has_native_bf16
+from aeic_codec.bundles.bundle import load_bundle, save_bundle, stored_value
+from aeic_codec.codec.metrics import ms_ssim_u8, psnr_u8
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.blocks import Down
+from aeic_codec.nn.lora import FULLY_TRAINED, add_lora, merge_and_unload
+
 from .config import RESUME_KEYS, StageConfig, TrainConfig, TrainConfigError
 from .distributed import Group
 from .forward import tap_blocks, teacher_features
@@ -391,7 +392,7 @@ class Trainer:
 
     def evaluate(self, images: Sequence[np.ndarray]) -> dict[str, float]:
         """Real encode -> file bytes -> decode of each image: mean bpp, PSNR and MS-SSIM."""
-        from .. import api
+        from aeic_codec import api
 
         model = self.plain_model(as_stored=True)
         precision = "bf16" if self.bf16 else "fp32"

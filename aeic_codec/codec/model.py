@@ -18,20 +18,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blocks import Conv3x3
-from .coder import ESCAPE_LIMIT, StreamDecoder, StreamEncoder
-from .config import ModelConfig
-from .context import QuadtreeContext
-from .entropy_models import (
+from aeic_codec.entropy_models.intnet import QSTEP_ONE, IntegerEntropy, Start, step_values
+from aeic_codec.entropy_models.priors import (
     SKIP_SCALE,
     FactorizedPrior,
     gaussian_likelihood,
     scale_indexes,
     table_scales,
 )
-from .intnet import QSTEP_ONE, IntegerEntropy, Start, step_values
-from .tables import MAX_BINS, FreqTables
-from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
+from aeic_codec.format.coder import ESCAPE_LIMIT, StreamDecoder, StreamEncoder
+from aeic_codec.format.tables import MAX_BINS, FreqTables
+from aeic_codec.nn.blocks import Conv3x3
+from aeic_codec.nn.config import ModelConfig
+from aeic_codec.nn.context import QuadtreeContext
+from aeic_codec.nn.transforms import (
+    AnalysisTransform,
+    HyperAnalysis,
+    HyperSynthesis,
+    SynthesisTransform,
+)
 
 PAD = 64  # the image is padded to a multiple of this (g_a downsamples by 32, h_a by 4 more)
 
@@ -86,8 +91,8 @@ class AEIC(nn.Module):
         self.denoiser: nn.Module | None = None
         self.vae: nn.Module | None = None
         if decoder:
-            from .denoiser import Denoiser
-            from .vae import build_vae
+            from aeic_codec.nn.denoiser import Denoiser
+            from aeic_codec.nn.vae import build_vae
 
             self.denoiser = Denoiser(cfg)
             self.vae = build_vae(cfg)

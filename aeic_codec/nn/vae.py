@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from aeic_codec.config import ModelConfig
-from aeic_codec.diffusers_blocks import import_module
+from .config import ModelConfig
+from .diffusers_blocks import import_module
 
 Decoder = import_module("diffusers.models.autoencoders.vae").Decoder
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .denoiser import Denoiser
-from .transforms import SynthesisTransform
-from .vae import build_vae
+from aeic_codec.nn.config import ModelConfig
+from aeic_codec.nn.denoiser import Denoiser
+from aeic_codec.nn.transforms import SynthesisTransform
+from aeic_codec.nn.vae import build_vae
 
 PREFIX = "realism."
 # What a realism decoder's own configuration decides; the rest comes from its bundle.

@@ -16,14 +16,25 @@ docs/architecture.md, section 11, explains the choices.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .bundle import BundleError, BundleInfo, find_bundle
-from .container import QSTEP_ONE, QSTEP_RANGE
+from aeic_codec.format.container import QSTEP_ONE, QSTEP_RANGE
+from aeic_codec.runtime.files import atomic_path
+
+from .bundle import (
+    BundleError,
+    BundleInfo,
+    bundles_at,
+    find_bundle,
+    iter_bundles,
+    read_info,
+    search_paths,
+)
 
 # The steps a bundle without neighbours covers (0.375 .. 4): beyond, the pictures of the
 # shipped models stop improving (finer) or fall apart (coarser).
@@ -442,7 +453,6 @@ def find_ladder(
 
     Without ``variant``, that of the default bundle when several variants are found.
     """
-    from .bundle import bundles_at, iter_bundles, search_paths
 
     if weights:
         found = bundles_at(weights)
@@ -485,3 +495,31 @@ def resolve_rate(
     except RateError as exc:
         raise BundleError(f"{missing} Lambdas between bundles' own: {exc}") from None
     return ladder.setting(lambda_)
+
+
+def set_rate_curve(
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    curve: list[list[float]],
+    provenance: dict[str, Any] | None = None,
+) -> str:
+    """Write a copy of a bundle carrying a measured rate curve ; returns its identity.
+
+    The curve is metadata for the encoder's rate control: tensors and identity stay as
+    they were, so the copy decodes every file the original made.
+    """
+    from safetensors.torch import load_file, save_file
+
+    RateCurve.from_list(curve)  # refuse what a ladder could not use
+    info = read_info(path)
+    try:
+        tensors = load_file(str(info.path))
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
+    meta = dict(info.metadata, rate_curve=json.dumps(curve))
+    meta["provenance"] = json.dumps(
+        dict(info.provenance, rate_curve=provenance or {}), sort_keys=True
+    )
+    with atomic_path(output) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return info.identity

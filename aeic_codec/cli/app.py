@@ -19,12 +19,14 @@ from typing import Any, NoReturn
 
 import click
 
-from . import allocator, batch, startup
+from aeic_codec.bundles.bundle import BundleError
+from aeic_codec.format.container import QSTEP_ONE, FormatError, check_magic
+from aeic_codec.runtime import allocator, startup
+from aeic_codec.runtime.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from aeic_codec.runtime.progress import BatchProgress
+
+from . import batch
 from .batch import Outcome, Task, TaskFailed, read_source
-from .bundle import BundleError
-from .container import QSTEP_ONE, FormatError, check_magic
-from .imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
-from .progress import BatchProgress
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 DEVICES = ("cpu", "cuda", "mps")
@@ -311,7 +313,7 @@ def _check_machine(device: str, precision: str, debug: bool) -> None:
 
     It may import torch, so it comes after the checks that need none.
     """
-    from . import api
+    from aeic_codec import api
 
     try:
         api.check_device(device)
@@ -431,7 +433,7 @@ def encode(
     verify: bool,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
-    from .rate import find_ladder, resolve_rate
+    from aeic_codec.bundles.rate import find_ladder, resolve_rate
 
     report = _Reporter(quiet, as_json, output == "-")
     tasks = _plan(inputs, output, ".aeic", IMAGE_SUFFIXES)
@@ -512,7 +514,7 @@ def decode(
     realism: float,
 ) -> None:
     """Decompress .aeic files to PNG."""
-    from .bundle import bundles_at
+    from aeic_codec.bundles.bundle import bundles_at
 
     report = _Reporter(quiet, as_json, output == "-")
     tasks = _plan(inputs, output, ".png", {".aeic"})
@@ -539,8 +541,8 @@ def decode(
 )
 def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
     """Show the header of .aeic files (no model needed)."""
-    from .bundle import iter_bundles, search_paths
-    from .container import info_dict
+    from aeic_codec.bundles.bundle import iter_bundles, search_paths
+    from aeic_codec.format.container import info_dict
 
     names = {
         identity: f"{b.variant} lambda={b.lambda_:g}" if b.lambda_ is not None else b.variant
@@ -617,7 +619,7 @@ def weights_list(as_json: bool, where: str | None) -> None:
 
     The identity shown is the one its files carry (and aeic info shows).
     """
-    from .bundle import BundleInfo, iter_bundles, rate_order, search_paths
+    from aeic_codec.bundles.bundle import BundleInfo, iter_bundles, rate_order, search_paths
 
     found = list(iter_bundles(search_paths(where)))
     for problem in found:
@@ -710,7 +712,7 @@ def weights_import(
     debug: bool,
 ) -> None:
     """Turn the published AEIC checkpoints into one bundle."""
-    from .importer import import_published
+    from aeic_codec.bundles.importer import import_published
 
     if Path(output).exists() and not force:
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
@@ -726,7 +728,12 @@ def weights_import(
         )
         click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
         if calibration:
-            from .integerize import PLAN_WORDS, image_files, integerize_measured, read_rgb
+            from aeic_codec.tools.integerize import (
+                PLAN_WORDS,
+                image_files,
+                integerize_measured,
+                read_rgb,
+            )
 
             images = [read_rgb(p) for p in image_files(calibration, calibration_count)]
             model, cost, plan = integerize_measured(
@@ -759,7 +766,7 @@ def weights_set_grid(
 
     The weights and the identity are kept: the copy decodes the original's files too.
     """
-    from .bundle import set_colour_grid
+    from aeic_codec.bundles.bundle import set_colour_grid
 
     if Path(output).exists() and not force:
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
@@ -811,7 +818,13 @@ def weights_integerize(
 
     Every other tensor and metadata entry is kept; rerunning replaces the integer part.
     """
-    from .integerize import PLAN_WORDS, image_files, integer_cost, integerize_choosing, read_rgb
+    from aeic_codec.tools.integerize import (
+        PLAN_WORDS,
+        image_files,
+        integer_cost,
+        integerize_choosing,
+        read_rgb,
+    )
 
     if Path(output).exists() and not force:
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
@@ -846,9 +859,10 @@ def weights_calibrate_rate(
     The encoder needs the curves of a ladder's bundles for lambdas between theirs and for
     byte budgets across bundles (docs/architecture.md, section 11). Identity unchanged.
     """
-    from . import api
-    from .bundle import load_bundle, set_rate_curve
-    from .integerize import image_files, read_rgb
+    from aeic_codec import api
+    from aeic_codec.bundles.bundle import load_bundle
+    from aeic_codec.bundles.rate import set_rate_curve
+    from aeic_codec.tools.integerize import image_files, read_rgb
 
     if Path(output).exists() and not force:
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
@@ -917,8 +931,13 @@ def train(
         raise _Refused(
             "aeic train needs the training extra: pip install '.[train]' in aeic's folder"
         )
-    from .training import TrainConfigError, TrainingStopped, is_main_process, load_train_config
-    from .training import train as run_training
+    from aeic_codec.training import (
+        TrainConfigError,
+        TrainingStopped,
+        is_main_process,
+        load_train_config,
+    )
+    from aeic_codec.training import train as run_training
 
     talk = is_main_process()
     try:
@@ -935,7 +954,3 @@ def train(
         _fail_hard(exc, debug)
     if talk:
         click.echo(f"aeic: training done; bundle {bundle}", err=True)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main(prog_name="aeic")

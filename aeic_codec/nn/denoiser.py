@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aeic_codec.config import ModelConfig
-from aeic_codec.diffusers_blocks import import_module
+from .config import ModelConfig
+from .diffusers_blocks import import_module
 
 _blocks = import_module("diffusers.models.unets.unet_2d_blocks")
 CrossAttnDownBlock2D = _blocks.CrossAttnDownBlock2D

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import allocator, startup
-from .bundle import BundleError
-from .container import QSTEP_ONE, FormatError
-from .imageio import ImageError
+from aeic_codec.bundles.bundle import BundleError
+from aeic_codec.format.container import QSTEP_ONE, FormatError
+from aeic_codec.runtime import allocator, startup
+from aeic_codec.runtime.imageio import ImageError
 
 if TYPE_CHECKING:
-    from .tiling import Progress
+    from aeic_codec.codec.tiling import Progress
 
 EXPECTED = (BundleError, FormatError, ImageError, OSError, ValueError)
 _START = 16  # bytes of an input that preflight's check_start sees
@@ -139,7 +139,7 @@ def _probe(folder: Path) -> str | None:
 
 
 def write_target(target: str, data: bytes, force: bool) -> None:
-    from .files import atomic_write
+    from aeic_codec.runtime.files import atomic_write
 
     if target == "-":
         sys.stdout.buffer.write(data)
@@ -199,8 +199,8 @@ class EncodeWork(_Work):
     _model: Any = None
 
     def run(self, task: Task, outcome: Outcome, progress: Progress | None) -> dict[str, Any]:
-        from . import api
-        from .imageio import read_image
+        from aeic_codec import api
+        from aeic_codec.runtime.imageio import read_image
 
         if self._model is None:
             if self.ladder is not None:
@@ -252,8 +252,8 @@ class DecodeWork(_Work):
     _models: dict[str, Any] = field(default_factory=dict)
 
     def run(self, task: Task, outcome: Outcome, progress: Progress | None) -> dict[str, Any]:
-        from . import api
-        from .imageio import png_bytes
+        from aeic_codec import api
+        from aeic_codec.runtime.imageio import png_bytes
 
         data = read_source(task.source)
         header = api.read_header(data, max_pixels=self.max_pixels)

@@ -23,9 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import INTEGER_PREFIX, BundleError, integer_identity_of, load_bundle, read_info
-from .intnet import INTEGER_FORMAT, WEIGHT_PLANS, integerize
-from .model import AEIC
+from aeic_codec.bundles.bundle import (
+    INTEGER_PREFIX,
+    BundleError,
+    integer_identity_of,
+    load_bundle,
+    read_info,
+)
+from aeic_codec.codec.model import AEIC
+from aeic_codec.entropy_models.intnet import INTEGER_FORMAT, WEIGHT_PLANS, integerize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 CALIBRATION_IMAGES = 16
@@ -72,7 +78,7 @@ def image_files(folder: str | os.PathLike[str], count: int | None = None) -> lis
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    from .imageio import read_image
+    from aeic_codec.runtime.imageio import read_image
 
     image, _ = read_image(str(path))
     return image
@@ -80,8 +86,8 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def padded(image: np.ndarray) -> torch.Tensor:
     """The encoder's input for an H x W x 3 uint8 image: (1, 3, Hp, Wp) in [-1, 1]."""
-    from .model import PAD
-    from .transforms import from_pixels, pad_reflect
+    from aeic_codec.codec.model import PAD
+    from aeic_codec.nn.transforms import from_pixels, pad_reflect
 
     x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
     return pad_reflect(from_pixels(x), PAD)
@@ -101,7 +107,7 @@ def integerize_bundle(
     """
     from safetensors.torch import load_file, save_file
 
-    from .files import atomic_path
+    from aeic_codec.runtime.files import atomic_path
 
     info = read_info(path)
     model = load_bundle(info.path, decoder=False)
@@ -137,7 +143,7 @@ def integer_cost(
     progress: Callable[[int, int], None] | None = None,
 ) -> Cost:
     """Encode each image with both entropy paths; with a decoder, also decode both."""
-    from . import api
+    from aeic_codec import api
 
     cost = Cost()
     for i, image in enumerate(images):

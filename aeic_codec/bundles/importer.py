@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.config import AEIC_ME, AEIC_SE, ModelConfig
+from aeic_codec.nn.lora import merge_lora_state
+
 from .bundle import BundleError, save_bundle
-from .config import AEIC_ME, AEIC_SE, ModelConfig
-from .lora import merge_lora_state
-from .model import AEIC
 
 Report = Callable[[str], None]  # told, in words, what the import is doing
 LORA_SCALE = 8 / 32  # lora_alpha / rank of the published denoiser adapter

@@ -26,25 +26,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ModelConfig
+from aeic_codec.nn.config import ModelConfig
+from aeic_codec.nn.int8 import SCALE_PREFIX, dequantize_int8, quantize_int8
 
 if TYPE_CHECKING:
     import torch
 
-    from .model import AEIC
+    from aeic_codec.codec.model import AEIC
 
 # Format 2 added int8 tensors; a bundle without them is still written as format 1, so
 # that older aeic versions keep reading it.
 BUNDLE_FORMATS = ("1", "2")
 STORAGE_DTYPES = ("fp32", "bf16", "int8")
-SCALE_PREFIX = "int8_scale."
 INTEGER_PREFIX = "integer."  # the integer entropy path (intnet.py); outside the identity
 SUFFIX = ".safetensors"
 ENV_VAR = "AEIC_WEIGHTS"
 # The shipped bundles: weights/ beside the package in a source checkout (or editable
 # install), <prefix>/share/aeic/weights after `pip install .` (pyproject data-files).
 SHIPPED_WEIGHTS = (
-    Path(__file__).resolve().parent.parent / "weights",
+    Path(__file__).resolve().parents[2] / "weights",
     Path(sys.prefix) / "share" / "aeic" / "weights",
 )
 ENCODER_PARTS = ("g_a.", "h_a.")
@@ -196,34 +196,6 @@ def _storage_of(key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype
     return side
 
 
-def quantize_int8(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output channel (dim 0): value ~= q * scale along dim 0."""
-    import torch
-
-    rows = value.detach().float().flatten(1)
-    peak = rows.abs().amax(dim=1)
-    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
-    q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q.view(value.shape).contiguous(), scale.contiguous()
-
-
-def dequantize_int8(
-    q: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """float32(q) * scale per output channel: the one expansion both coder sides use.
-
-    With ``out`` (a float32 tensor of q's shape) the result is written there, without
-    temporaries: the same products, bit for bit.
-    """
-    import torch
-
-    if out is None:
-        out = torch.empty(q.shape, dtype=torch.float32)
-    out.copy_(q)
-    out.view(q.shape[0], -1).mul_(scale.float()[:, None])
-    return out
-
-
 def _stored(
     key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype: str
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -266,7 +238,7 @@ def save_bundle(
     import torch
     from safetensors.torch import save_file
 
-    from .files import atomic_path
+    from aeic_codec.runtime.files import atomic_path
 
     if model.g_a is None or model.g_s is None:
         raise BundleError("a bundle needs the whole model (encoder and decoder)")
@@ -317,7 +289,7 @@ def attach_realism(
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .files import atomic_path
+    from aeic_codec.runtime.files import atomic_path
 
     info = read_info(path)
     try:
@@ -352,7 +324,7 @@ def set_colour_grid(
     """
     from safetensors.torch import load_file, save_file
 
-    from .files import atomic_path
+    from aeic_codec.runtime.files import atomic_path
 
     info = read_info(path)
     old = info.config
@@ -377,37 +349,6 @@ def set_colour_grid(
     return identity
 
 
-def set_rate_curve(
-    path: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    curve: list[list[float]],
-    provenance: dict[str, Any] | None = None,
-) -> str:
-    """Write a copy of a bundle carrying a measured rate curve (rate.py); returns its identity.
-
-    The curve is metadata for the encoder's rate control: tensors and identity stay as
-    they were, so the copy decodes every file the original made.
-    """
-    from safetensors.torch import load_file, save_file
-
-    from .files import atomic_path
-    from .rate import RateCurve
-
-    RateCurve.from_list(curve)  # refuse what a ladder could not use
-    info = read_info(path)
-    try:
-        tensors = load_file(str(info.path))
-    except Exception as exc:  # safetensors raises its own error types for bad files
-        raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
-    meta = dict(info.metadata, rate_curve=json.dumps(curve))
-    meta["provenance"] = json.dumps(
-        dict(info.provenance, rate_curve=provenance or {}), sort_keys=True
-    )
-    with atomic_path(output) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return info.identity
-
-
 def load_bundle(
     path: str | os.PathLike[str],
     encoder: bool = True,
@@ -422,18 +363,18 @@ def load_bundle(
     import torch
     from safetensors import safe_open
 
-    from .model import AEIC
-    from .tables import FreqTables
+    from aeic_codec.codec.model import AEIC
+    from aeic_codec.format.tables import FreqTables
 
     info = read_info(path)
     if realism and info.realism is None:
         raise BundleError(f"{info.path}: this bundle has no realism decoder (use realism 0)")
-    from .startup import skipped_init
+    from aeic_codec.runtime.startup import skipped_init
 
     with skipped_init():  # every tensor is filled from the bundle below (or it is refused)
         model = AEIC(info.config, encoder=encoder, decoder=decoder)
         if realism and info.realism is not None:
-            from .realism import RealismDecoder
+            from aeic_codec.codec.realism import RealismDecoder
 
             model.realism = RealismDecoder(info.realism)
     # Filled in place: the parameters' own memory is written once, with no temporaries.
@@ -478,7 +419,7 @@ def _load_integer(info: BundleInfo, fh: Any, present: set[str]) -> Any:
     """The integer entropy path; layers whose weights the bundle stores as int8 use those."""
     import torch
 
-    from .intnet import INTEGER_FORMAT, IntegerEntropy, integer_weight
+    from aeic_codec.entropy_models.intnet import INTEGER_FORMAT, IntegerEntropy, integer_weight
 
     if info.metadata.get("integer_format") != INTEGER_FORMAT:
         raise BundleError(

@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .grid_coder import grid_shape
+from aeic_codec.format.grid_coder import grid_shape
 
 STD_EPS = 1e-5  # added to the variance, as the reference does
 LEVELS = 65535  # 16-bit quantisation of each transmitted number

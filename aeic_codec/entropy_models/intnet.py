@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bundle import SCALE_PREFIX
-from .config import ModelConfig
-from .container import QSTEP_ONE
-from .context import POSITIONS, STEPS, step_masks
-from .cpu import has
-from .entropy_models import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
+from aeic_codec.format.container import QSTEP_ONE
+from aeic_codec.nn.config import ModelConfig
+from aeic_codec.nn.context import POSITIONS, STEPS, step_masks
+from aeic_codec.nn.int8 import SCALE_PREFIX
+from aeic_codec.runtime.cpu import has
+
+from .priors import SCALE_LEVELS, SCALE_MAX, SCALE_MIN, SKIP_SCALE
 
 INTEGER_FORMAT = "1"  # the bundle's ``integer_format``: the layout of the integer tensors
 ACT_MIN, ACT_MAX = -(1 << 15), (1 << 15) - 1

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .container import GRID_CELLS, GRID_STEPS
+from aeic_codec.format.container import GRID_CELLS, GRID_STEPS
 
 
 @dataclass(frozen=True)
