@@ -82,7 +82,8 @@ def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, lis
     """AEIC-SE with random weights: AEIC.compress through the integer and the float path."""
     from aeic_codec import api
     from aeic_codec.codec.model import AEIC
-    from aeic_codec.entropy_models.intnet import WEIGHT_PLANS, IntegerEntropy, integerize
+    from aeic_codec.entropy_models.intnet import IntegerEntropy, integerize
+    from aeic_codec.entropy_models.quantize import WEIGHT_PLANS
     from aeic_codec.nn.config import PRESETS
     from aeic_codec.tools.integerize import padded
 

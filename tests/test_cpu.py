@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aeic_codec import api
-from aeic_codec.entropy_models import intnet
+from aeic_codec.entropy_models import kernels
 from aeic_codec.runtime import cpu
 
 
@@ -18,11 +18,11 @@ from aeic_codec.runtime import cpu
 def avx2_only(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(cpu.ISA_VARIABLE, "AVX2")
     cpu.capabilities.cache_clear()
-    intnet.use_int8_gemm.cache_clear()
+    kernels.use_int8_gemm.cache_clear()
     yield
     monkeypatch.delenv(cpu.ISA_VARIABLE)
     cpu.capabilities.cache_clear()
-    intnet.use_int8_gemm.cache_clear()
+    kernels.use_int8_gemm.cache_clear()
 
 
 def test_the_avx2_ceiling_hides_bf16_and_int8_dot_products(avx2_only: None) -> None:
@@ -30,7 +30,7 @@ def test_the_avx2_ceiling_hides_bf16_and_int8_dot_products(avx2_only: None) -> N
     assert not cpu.has("avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
     assert not api.cpu_has_native_bf16()
     assert api.resolve_precision("auto") == torch.float32
-    assert not intnet.use_int8_gemm()
+    assert not kernels.use_int8_gemm()
 
 
 def test_the_avx2_ceiling_reaches_the_libraries_before_torch_loads() -> None:

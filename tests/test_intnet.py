@@ -27,8 +27,9 @@ from aeic_codec import api
 from aeic_codec.bundles.bundle import load_bundle, read_info, save_bundle
 from aeic_codec.cli import main
 from aeic_codec.codec.model import AEIC, hyper_size, latent_size
-from aeic_codec.entropy_models import intnet
-from aeic_codec.entropy_models.intnet import Act, IntOps, context_params, hyper_synthesis
+from aeic_codec.entropy_models import kernels, ops
+from aeic_codec.entropy_models.intnet import context_params, hyper_synthesis
+from aeic_codec.entropy_models.ops import Act, IntOps
 from aeic_codec.format.coder import StreamDecoder, StreamEncoder
 from aeic_codec.format.container import FormatError, pack, unpack
 from aeic_codec.nn.config import tiny_config
@@ -272,9 +273,9 @@ def test_digit_gemm_is_exact_at_the_extremes(weight_bits, terms):
     w[:, 0], w[:, 1], w[::2, 2] = -top + 1, top - 1, -top + 1
     bias = rng.integers(-(1 << 45), 1 << 45, size=7)
     expected = flat @ w + bias  # numpy int64: below 2**60, exact
-    weights = intnet.byte_weights(torch.from_numpy(w).double(), torch.from_numpy(bias).double())
+    weights = kernels.byte_weights(torch.from_numpy(w).double(), torch.from_numpy(bias).double())
     assert weights.wide == (weight_bits == 16)
-    got = intnet._digit_gemm(torch.from_numpy(flat).double(), weights)
+    got = kernels.digit_gemm(torch.from_numpy(flat).double(), weights)
     assert np.array_equal(got.long().numpy(), expected)
 
 
@@ -294,31 +295,33 @@ def test_digit_gemm_sums_in_int32_where_the_weights_allow(weight_bits):
     for extremes in (False, True):
         if extremes:
             w[:, 2] = 127 if weight_bits == 8 else 1 << 14
-        weights = intnet.byte_weights(torch.from_numpy(w).double(), torch.from_numpy(bias).double())
+        weights = kernels.byte_weights(
+            torch.from_numpy(w).double(), torch.from_numpy(bias).double()
+        )
         assert weights.wide == (weight_bits == 16) and weights.int32_sums == (not extremes)
-        got = intnet._digit_gemm(torch.from_numpy(flat).double(), weights)
+        got = kernels.digit_gemm(torch.from_numpy(flat).double(), weights)
         assert np.array_equal(got.long().numpy(), flat @ w + bias)
 
 
 def test_integer_layers_take_the_int8_gemm(int_bundle):
-    if not intnet.use_int8_gemm():
+    if not kernels.use_int8_gemm():
         pytest.skip("no int8 dot products here, or an inexact int8 GEMM: float64's runs")
-    for ops in (
+    for int_ops in (
         load_bundle(SHIPPED[0], decoder=False)._integer().ops,
         load_bundle(int_bundle, decoder=False)._integer().ops,
     ):
-        int8 = ops.t["h_s.increase.1.fc1.weight"].dtype == torch.int8
-        assert ops._bytes("h_s.increase.1.fc1").wide == (not int8)
+        int8 = int_ops.t["h_s.increase.1.fc1.weight"].dtype == torch.int8
+        assert int_ops._bytes("h_s.increase.1.fc1").wide == (not int8)
 
 
 def test_the_int8_and_float64_gemms_give_the_same_files(int_bundle, monkeypatch):
     """Which GEMM runs depends on the CPU (use_int8_gemm); the files must not."""
-    if not intnet.int8_gemm_exact():
+    if not kernels.int8_gemm_exact():
         pytest.skip("this CPU's int8 GEMM is not exact: only float64's can run")
     image = make_image(130, 190, seed=5)
     files = []
     for int8 in (True, False):
-        monkeypatch.setattr(intnet, "use_int8_gemm", lambda int8=int8: int8)
+        monkeypatch.setattr(ops, "use_int8_gemm", lambda int8=int8: int8)
         for path in (SHIPPED[0], int_bundle):
             model = load_bundle(path, decoder=False)
             taken = model._integer().ops._bytes("h_s.increase.1.fc1") is not None

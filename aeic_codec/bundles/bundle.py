@@ -419,7 +419,8 @@ def _load_integer(info: BundleInfo, fh: Any, present: set[str]) -> Any:
     """The integer entropy path; layers whose weights the bundle stores as int8 use those."""
     import torch
 
-    from aeic_codec.entropy_models.intnet import INTEGER_FORMAT, IntegerEntropy, integer_weight
+    from aeic_codec.entropy_models.intnet import INTEGER_FORMAT, IntegerEntropy
+    from aeic_codec.entropy_models.quantize import integer_weight
 
     if info.metadata.get("integer_format") != INTEGER_FORMAT:
         raise BundleError(

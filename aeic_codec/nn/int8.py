@@ -1,7 +1,7 @@
 """int8 storage of weights: one scale per output channel, and the names of the scales.
 
 Bundles store most weights this way (bundles/bundle.py), and the integer entropy model
-reads the same int8 values and scales to build its exact weights (entropy_models/intnet.py).
+reads the same int8 values and scales to build its exact weights (entropy_models/ops.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``integerize_bundle`` calibrates the exponents of every activation on a few images,
 derives the integer parameters (``intnet.integerize``) and writes a copy of the bundle
 with them under ``integer.`` keys. Float weights become 8-bit or 16-bit integers, or a mix
-(``intnet.WEIGHT_PLANS``: 8-bit ones halve the integer GEMMs' work, 16-bit ones cost less
+(``quantize.WEIGHT_PLANS``: 8-bit ones halve the integer GEMMs' work, 16-bit ones cost less
 rate; ``integerize_choosing`` takes the first plan of 8, mixed, 16 whose files come out
 at most ``AUTO_RATE_LIMIT`` above the float path's on the calibration images).
 Every other tensor and metadata entry is copied as it is (also ones this version does
@@ -31,7 +31,8 @@ from aeic_codec.bundles.bundle import (
     read_info,
 )
 from aeic_codec.codec.model import AEIC
-from aeic_codec.entropy_models.intnet import INTEGER_FORMAT, WEIGHT_PLANS, integerize
+from aeic_codec.entropy_models.intnet import INTEGER_FORMAT, integerize
+from aeic_codec.entropy_models.quantize import WEIGHT_PLANS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 CALIBRATION_IMAGES = 16
@@ -103,7 +104,7 @@ def integerize_bundle(
     """Write a copy of a bundle with an integer entropy path; returns the converted model.
 
     Weights the bundle stores as int8 are used as they are; float ones become integers
-    as the plan ``weights`` says (``intnet.WEIGHT_PLANS``).
+    as the plan ``weights`` says (``quantize.WEIGHT_PLANS``).
     """
     from safetensors.torch import load_file, save_file
 
