@@ -1,7 +1,9 @@
 """The Python API: load a model, encode an image, decode a file, read a header.
 
 The CLI is a thin layer over these functions. Heavy modules (torch, diffusers) are
-imported inside the functions that need them, so ``read_header`` stays cheap.
+imported inside the functions that need them, so ``read_header`` stays cheap. The
+decoder's generative half (``synthesize``, codec/synthesis.py) and the device and
+precision choices (runtime/devices.py) live in their layers and are named here too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from aeic_codec.bundles.bundle import BundleError, find_bundle, load_bundle
 from aeic_codec.bundles.rate import Ladder, RateError, find_ladder, fit_budget, rate_ratio
 from aeic_codec.bundles.rate import resolve_rate as resolve_rate
+from aeic_codec.codec.synthesis import synthesize as synthesize
 from aeic_codec.format.container import (
     DIGEST_SIZE,
     QSTEP_ONE,
@@ -24,18 +27,19 @@ from aeic_codec.format.container import (
     pack,
     unpack,
 )
+from aeic_codec.runtime.devices import PRECISIONS as PRECISIONS
+from aeic_codec.runtime.devices import check_device as check_device
+from aeic_codec.runtime.devices import cpu_has_native_bf16 as cpu_has_native_bf16
+from aeic_codec.runtime.devices import resolve_precision
 from aeic_codec.runtime.imageio import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     import torch
 
     from aeic_codec.codec.model import AEIC
-    from aeic_codec.codec.realism import RealismDecoder
     from aeic_codec.codec.tiling import Progress
     from aeic_codec.entropy_models.intnet import Start
     from aeic_codec.nn.config import ModelConfig
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ModelMismatch(BundleError):
@@ -289,18 +293,18 @@ class _FileCoder:
         if model.identity is None:
             raise BundleError("the model has no identity: load it from a bundle or save it first")
         self.model = model
-        self.integer = integer
         self.height, self.width = image.shape[:2]
         if colour_fix is None:
             colour_fix = self.height * self.width > model.cfg.colorfix_min_pixels
         if colour_grid is None:
             colour_grid = bool(model.cfg.colour_grid)
         self.y, self.z = model.analyse(x, device, dtype)
+        self.codec = model.latent_codec(integer)
         self.colour, self.grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
         self._start: Start | None = None  # h_s and step 0: the same at every step
 
     def encode(self, qstep: int) -> EncodeResult:
-        result = self.model.code_latents(self.y, self.z, self.integer, qstep, self._start)
+        result = self.codec.compress(self.y, self.z, qstep, self._start)
         self._start = result.start
         digest = result.digest[:DIGEST_SIZE] if result.digest is not None else None
         model = self.model
@@ -378,8 +382,9 @@ def latent_and_digest(
     latents would be garbage, so nothing is decoded further. ``progress`` hears of each
     of the four context steps: (1, 4) to (4, 4).
     """
-    from aeic_codec.codec.model import LatentError, latent_size
+    from aeic_codec.codec.model import latent_size
     from aeic_codec.format.coder import CodingError
+    from aeic_codec.latent_codecs.base import LatentError
 
     expected = model.integer_identity if f.integer else model.identity
     if model.identity is not None and f.model_id_hex != expected:
@@ -399,11 +404,11 @@ def latent_and_digest(
             report(done[0], ENTROPY_STEPS)
 
     try:
-        if not f.integer:
-            return model.decompress(f.streams, size, step), None
-        y_hat, digest = model.decompress_integer(f.streams, size, f.qstep, step)
+        y_hat, digest = model.decompress(f.streams, size, f.integer, f.qstep, step)
     except (CodingError, LatentError) as exc:
         raise FormatError(f"corrupt file: {exc}") from exc
+    if digest is None:
+        return y_hat, None
     if f.digest != digest[:DIGEST_SIZE]:
         raise DigestMismatch(
             f"entropy digest mismatch (file {f.digest.hex()}, computed {digest[:DIGEST_SIZE].hex()}"
@@ -425,107 +430,6 @@ def read_grid(f: AeicFile) -> np.ndarray | None:
         raise FormatError(f"corrupt file: {exc}") from exc
 
 
-def check_device(device: str) -> None:
-    """Raise ValueError (one line) when ``device`` cannot run here; cpu always can."""
-    if device == "cpu":
-        return
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: no CUDA GPU is available to torch here")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device mps: no Apple GPU is available to torch here")
-
-
-def resolve_precision(precision: str, device: str = "cpu") -> torch.dtype:
-    """auto: bfloat16 where the CPU has native bf16 (or on CUDA), else float32.
-
-    Native means bf16 dot-product instructions (AVX512-BF16 or AMX). oneDNN also runs
-    bf16 on plain AVX-512 by converting, which measured about twice as slow as float32
-    on such a CPU, so that does not count.
-    """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device == "cpu":
-            raise ValueError("fp16 is for CUDA; use bf16 or fp32 on the CPU")
-        return torch.float16
-    if device != "cpu":
-        return torch.bfloat16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX).
-
-    ``AEIC_MAX_CPU_ISA=AVX2`` says no (cpu.py).
-    """
-    from aeic_codec.runtime.cpu import has
-
-    return has("avx512_bf16", "amx_bf16")
-
-
-def synthesize(
-    model: AEIC | RealismDecoder,
-    y_hat: torch.Tensor,
-    height: int,
-    width: int,
-    *,
-    dtype: torch.dtype | None = None,
-    device: str = "cpu",
-    tile: int | None = None,
-    progress: Progress | None = None,
-) -> torch.Tensor:
-    """The generative half: g_s, eps on l_T plus l_res, D; returns (3, H, W) in [-1, 1].
-
-    ``model`` is a whole model (its own decoder) or a realism decoder: both have these parts.
-    """
-    import torch
-
-    from aeic_codec.codec import layerwise
-    from aeic_codec.codec.tiling import denoise_steps, tiled_denoise
-    from aeic_codec.nn.attention import local_attention
-
-    if model.g_s is None or model.denoiser is None or model.vae is None:
-        raise RuntimeError("this model was loaded without its decoder")
-    dtype = dtype or torch.float32
-    cfg = model.cfg
-    eps_tile = tile or cfg.eps_tile
-    overlap = max(1, min(eps_tile * cfg.eps_overlap // cfg.eps_tile, (eps_tile - 1) // 2))
-    # channels-last lets oneDNN skip a layout reorder around every convolution (1.5-2x).
-    layout = torch.channels_last
-    for part in (model.g_s, model.denoiser, model.vae):
-        part.to(device=device, dtype=dtype, memory_format=layout)
-    with torch.no_grad(), local_attention(model.denoiser, 8), local_attention(model.vae, 8):
-        y = y_hat.to(device=device, dtype=dtype).contiguous(memory_format=layout)
-        l_t, l_res = model.g_s(y)
-        l_t = model.denoiser.with_noise(l_t)  # whole l_T before tiling: the tiles agree
-        # One progress count over both phases, so that a bar never starts over.
-        lh, lw = l_t.shape[-2:]
-        n_eps = denoise_steps(lh, lw, eps_tile, overlap)
-        total = n_eps + layerwise.decoder_steps(model.vae, lh, lw)
-        eps_progress = vae_progress = None
-        if progress is not None:
-            report = progress
-
-            def eps_progress(done: int, _total: int) -> None:
-                report(done, total)
-
-            def vae_progress(done: int, _total: int) -> None:
-                report(n_eps + done, total)
-
-        l_0 = tiled_denoise(model.denoiser, l_t, eps_tile, overlap, eps_progress) + l_res
-        del l_t, l_res
-        x = layerwise.decode(model.vae, l_0, vae_progress)
-    return x[0, :, :height, :width].float().clamp(-1, 1).cpu()
-
-
 @dataclass
 class DecodeResult:
     image: np.ndarray  # H x W x 3 uint8
@@ -537,7 +441,7 @@ class DecodeResult:
 
 
 def decode(
-    data: bytes,
+    data: bytes | AeicFile,
     model: AEIC,
     *,
     precision: str = "auto",
@@ -547,7 +451,7 @@ def decode(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     realism: float = 0.0,
 ) -> np.ndarray:
-    """Decode .aeic bytes into an H x W x 3 uint8 image (see decode_image)."""
+    """Decode an .aeic file (bytes or parsed) into an H x W x 3 uint8 image (see decode_image)."""
     return decode_image(
         data,
         model,
@@ -585,7 +489,7 @@ def _phases(progress: Progress | None, shares: list[float]) -> list[Progress | N
 
 
 def decode_image(
-    data: bytes,
+    data: bytes | AeicFile,
     model: AEIC,
     *,
     precision: str = "auto",
@@ -595,14 +499,16 @@ def decode_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     realism: float = 0.0,
 ) -> DecodeResult:
-    """Decode .aeic bytes into an image, with the entropy digest of the integer path.
+    """Decode an .aeic file into an image, with the entropy digest of the integer path.
 
-    ``realism`` 0 renders with the bundle's own (fidelity) decoder, 1 with its realism
-    decoder, values between blend the two pictures (both decoders run; also at 1 when
-    the realism decoder gives only detail, realism.detail_blend). 0 is the default:
-    on Kodak at 1:1 the realism decoders of the shipped models draw texture as strokes and
-    bend faces, which looks less like a photograph than the fidelity decoder's blur
-    (README, "Default models").
+    ``data`` is the file's bytes or, so that they are parsed once, the AeicFile that
+    ``read_header`` made of them (``max_pixels`` applies to bytes: read_header checked
+    the file's). ``realism`` 0 renders with the bundle's own (fidelity) decoder, 1 with
+    its realism decoder, values between blend the two pictures (both decoders run; also
+    at 1 when the realism decoder gives only detail, realism.detail_blend). 0 is the
+    default: on Kodak at 1:1 the realism decoders of the shipped models draw texture as
+    strokes and bend faces, which looks less like a photograph than the fidelity
+    decoder's blur (README, "Default models").
     """
     from aeic_codec.codec.colour import apply_colour_fix, apply_grid
     from aeic_codec.codec.realism import detail_blend, needs_fidelity
@@ -614,19 +520,20 @@ def decode_image(
     fidelity = needs_fidelity(r, realism_cfg)
     if fidelity and model.g_s is None:
         raise ValueError("this realism setting needs a model loaded with its own decoder")
-    f = unpack(data, max_pixels=max_pixels)
+    f = data if isinstance(data, AeicFile) else unpack(data, max_pixels=max_pixels)
     levels = read_grid(f)  # before the slow part, so that a corrupt grid fails at once
     parts = [model] if fidelity else []
     parts += [model.realism] if r > 0 else []
     entropy_progress, *decoder_progress = _phases(progress, [ENTROPY_SHARE] + [1.0] * len(parts))
     y_hat, digest = latent_and_digest(f, model, entropy_progress)
+    dtype = resolve_precision(precision, device)
     pictures = [
         synthesize(
             decoder,
             y_hat,
             f.height,
             f.width,
-            dtype=resolve_precision(precision, device),
+            dtype=dtype,
             device=device,
             tile=tile,
             progress=part_progress,

@@ -261,7 +261,7 @@ class DecodeWork(_Work):
         if key not in self._models:
             self._models[key] = api.load_decoder(self.weights, key, self.realism)
         result = api.decode_image(
-            data,
+            header,
             self._models[key],
             precision=self.precision,
             device=self.device,

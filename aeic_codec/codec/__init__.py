@@ -1,4 +1,4 @@
-"""The codec: the AEIC model, tiled and layer-by-layer decoding, colour, realism, metrics."""
+"""The codec: the AEIC model, its synthesis (tiled, layer by layer), colour, realism, metrics."""
 
 from __future__ import annotations
 
@@ -44,10 +44,7 @@ _EXPORTS = {
     "oriented_band_power": "metrics",
     "psnr_u8": "metrics",
     "AEIC": "model",
-    "Compressed": "model",
-    "LatentError": "model",
     "PAD": "model",
-    "hyper_size": "model",
     "latent_size": "model",
     "DECODER_FIELDS": "realism",
     "PREFIX": "realism",
@@ -56,6 +53,7 @@ _EXPORTS = {
     "gaussian_blur": "realism",
     "needs_fidelity": "realism",
     "realism_config": "realism",
+    "synthesize": "synthesis",
     "Core": "tiling",
     "Progress": "tiling",
     "Ticker": "tiling",

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .model import AEIC, hyper_size, latent_size
+from aeic_codec.latent_codecs.base import hyper_size
+
+from .model import AEIC, latent_size
 
 T = TypeVar("T")
 

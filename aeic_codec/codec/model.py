@@ -1,33 +1,26 @@
-"""The AEIC model: transforms, priors and the latent-level compress/decompress.
+"""The AEIC model: its networks, its frequency tables and the latent codec it composes.
 
-``AEIC`` holds the networks one side needs: an encoder-only instance skips g_s and the
-generative decoder (the SE decoder side alone is 913 M parameters); a decoder-only one
-skips g_a and h_a. The entropy parameters (h_s and the context steps) come from one of
-two paths that both sides run alike: the integer path (``intnet.py``, format version 3),
-which gives the same integers on every machine, or the float32 path of format versions 1
-and 2, which the published checkpoints were trained with; see docs/format.md.
+The entropy coding of the latents is a latent codec (``latent_codecs/``) on one of two
+paths that both sides run alike: the integer path (format versions 3 and 4), which gives
+the same integers on every machine, or the float32 path of format versions 1 and 2,
+which the published checkpoints were trained with; see docs/format.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from aeic_codec.entropy_models.intnet import QSTEP_ONE, IntegerEntropy, Start, step_values
-from aeic_codec.entropy_models.priors import (
-    SKIP_SCALE,
-    FactorizedPrior,
-    gaussian_likelihood,
-    scale_indexes,
-    table_scales,
-)
-from aeic_codec.format.coder import ESCAPE_LIMIT, StreamDecoder, StreamEncoder
+from aeic_codec.entropy_models.intnet import IntegerEntropy
+from aeic_codec.entropy_models.priors import FactorizedPrior, table_scales
+from aeic_codec.format.container import QSTEP_ONE
 from aeic_codec.format.tables import MAX_BINS, FreqTables
+from aeic_codec.latent_codecs.base import Compressed, Decompressed, LatentCodec
+from aeic_codec.latent_codecs.float_path import FloatLatentCodec
+from aeic_codec.latent_codecs.integer_path import IntegerLatentCodec
 from aeic_codec.nn.blocks import Conv3x3
 from aeic_codec.nn.config import ModelConfig
 from aeic_codec.nn.context import QuadtreeContext
@@ -41,38 +34,44 @@ from aeic_codec.nn.transforms import (
 PAD = 64  # the image is padded to a multiple of this (g_a downsamples by 32, h_a by 4 more)
 
 
-class LatentError(ValueError):
-    """Streams that decode to something the model cannot have produced."""
-
-
-@dataclass
-class Compressed:
-    """What the latent coder produced for one image."""
-
-    streams: list[bytes]
-    y_hat: torch.Tensor
-    # Information estimate per stream (z, steps 0-3): -log2 of the model's likelihoods on
-    # the float path, of the table frequencies on the integer path (cheap: no tanh/erfc).
-    stream_bits: list[float]
-    digest: bytes | None = None  # entropy digest of the integer path (None: float path)
-    start: Start | None = None  # the integer path's h_s and step 0, reusable at another qstep
-
-    @property
-    def estimated_bits(self) -> float:
-        return sum(self.stream_bits)
-
-
 def latent_size(height: int, width: int) -> tuple[int, int]:
     """Size of y for an image of this size (after padding to a multiple of 64)."""
     return -(-height // PAD) * PAD // 32, -(-width // PAD) * PAD // 32
 
 
-def hyper_size(y_size: tuple[int, int]) -> tuple[int, int]:
-    return -(-y_size[0] // 4), -(-y_size[1] // 4)
-
-
 class AEIC(nn.Module):
-    """One AEIC model. Attributes that a side does not need are None."""
+    """AEIC: a shallow encoder and a generative decoder for ultra-low bitrates.
+
+    The method of "Ultra-Low Bitrate Perceptual Image Compression with Shallow Encoder"
+    (Zhang, Liu, Chen, arXiv 2512.12229)::
+
+              encoder side                            decoder side
+            x --g_a--> y --h_a--> z --Q--> z_hat ==[z]==> z_hat
+                       |                     |              |
+                       |                    h_s            h_s
+                       |                     v              v
+                       +--------------->  4 steps ==[y]==> 4 steps --> y_hat
+                                         (context)        (context)      |
+                                                                        g_s
+                                                                         v
+                      x_hat = D(l_0) <-- l_0 = eps(l_T) + l_res <-- l_T, l_res
+
+    Q rounds z around its medians; h_s gives the context ``ctx`` at y's size; each of
+    the four quadtree steps k predicts (mean, scale) = context_k(ctx), codes a quarter of
+    y as y_hat = round((y - mean) / step) * step + mean under the Gaussian table of its
+    scale, and writes it into ctx. ``==[z]==>`` is one stream, ``==[y]==>`` four (one
+    per step). eps is the one-step denoiser, D the VAE decoder (``synthesis.py``).
+
+    From y and z to y_hat runs the latent codec (``latent_codec``), on one of two entropy
+    paths: the integer one (``IntegerLatentCodec``, the default whenever the bundle has
+    it: h_s and the context model as exact integer programs, the same integers on every
+    machine, their digest in the file, any step) or the float one (``FloatLatentCodec``:
+    the published float32 networks, step 1).
+
+    An instance holds the networks one side needs: an encoder-only one skips g_s and
+    the generative decoder (the SE decoder side alone is 913 M parameters), a
+    decoder-only one g_a and h_a. Attributes that a side does not need are None.
+    """
 
     def __init__(self, cfg: ModelConfig, encoder: bool = True, decoder: bool = True) -> None:
         super().__init__()
@@ -182,153 +181,38 @@ class AEIC(nn.Module):
     ) -> Compressed:
         """Code a padded image (1, 3, H, W) in [-1, 1] into five streams.
 
-        ``integer`` picks the entropy path (default: the integer one when the model has
-        it); ``device`` and ``dtype`` are where and how g_a runs (``analyse``). The
-        entropy parameters are computed on the CPU: the integer path gives the same
-        integers anywhere, and it is cheap next to g_a. ``qstep`` is y's quantisation
-        step in 1/256 (integer path only; see ``code_latents``).
+        ``integer`` picks the entropy path (``latent_codec``); ``device`` and ``dtype``
+        are where and how g_a runs (``analyse``). The entropy parameters are computed on
+        the CPU: the integer path gives the same integers anywhere, and it is cheap next
+        to g_a. ``qstep`` is y's quantisation step in 1/256 (integer path only).
         """
         y, z = self.analyse(x, device, dtype)
-        return self.code_latents(y, z, integer, qstep)
+        return self.latent_codec(integer).compress(y, z, qstep)
 
-    @torch.no_grad()
-    def code_latents(
+    def decompress(
         self,
-        y: torch.Tensor,
-        z: torch.Tensor,
+        streams: Sequence[bytes],
+        y_size: tuple[int, int],
         integer: bool | None = None,
         qstep: int = QSTEP_ONE,
-        start: Start | None = None,
-    ) -> Compressed:
-        """The entropy coding of ``analyse``'s y and z: what a rate search repeats.
+        step: Callable[[], None] | None = None,
+    ) -> Decompressed:
+        """y_hat (and the integer path's digest) from the five streams of ``compress``.
 
-        A ``qstep`` other than QSTEP_ONE (256) quantises y with step qstep / 256 instead of
-        the trained 1: coarser for fewer bytes, finer for more (format version 4).
-        ``start`` is an earlier result's ``start`` for the same z (it does not depend on
-        the step).
+        ``step`` is called after each of the four context steps (for progress).
+        """
+        return self.latent_codec(integer).decompress(streams, y_size, qstep, step)
+
+    def latent_codec(self, integer: bool | None = None) -> LatentCodec:
+        """The entropy coding of this model's latents on one path.
+
+        ``integer`` None takes the integer path whenever the model has it. A rate search
+        keeps one codec and compresses the same y and z at several steps.
         """
         z_tables, y_tables = self._tables()
         if self.integer is not None if integer is None else integer:
-            return self._compress_integer(y, z, qstep, start)
-        if qstep != QSTEP_ONE:
-            raise ValueError("another quantisation step needs the integer entropy path")
-        eb = self.entropy_bottleneck
-        med = eb.medians.detach().view(1, -1, 1, 1)
-        z_sym = torch.round(z - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
-        z_hat = z_sym + med
-        streams = [_encode_z(z_sym, z_tables)]
-        bits = [float(-torch.log2(eb.likelihood(z_hat)).sum())]
-
-        def code_step(k: int, mask: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
-            mean, scale = _sanitize(mean, scale)
-            coded = mask & (scale >= SKIP_SCALE)
-            sym = torch.round(y - mean).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT)
-            sym = torch.where(coded, sym, torch.zeros_like(sym))
-            enc = StreamEncoder()
-            enc.encode(sym[coded].long().numpy(), scale_indexes(scale[coded]).numpy(), y_tables)
-            streams.append(enc.finish())
-            y_hat = sym + mean
-            p = gaussian_likelihood(y_hat[mask], mean[mask], scale[mask])
-            bits.append(float(-torch.log2(p).sum()))
-            return y_hat
-
-        base = self.h_s(z_hat, y.shape[-2:])
-        y_hat = self.context.run(base, code_step)
-        return Compressed(streams, y_hat, bits)
-
-    def _compress_integer(
-        self, y: torch.Tensor, z: torch.Tensor, qstep: int, start: Start | None
-    ) -> Compressed:
-        z_tables, y_tables = self._tables()
-        ie = self._integer()
-        med = ie.median_real().view(1, -1, 1, 1)
-        z_sym = torch.round(z.double() - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT).long()
-        enc = StreamEncoder()
-        enc.encode(z_sym.numpy().ravel(), _z_ids(z_sym.shape), z_tables)
-        streams, bits = [enc.finish()], [enc.bits]
-        y64 = y.double()
-        step = qstep / QSTEP_ONE
-
-        def code_step(k: int, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            coded, tables = ie.coded_and_tables(scale, qstep)
-            sym = torch.round((step_values(y64, k) - ie.mean_real(mean)) / step)
-            sym = torch.where(coded, sym.clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT), 0.0).long()
-            enc = StreamEncoder()
-            enc.encode(sym[coded].numpy(), tables.numpy(), y_tables)
-            streams.append(enc.finish())
-            bits.append(enc.bits)
-            return sym
-
-        start = start if start is not None else ie.start(z_sym, y.shape[-2:])
-        y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step, qstep, start)
-        return Compressed(streams, y_hat, bits, digest, start)
-
-    @torch.no_grad()
-    def decompress(
-        self,
-        streams: list[bytes] | tuple[bytes, ...],
-        y_size: tuple[int, int],
-        step: Callable[[], None] | None = None,
-    ):
-        """Rebuild y_hat (1, M, h, w) from the five streams of the float path.
-
-        ``step`` is called after each of the four context steps (for progress).
-        """
-        z_tables, y_tables = self._tables()
-        zh, zw = hyper_size(y_size)
-        c = self.cfg.hyper_channels
-        z_sym = StreamDecoder(streams[0]).decode(_z_ids((1, c, zh, zw)), z_tables)
-        eb = self.entropy_bottleneck
-        med = eb.medians.detach().view(1, -1, 1, 1)
-        z_hat = torch.from_numpy(z_sym).float().view(1, c, zh, zw) + med
-
-        def code_step(k: int, mask: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):
-            mean, scale = _sanitize(mean, scale)
-            coded = mask & (scale >= SKIP_SCALE)
-            values = StreamDecoder(streams[k + 1]).decode(
-                scale_indexes(scale[coded]).numpy(), y_tables
-            )
-            sym = torch.zeros_like(mean)
-            sym[coded] = torch.from_numpy(values).to(sym.dtype)
-            if step is not None:
-                step()
-            return sym + mean
-
-        base = self.h_s(z_hat, y_size)
-        y_hat = self.context.run(base, code_step)
-        if not torch.isfinite(y_hat).all():
-            raise LatentError("the streams decode to non-finite latents (corrupt file?)")
-        return y_hat
-
-    @torch.no_grad()
-    def decompress_integer(
-        self,
-        streams: list[bytes] | tuple[bytes, ...],
-        y_size: tuple[int, int],
-        qstep: int = QSTEP_ONE,
-        step: Callable[[], None] | None = None,
-    ) -> tuple[torch.Tensor, bytes]:
-        """y_hat and the entropy digest from the five streams of the integer path.
-
-        ``step`` is called after each of the four context steps (for progress).
-        """
-        z_tables, y_tables = self._tables()
-        ie = self._integer()
-        zh, zw = hyper_size(y_size)
-        c = self.cfg.hyper_channels
-        z_sym = StreamDecoder(streams[0]).decode(_z_ids((1, c, zh, zw)), z_tables)
-        z = torch.from_numpy(z_sym).view(1, c, zh, zw)
-
-        def code_step(k: int, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            coded, tables = ie.coded_and_tables(scale, qstep)
-            values = StreamDecoder(streams[k + 1]).decode(tables.numpy(), y_tables)
-            sym = torch.zeros(mean.shape, dtype=torch.int64)
-            sym[coded] = torch.from_numpy(values)
-            if step is not None:
-                step()
-            return sym
-
-        return ie.run(z, y_size, code_step, qstep)
+            return IntegerLatentCodec(self._integer(), z_tables, y_tables)
+        return FloatLatentCodec(self.entropy_bottleneck, self.h_s, self.context, z_tables, y_tables)
 
 
 _TAIL_MULTIPLIER = -float(
@@ -341,22 +225,3 @@ def _double_copy(module: FactorizedPrior) -> FactorizedPrior:
     copy = FactorizedPrior(module.channels)
     copy.load_state_dict(module.state_dict())
     return copy.double()
-
-
-def _sanitize(mean: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Make garbage predictions (from corrupt z) harmless, identically on both sides."""
-    mean = torch.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)
-    scale = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
-    return mean, scale
-
-
-def _z_ids(shape: tuple[int, ...] | torch.Size) -> np.ndarray:
-    """Table id of every z symbol in C order: its channel."""
-    _, c, h, w = shape
-    return np.repeat(np.arange(c), h * w)
-
-
-def _encode_z(z_sym: torch.Tensor, tables: FreqTables) -> bytes:
-    enc = StreamEncoder()
-    enc.encode(z_sym.long().numpy().ravel(), _z_ids(z_sym.shape), tables)
-    return enc.finish()

@@ -1,4 +1,4 @@
-"""The process around the codec: CPU features, memory, start-up, files, images, progress.
+"""The process around the codec: CPU, devices, memory, start-up, files, images, progress.
 
 The bottom layer: it imports nothing of aeic and no torch at import time.
 """
@@ -19,6 +19,10 @@ _EXPORTS = {
     "capabilities": "cpu",
     "has": "cpu",
     "limit_libraries": "cpu",
+    "PRECISIONS": "devices",
+    "check_device": "devices",
+    "cpu_has_native_bf16": "devices",
+    "resolve_precision": "devices",
     "atomic_path": "files",
     "atomic_write": "files",
     "DEFAULT_MAX_PIXELS": "imageio",

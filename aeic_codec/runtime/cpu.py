@@ -1,7 +1,7 @@
 """What this CPU offers aeic's fast paths, and an override that stands in for a smaller CPU.
 
 The shipped encoder and decoder choose their arithmetic by the CPU: bf16 where it has bf16
-dot products (``api.resolve_precision``), int8 GEMMs where it has int8 dot products
+dot products (``devices.resolve_precision``), int8 GEMMs where it has int8 dot products
 (``kernels.use_int8_gemm``). To measure or test the paths of a CPU
 with AVX2 alone on a larger one, set ``AEIC_MAX_CPU_ISA=AVX2`` before Python starts: aeic
 then sees only what such a CPU has, and ``aeic_codec/__init__.py`` limits oneDNN, ATen,
