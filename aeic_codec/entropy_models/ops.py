@@ -46,8 +46,8 @@ FLOAT_SHIFT_MAX = 37  # requantisation shifts up to this run exactly in float64 
 class Act(NamedTuple):
     """An activation: NHWC values and the exponent f (real = v * 2**-f).
 
-    IntOps holds int64 integers; FloatOps holds float64 reals and, when building, the
-    exponent the integer path will use for this tensor (0 while calibrating).
+    IntOps holds integers (in float64 tensors); FloatOps holds float64 reals and, when
+    building, the exponent the integer path will use for this tensor (0 while calibrating).
     """
 
     v: torch.Tensor
