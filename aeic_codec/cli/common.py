@@ -1,0 +1,60 @@
+"""What every command shares: the one-line error form, --debug and --device.
+
+Below the group (``app``) and the command modules, so that they import it and not each
+other (commands are looked up by ``app`` lazily, by module name).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def error(message: str) -> None:
+    """Say one error as every error of aeic is said: one line on stderr."""
+    click.echo(f"aeic: error: {message}", err=True)
+
+
+class Refused(click.UsageError):
+    """A command line that cannot work (its weights, outputs, device): exit 2, no hint."""
+
+
+def fail_hard(exc: BaseException, debug: bool) -> NoReturn:
+    """A failure that ends the command (exit 1); its traceback only with --debug."""
+    if debug:
+        raise exc
+    raise click.ClickException(str(exc)) from None
+
+
+def refuse(exc: BaseException, debug: bool) -> NoReturn:
+    """A problem with the command line as a whole (its weights, its device): exit 2."""
+    if debug:
+        raise exc
+    raise Refused(str(exc)) from None
+
+
+def debug_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--debug", is_flag=True, help="Show tracebacks on errors.")(f)
+
+
+def device_option(text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One --device for encode and decode: the same choices, each saying what runs there."""
+    return click.option(
+        "--device", type=click.Choice(DEVICES), default="cpu", show_default=True, help=text
+    )
+
+
+def shown(source: str) -> str:
+    """An input as messages name it."""
+    return "<stdin>" if source == "-" else source
+
+
+def on_terminal() -> bool:
+    """Whether progress may be drawn (stderr is a terminal)."""
+    return sys.stderr.isatty()

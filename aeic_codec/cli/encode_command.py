@@ -1,0 +1,126 @@
+"""``aeic encode``: images to .aeic files, at a lambda or within a byte budget."""
+
+from __future__ import annotations
+
+import click
+
+from aeic_codec.bundles.bundle import BundleError
+from aeic_codec.format.container import QSTEP_ONE
+from aeic_codec.runtime.imageio import IMAGE_SUFFIXES
+
+from . import batch
+from .coding import BatchOptions, Coding, Direction, batch_options
+from .common import device_option, refuse
+
+LAMBDA_HELP = (
+    "Rate: a larger lambda gives smaller files and less detail. A bundle's own lambda "
+    "(shipped: 12, 64, 500; default: the middle one, 64) uses that bundle; any other lambda "
+    "in the range of the bundles' rate curves (shipped: about 0.54 to 4350) the bundle best "
+    "at that rate, with a finer or coarser quantisation step. 'aeic weights list' shows what "
+    "is installed."
+)
+ENCODING = Direction(".aeic", IMAGE_SUFFIXES, "compressed data", "encoded")
+
+
+@click.command()
+@click.argument("inputs", nargs=-1)
+@batch_options
+@click.option("--lambda", "lambda_", type=float, help=LAMBDA_HELP)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    help="Byte budget: the best file of at most this many bytes (container included), "
+    "whatever lambda that takes; per file in a batch.",
+)
+@click.option(
+    "--bpp",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Budget in bits per pixel: --size of bpp * width * height / 8 bytes.",
+)
+@click.option("--variant", help="Model variant when several match (e.g. AEIC-SE).")
+@click.option(
+    "--colour-fix/--no-colour-fix",
+    default=None,
+    help="Send the source's colour statistics (default: as the model says; AEIC-SE and "
+    "AEIC-ME for images over 768x768, aeic-small always).",
+)
+@click.option(
+    "--colour-grid/--no-colour-grid",
+    default=None,
+    help="Send the source's mean colour over a grid of cells (about 0.002 bpp at 64 px cells; "
+    "default: as the model says).",
+)
+@device_option(
+    "Where the analysis networks run; the integer entropy path gives the same file anywhere."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Precision of the analysis transform (auto: bf16 where the CPU computes it natively); "
+    "any decoder reads the files of any precision.",
+)
+@click.option(
+    "--float-entropy",
+    is_flag=True,
+    help="Use the float entropy path (format version 1/2, as the published pipeline) even "
+    "when the bundle has the integer one; such files decode reliably only on a like machine.",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Decode each file's latents again before writing it and fail unless they (and the "
+    "entropy digest) are the encoder's; about half the encode time again.",
+)
+def encode(
+    inputs: tuple[str, ...],
+    options: BatchOptions,
+    lambda_: float | None,
+    size: int | None,
+    bpp: float | None,
+    variant: str | None,
+    colour_fix: bool | None,
+    colour_grid: bool | None,
+    device: str,
+    precision: str,
+    float_entropy: bool,
+    verify: bool,
+) -> None:
+    """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
+    from aeic_codec.bundles.rate import find_ladder, resolve_rate
+
+    coding = Coding(inputs, options, ENCODING)
+    weights = options.weights
+    budget = size is not None or bpp is not None
+    try:
+        if budget and (lambda_ is not None or (size is not None and bpp is not None)):
+            raise click.UsageError("give one of --lambda, --size and --bpp")
+        if budget and float_entropy:
+            raise click.UsageError("--size and --bpp need the integer entropy path")
+        ladder = find_ladder(weights, variant=variant) if budget else None
+        info, qstep = (
+            (None, QSTEP_ONE) if budget else resolve_rate(weights, lambda_=lambda_, variant=variant)
+        )
+        if float_entropy and qstep != QSTEP_ONE:
+            raise click.UsageError(
+                f"lambda {lambda_:g} is no bundle's own: it needs the integer entropy path"
+            )
+    except (BundleError, ValueError, click.UsageError) as exc:
+        refuse(exc, options.debug)
+    work = batch.EncodeWork(
+        str(info.path) if info is not None else None,
+        options.force,
+        options.max_pixels,
+        colour_fix,
+        colour_grid,
+        integer=False if float_entropy else None,
+        device=device,
+        precision=precision,
+        verify=verify,
+        qstep=qstep,
+        ladder=ladder,
+        size=size,
+        bpp=bpp,
+    )
+    coding.run(work, device, precision)

@@ -1,0 +1,306 @@
+"""``aeic weights``: list, import, and copy bundles with a colour grid, an integer
+entropy path or a rate curve added."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aeic_codec.bundles.bundle import BundleError
+from aeic_codec.runtime.progress import BatchProgress
+
+from .common import debug_option, fail_hard, on_terminal
+
+_bundle_output = click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The bundle to write (.safetensors).",
+)
+
+
+@click.group()
+def weights() -> None:
+    """Manage weight bundles."""
+
+
+@weights.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per bundle.")
+@click.option(
+    "--weights", "where", type=click.Path(exists=True), help="Also search this file/directory."
+)
+def weights_list(as_json: bool, where: str | None) -> None:
+    """List every bundle found (--weights, $AEIC_WEIGHTS, the shipped weights/), by lambda.
+
+    The identity shown is the one its files carry (and aeic info shows).
+    """
+    from aeic_codec.bundles.bundle import BundleInfo, iter_bundles, rate_order, search_paths
+
+    found = list(iter_bundles(search_paths(where)))
+    for problem in found:
+        if isinstance(problem, BundleError):
+            click.echo(f"aeic: warning: {problem}", err=True)
+    for b in sorted((b for b in found if isinstance(b, BundleInfo)), key=rate_order):
+        if as_json:
+            click.echo(json.dumps(b.to_dict()))
+        else:
+            lam = f"{b.lambda_:g}" if b.lambda_ is not None else "-"
+            realism = "realism" if b.realism is not None else "-"
+            click.echo(
+                f"{b.file_identity}  {b.variant:<12} lambda {lam:<6} {realism:<7} "
+                f"{b.size / 1e6:8.1f} MB  {b.path}"
+            )
+
+
+_INTEGER_WEIGHTS_HELP = (
+    "Integer weights of the entropy networks: 8-bit halves their work, 16-bit costs less "
+    "rate, mixed is 8-bit in the context model's blocks and 16-bit elsewhere; auto takes "
+    "the first of 8, mixed, 16 whose files come out at most 1 % above the float path's on "
+    "the calibration images."
+)
+
+
+def _integer_weights_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--integer-weights",
+        type=click.Choice(["auto", "8", "mixed", "16"]),
+        default="auto",
+        show_default=True,
+        help=_INTEGER_WEIGHTS_HELP,
+    )(f)
+
+
+def _weight_plan(choice: str) -> str | None:
+    return None if choice == "auto" else choice
+
+
+@weights.command("import")
+@click.option(
+    "--aeic",
+    "aeic_pkl",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="AEIC_SE_ft{L}.pkl or AEIC_ME_ft{L}.pkl.",
+)
+@click.option(
+    "--sd-turbo",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="SD-Turbo folder in diffusers layout (unet/config.json + weights).",
+)
+@click.option(
+    "--vae-decoder",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="halfDecoder.ckpt.",
+)
+@_bundle_output
+@click.option("--lambda", "lambda_", type=float, help="Rate weight (default: from the file name).")
+@click.option(
+    "--decoder-dtype",
+    type=click.Choice(["bf16", "fp32", "int8"]),
+    default="bf16",
+    show_default=True,
+    help="Storage type of the generative decoder.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, file_okay=False),
+    help="Images to give the bundle an integer entropy path with (format 3 files); its rate "
+    "cost and PSNR against the float path are measured on them and printed.",
+)
+@click.option("--calibration-count", type=click.IntRange(min=1), default=4, show_default=True)
+@_integer_weights_option
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
+@debug_option
+def weights_import(
+    aeic_pkl: str,
+    sd_turbo: str,
+    vae_decoder: str,
+    output: str,
+    lambda_: float | None,
+    decoder_dtype: str,
+    calibration: str | None,
+    calibration_count: int,
+    integer_weights: str,
+    force: bool,
+    debug: bool,
+) -> None:
+    """Turn the published AEIC checkpoints into one bundle."""
+    from aeic_codec.bundles.importer import import_published
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    step = {"n": 0}
+
+    def progress(message: str) -> None:
+        step["n"] += 1
+        click.echo(f"[{step['n']}/6] {message}", err=True)
+
+    try:
+        identity = import_published(
+            aeic_pkl, sd_turbo, vae_decoder, output, lambda_, progress, decoder_dtype
+        )
+        click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+        if calibration:
+            from aeic_codec.tools.integerize import (
+                PLAN_WORDS,
+                image_files,
+                integerize_measured,
+                read_rgb,
+            )
+
+            images = [read_rgb(p) for p in image_files(calibration, calibration_count)]
+            model, cost, plan = integerize_measured(
+                output, images, Path(calibration).name, _weight_plan(integer_weights)
+            )
+            click.echo(
+                f"aeic: integer entropy path added ({PLAN_WORDS[plan]}, integer identity "
+                f"{model.integer_identity}); {cost.summary()}",
+                err=True,
+            )
+    except (BundleError, OSError, ValueError) as exc:
+        fail_hard(exc, debug)
+
+
+@weights.command("set-grid")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_bundle_output
+@click.option(
+    "--cell", required=True, type=int, help="Cell size in pixels (8-4096); 0 sends no grid."
+)
+@click.option(
+    "--step", type=int, help="Quantization step of the cell means (default: the bundle's)."
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
+@debug_option
+def weights_set_grid(
+    bundle: str, output: str, cell: int, step: int | None, force: bool, debug: bool
+) -> None:
+    """Copy a bundle with another colour grid for its encoder to send.
+
+    The weights and the identity are kept: the copy decodes the original's files too.
+    """
+    from aeic_codec.bundles.bundle import set_colour_grid
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    try:
+        identity = set_colour_grid(bundle, output, cell, step)
+    except (OSError, ValueError) as exc:  # BundleError is a ValueError
+        fail_hard(exc, debug)
+    click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+
+
+def _images_options(what: str, count: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--images DIR and --count N: the images a weights command measures on."""
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--count", type=click.IntRange(min=1), default=count, show_default=True)(f)
+        return click.option(
+            "--images",
+            required=True,
+            type=click.Path(exists=True, file_okay=False),
+            help=f"{what} (folder, searched recursively; the first --count in name order).",
+        )(f)
+
+    return apply
+
+
+@weights.command("integerize")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_bundle_output
+@_images_options("Calibration images", 16)
+@click.option(
+    "--measure",
+    type=click.Path(exists=True, file_okay=False),
+    help="Also encode these images with both entropy paths and print the rate cost.",
+)
+@_integer_weights_option
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
+@debug_option
+def weights_integerize(
+    bundle: str,
+    output: str,
+    images: str,
+    count: int,
+    measure: str | None,
+    integer_weights: str,
+    force: bool,
+    debug: bool,
+) -> None:
+    """Copy a bundle with an integer entropy path (format 3 files decode on any machine).
+
+    Every other tensor and metadata entry is kept; rerunning replaces the integer part.
+    """
+    from aeic_codec.tools.integerize import (
+        PLAN_WORDS,
+        image_files,
+        integer_cost,
+        integerize_choosing,
+        read_rgb,
+    )
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    try:
+        calibration = [read_rgb(p) for p in image_files(images, count)]
+        model, plan = integerize_choosing(
+            bundle, output, calibration, Path(images).name, _weight_plan(integer_weights)
+        )
+        click.echo(
+            f"aeic: wrote {output} (identity {model.identity}, integer identity "
+            f"{model.integer_identity}; float weights made integer: {PLAN_WORDS[plan]})",
+            err=True,
+        )
+        if measure:
+            cost = integer_cost(model, [read_rgb(p) for p in image_files(measure)])
+            click.echo(f"aeic: {cost.summary()}", err=True)
+    except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors
+        fail_hard(exc, debug)
+
+
+@weights.command("calibrate-rate")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_bundle_output
+@_images_options("Images to measure on (the shipped curves: the 24 Kodak images)", 24)
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
+@debug_option
+def weights_calibrate_rate(
+    bundle: str, output: str, images: str, count: int, force: bool, debug: bool
+) -> None:
+    """Copy a bundle with its rate curve: bpp and PSNR against the quantisation step.
+
+    The encoder needs the curves of a ladder's bundles for lambdas between theirs and for
+    byte budgets across bundles (docs/architecture.md, section 11). Identity unchanged.
+    """
+    from aeic_codec import api
+    from aeic_codec.bundles.bundle import load_bundle
+    from aeic_codec.bundles.rate import set_rate_curve
+    from aeic_codec.tools.integerize import image_files, read_rgb
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    try:
+        files = image_files(images, count)
+        model = load_bundle(bundle, encoder=True, decoder=True)
+        bar = BatchProgress(1, sys.stderr) if on_terminal() else None
+        if bar:
+            bar.begin(f"calibrating {Path(bundle).name} on {len(files)} images")
+        curve = api.measure_rate_curve(
+            model, [read_rgb(p) for p in files], progress=bar.tiles if bar else None
+        )
+        if bar:
+            bar.clear()
+        source = {"images": Path(images).name, "count": len(files)}
+        identity = set_rate_curve(bundle, output, curve, source)
+        points = ", ".join(f"{q / 256:g}: {b:.4f} bpp {p:.2f} dB" for q, b, p in curve)
+        click.echo(f"aeic: wrote {output} (identity {identity}); step: {points}", err=True)
+    except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors
+        fail_hard(exc, debug)
