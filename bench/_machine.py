@@ -1,10 +1,16 @@
-"""One line describing the machine, printed by every benchmark next to its numbers."""
+"""The machine a benchmark runs on: the line describing it, printed next to every figure, and
+the memory of a process, measured in a fresh one where this process's own would colour it."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import subprocess
+import sys
+
+from bench import ROOT
 
 
 def machine_line() -> str:
@@ -45,3 +51,12 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_fresh(code: str, *args: str) -> dict[str, float]:
+    """Run ``python -c code args`` in a fresh interpreter from the repository's root, and
+    return the JSON object on the last line it printed (its peak memory is its own)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

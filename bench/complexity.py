@@ -15,8 +15,8 @@ from aeic_codec.codec.model import AEIC
 from aeic_codec.nn.config import AEIC_ME, AEIC_SE
 from aeic_codec.nn.transforms import SynthesisTransform
 from bench._machine import machine_line
-
-PAPER = {"AEIC-SE": ("16.10 M", "46.02 K"), "AEIC-ME": ("55.91 M", "204.26 K")}
+from bench._tables import md_table
+from bench.report.complexity import PAPER
 
 
 def rows() -> list[tuple[str, ...]]:
@@ -32,7 +32,7 @@ def rows() -> list[tuple[str, ...]]:
                 f"{param_count(model.g_a) / 1e6:.2f} M",
                 f"{param_count(model.g_s) / 1e6:.1f} M"
                 f" / {synthesis_macs_per_pixel(model) / 1e3:.0f} K",
-                *PAPER[cfg.name],
+                *PAPER[cfg.name]["encoder side"],
             )
         )
     return out
@@ -49,10 +49,7 @@ def main() -> None:
         "paper params",
         "paper MACs/px",
     )
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in rows():
-        print("| " + " | ".join(r) + " |")
+    print(md_table(head, rows()))
 
 
 if __name__ == "__main__":

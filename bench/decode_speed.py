@@ -13,11 +13,7 @@ alone (``aeic_codec/runtime/cpu.py``; the machine line says so).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +22,8 @@ from aeic_codec import api
 from aeic_codec.codec.model import AEIC
 from aeic_codec.nn.config import PRESETS
 from aeic_codec.runtime.allocator import keep_freed_memory
-from bench._machine import machine_line, peak_rss_mb
+from bench._machine import machine_line, peak_rss_mb, run_fresh
+from bench._timing import best_of
 
 
 def build(variant: str) -> tuple[AEIC, float]:
@@ -48,12 +45,7 @@ def image(h: int, w: int) -> np.ndarray:
 def time_decode(model: AEIC, h: int, w: int, precision: str, runs: int) -> float:
     data = api.encode(image(h, w), model)
     api.decode(data, model, precision=precision)  # warm-up (and dtype conversion)
-    best = float("inf")
-    for _ in range(runs):
-        t = time.perf_counter()
-        api.decode(data, model, precision=precision)
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_of(lambda: api.decode(data, model, precision=precision), runs)
 
 
 def peak_child(variant: str, h: int, w: int, precision: str) -> dict[str, float]:
@@ -70,11 +62,7 @@ def peak_child(variant: str, h: int, w: int, precision: str) -> dict[str, float]
         "print(json.dumps({'seconds': time.perf_counter() - t,"
         " 'peak_mb': peak_rss_mb()}))\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_fresh(code)
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,23 +40,11 @@ import torch
 from PIL import Image
 
 from aeic_codec.runtime.allocator import keep_freed_memory
+from bench import ROOT
 from bench._machine import machine_line
+from bench._timing import side_by_side
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "docs" / "kodim23.png"
-
-
-def side_by_side(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each function: a warm-up round, then ``rounds`` alternating rounds."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def small(rounds: int, bundle: Path) -> dict[str, list[float]]:

@@ -28,9 +28,10 @@ import numpy as np
 from aeic_codec import api
 from aeic_codec.bundles.bundle import find_bundle, load_bundle
 from aeic_codec.codec.metrics import ms_ssim_u8, psnr_u8
+from bench import ROOT
 from bench._machine import machine_line
-from bench.rd_kodak import ROOT, kodak_images, load_rgb, measure_anchor
 from bench.rd_kodak import _downscaled as downscaled
+from bench.rd_kodak import kodak_images, load_rgb, measure_anchor
 
 LAMBDAS = (
     1.5,

@@ -43,8 +43,9 @@ from aeic_codec.codec.metrics import (
     psnr_u8,
 )
 from aeic_codec.runtime.allocator import keep_freed_memory
+from bench import ROOT
+from bench._tables import md_table
 
-ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 DOWNSCALE_QUALITIES = (0, 10, 20, 30)
 
@@ -156,6 +157,13 @@ def model_label(path: Path) -> str:
 
 
 Codec = Callable[[Image.Image], tuple[int, Image.Image]]
+# The anchors at their lowest setting: (method, setting, Pillow format, Pillow options); the
+# benchmark report also times their encoders.
+LOWEST: tuple[tuple[str, str, str, dict[str, int]], ...] = (
+    ("JPEG", "q1", "JPEG", {"quality": 1}),
+    ("WebP", "q0", "WEBP", {"quality": 0, "method": 6}),
+    ("AVIF", "q0", "AVIF", {"quality": 0}),
+)
 
 
 def _pillow(fmt: str, **options: object) -> Codec:
@@ -185,9 +193,7 @@ def _downscaled(factor: int, quality: int) -> Codec:
 def anchors(qualities: Iterable[int] = DOWNSCALE_QUALITIES) -> list[tuple[str, str, Codec]]:
     """(method, setting, codec): the lowest settings, then the downscale sweeps."""
     out: list[tuple[str, str, Codec]] = [
-        ("JPEG", "q1", _pillow("JPEG", quality=1)),
-        ("WebP", "q0", _pillow("WEBP", quality=0, method=6)),
-        ("AVIF", "q0", _pillow("AVIF", quality=0)),
+        (method, setting, _pillow(fmt, **options)) for method, setting, fmt, options in LOWEST
     ]
     for factor in (2, 3, 4):
         for q in qualities:
@@ -216,21 +222,17 @@ def band_label(low: float, high: float) -> str:
 
 def table(points: list[Point]) -> str:
     """Markdown: rate, quality, the luma power kept per band (dB), lattices, orientation, speed."""
-    bands = " | ".join(band_label(lo, hi) for lo, hi in SPECTRUM_BANDS)
-    head = (
-        f"| codec | setting | images | bpp | PSNR dB | MS-SSIM | {bands} | lattice | "
-        "lattice 32 | orientation | encode s | decode s |"
-    )
-    lines = [head, "|---" * (11 + len(SPECTRUM_BANDS)) + "|"]
+    head = ["codec", "setting", "images", "bpp", "PSNR dB", "MS-SSIM"]
+    head += [band_label(lo, hi) for lo, hi in SPECTRUM_BANDS]
+    head += ["lattice", "lattice 32", "orientation", "encode s", "decode s"]
+    rows = []
     for p in points:
-        dec = f"{p.decode_s:.2f}" if p.method == "aeic" else "-"
-        kept = " | ".join(f"{b:+.1f}" for b in p.bands)
-        lines.append(
-            f"| {p.method} | {p.setting} | {p.images} | {p.bpp:.4f} | {p.psnr:.2f} | "
-            f"{p.msssim:.3f} | {kept} | {p.lattice:.2f} | {p.lattice32:.2f} | "
-            f"{p.orientation:.2f} | {p.encode_s:.2f} | {dec} |"
-        )
-    return "\n".join(lines)
+        quality = [f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.msssim:.3f}"]
+        kept = [f"{b:+.1f}" for b in p.bands]
+        look = [f"{p.lattice:.2f}", f"{p.lattice32:.2f}", f"{p.orientation:.2f}"]
+        speed = [f"{p.encode_s:.2f}", f"{p.decode_s:.2f}" if p.method == "aeic" else "-"]
+        rows.append([p.method, p.setting, str(p.images), *quality, *kept, *look, *speed])
+    return md_table(head, rows)
 
 
 def plot(

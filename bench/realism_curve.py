@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from aeic_codec.codec.metrics import SPECTRUM_BANDS
+from bench._tables import md_table
 
 BANDS = [f"1/{round(1 / lo)}-1/{round(1 / hi)}" for lo, hi in SPECTRUM_BANDS]
 
@@ -42,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right, grid) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
-    print("| run | step | PSNR dB | MS-SSIM | lattice | " + " | ".join(BANDS) + " |")
-    print("|---" * (5 + len(BANDS)) + "|")
+    table: list[list[str]] = []
     for n, (run, start) in enumerate(args.runs):
         rows = eval_rows(run)
         steps = [start + r["step"] for r in rows]
@@ -58,11 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         if lattice:
             grid.plot(*zip(*lattice, strict=True), "o-", color=colour, label=run.name)
         for step, r in zip(steps, rows, strict=True):
-            bands = " | ".join(f"{r[f'eval_band{i}']:+.1f}" for i in range(len(BANDS)))
-            extra = " | ".join(
-                f"{r[k]:.3f}" if k in r else "-" for k in ("eval_msssim", "eval_lattice")
-            )
-            print(f"| {run.name} | {step} | {r['eval_psnr']:.2f} | {extra} | {bands} |")
+            extra = [f"{r[k]:.3f}" if k in r else "-" for k in ("eval_msssim", "eval_lattice")]
+            bands = [f"{r[f'eval_band{i}']:+.1f}" for i in range(len(BANDS))]
+            table.append([run.name, str(step), f"{r['eval_psnr']:.2f}", *extra, *bands])
+    print(md_table(["run", "step", "PSNR dB", "MS-SSIM", "lattice", *BANDS], table))
     left.set(xlabel="step", ylabel="PSNR (dB)", title="evaluation images, realism 1")
     right.set(xlabel="step", ylabel="luma power kept (dB)", title="top two bands (0 = original)")
     right.axhline(0, color="grey", lw=0.8)

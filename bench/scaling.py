@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench._machine import machine_line
+from bench import ROOT
+from bench._machine import machine_line, run_fresh
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "docs" / "kodim23.png"
 
 _CHILD = """
@@ -62,14 +60,7 @@ print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb()}))
 
 def run_child(job: dict[str, object]) -> dict[str, float]:
     """One encode or decode in a fresh process: its seconds and peak RSS in MB."""
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(job)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_fresh(_CHILD, json.dumps(job))
 
 
 def upscaled(width: int, height: int, folder: Path) -> Path:
