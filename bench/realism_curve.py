@@ -1,6 +1,6 @@
 """Learning curves of realism runs: PSNR and luma power kept per band against steps.
 
-Reads the evaluation rows of each run's log.jsonl (``aeic_codec/training/realism.py``:
+Reads the evaluation rows of each run's log.jsonl (``aeic_codec/training/realism_trainer.py``:
 whole Kodak images decoded through the realism decoder with the colour grid) and writes
 one PNG, plus a Markdown table of every evaluation row on stdout. A run that continued
 another's checkpoint is given as ``RUN_DIR@STEP`` to plot it from the step it started at.
@@ -21,8 +21,16 @@ BANDS = [f"1/{round(1 / lo)}-1/{round(1 / hi)}" for lo, hi in SPECTRUM_BANDS]
 
 
 def eval_rows(run: Path) -> list[dict[str, float]]:
+    """The evaluation rows, as ``eval_*`` figures beside the step.
+
+    Runs of the one run loop nest them under ``eval``; older realism runs wrote them flat.
+    """
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    return [r for r in rows if "eval_psnr" in r]
+    flat = [
+        {"step": r["step"], **{f"eval_{k}": v for k, v in r["eval"].items()}} if "eval" in r else r
+        for r in rows
+    ]
+    return [r for r in flat if "eval_psnr" in r]
 
 
 def run_arg(text: str) -> tuple[Path, int]:

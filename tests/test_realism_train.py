@@ -1,4 +1,8 @@
-"""Realism training end to end on tiny stand-ins: caches, steps, resume, export."""
+"""Realism training end to end on tiny stand-ins: caches, steps, resume, export.
+
+Runs go through the one entry point, ``train`` (and ``aeic train`` and the
+``python -m aeic_codec.training.realism`` alias in the last tests).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ from aeic_codec.bundles.bundle import load_bundle, read_info, save_bundle
 from aeic_codec.codec.model import AEIC
 from aeic_codec.nn.config import AEIC_SMALL_TAEF2, tiny_config
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
+from aeic_codec.training import RealismConfig, TrainConfigError, load_train_config, train
 from aeic_codec.training.losses import spectrum_distance
-from aeic_codec.training.realism import RealismConfig, crops, export, load_config, run
+from aeic_codec.training.realism_data import crops
+from aeic_codec.training.realism_trainer import export
 from tests.conftest import make_image
 
 
@@ -72,19 +78,19 @@ def test_crops_are_a_function_of_the_step() -> None:
 
 def test_a_run_resumes_on_the_same_bits_and_exports(setup: dict[str, Path]) -> None:
     straight = setup["root"] / "straight"
-    run(config(setup, 3), setup["data"], straight, resume=False)
+    train(config(setup, 3), setup["data"], straight, resume=False)
     split = setup["root"] / "split"
-    run(config(setup, 2), setup["data"], split, resume=False)
-    with pytest.raises(SystemExit, match="--resume"):
-        run(config(setup, 3), setup["data"], split, resume=False)
-    run(config(setup, 3), setup["data"], split, resume=True)
+    train(config(setup, 2), setup["data"], split, resume=False)
+    with pytest.raises(TrainConfigError, match="already holds a run"):
+        train(config(setup, 3), setup["data"], split, resume=False)
+    train(config(setup, 3), setup["data"], split, resume=True)
     a = torch.load(straight / "checkpoint.pt", weights_only=True)
     b = torch.load(split / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 3
     for key, value in a["decoder"].items():
         assert torch.equal(value, b["decoder"][key]), key
     rows = (straight / "log.jsonl").read_text().splitlines()
-    assert sum('"eval_psnr"' in r for r in rows) == 2  # steps 2 and 3 (the last)
+    assert sum('"eval"' in r for r in rows) == 2  # steps 2 and 3 (the last)
     assert len(list(straight.glob("cache-*.pt"))) == 2
 
     out = setup["root"] / "with-realism.safetensors"
@@ -100,19 +106,43 @@ def test_a_run_resumes_on_the_same_bits_and_exports(setup: dict[str, Path]) -> N
 
 def test_config_paths_and_keys(tmp_path: Path) -> None:
     path = tmp_path / "r.toml"
-    path.write_text('base_bundle = "w/b.safetensors"\ncrop = 128\n')
-    cfg = load_config(path)
+    base = 'base_bundle = "w/b.safetensors"\n'
+    path.write_text(base + "crop = 128\n")
+    cfg = load_train_config(path)
+    assert isinstance(cfg, RealismConfig) and cfg.name == "r"
     assert cfg.base_bundle == str((tmp_path / "w/b.safetensors").resolve())
-    path.write_text("crop = 100\n")
-    with pytest.raises(ValueError, match="multiple of 64"):
-        load_config(path)
-    path.write_text("steps = 3\nbogus = 1\n")
-    with pytest.raises(ValueError, match="unknown keys bogus"):
-        load_config(path)
+    path.write_text(base + "crop = 100\n")
+    with pytest.raises(TrainConfigError, match="multiple of 64"):
+        load_train_config(path)
+    path.write_text(base + "steps = 3\nbogus = 1\n")
+    with pytest.raises(TrainConfigError, match=r"r\.toml: top level: unknown key 'bogus'"):
+        load_train_config(path)
+    path.write_text(base + "steps = 'many'\n")
+    with pytest.raises(TrainConfigError, match="steps must be a int"):
+        load_train_config(path)
+    path.write_text(base + "device = 'cuda'\n")
+    with pytest.raises(TrainConfigError, match="device must be auto or cpu"):
+        load_train_config(path)
     for bad in ("spectrum_sectors = 0", "spectrum_window = 4", "spectrum_window = 256"):
-        path.write_text(bad + "\n")
-        with pytest.raises(ValueError, match="spectrum_sectors must be at least 1"):
-            load_config(path)
+        path.write_text(base + bad + "\n")
+        with pytest.raises(TrainConfigError, match="spectrum_sectors must be at least 1"):
+            load_train_config(path)
+
+
+def test_the_shipped_realism_configs_load_as_realism_runs() -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    paths = sorted(configs.glob("realism-*.toml"))
+    assert paths
+    for path in paths:
+        cfg = load_train_config(path)
+        assert isinstance(cfg, RealismConfig) and cfg.name == path.stem, path.name
+        assert Path(cfg.base_bundle).is_absolute() and cfg.base_bundle.endswith(".safetensors")
+    texture = load_train_config(configs / "realism-l64-texture.toml")
+    assert isinstance(texture, RealismConfig)
+    assert texture.init == str(
+        (configs / "../../runs/realism-l12-texture/checkpoint-318.pt").resolve()
+    )
+    assert (texture.steps, texture.lr, texture.image, texture.adv_start) == (100, 5e-5, 30.0, 0)
 
 
 def _stripes(angle: float, period: float, side: int = 128) -> torch.Tensor:
@@ -156,14 +186,14 @@ def test_the_image_term_trains_d_frozen(setup: dict[str, Path]) -> None:
         pixel=1.0,
         perceptual=1.0,
     )
-    run(cfg, setup["data"], out, resume=False)
+    train(cfg, setup["data"], out, resume=False)
     photos = torch.load(out / "cache-photos.pt", weights_only=True)
     assert [p.shape for p in photos] == [(3, 128, 128), (3, 128, 192), (3, 192, 128)]
     rows = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines()]
     terms = ("image", "phase", "pixel", "perceptual")
     assert [all(r[k] > 0 for k in terms) for r in rows if "image" in r] == [True, True]
-    evaluated = [r for r in rows if "eval_psnr" in r]
-    assert [r["eval_lattice"] > 0 and r["eval_orientation"] > 0 for r in evaluated] == [True]
+    evaluated = [r["eval"] for r in rows if "eval" in r]
+    assert [r["lattice"] > 0 and r["orientation"] > 0 for r in evaluated] == [True]
     vae = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
     for key, value in load_file(str(setup["taef2"] / "taef2_decoder.safetensors")).items():
         assert torch.equal(vae[f"vae.{key}"], value), key
@@ -171,10 +201,10 @@ def test_the_image_term_trains_d_frozen(setup: dict[str, Path]) -> None:
 
 def test_a_log_row_after_resuming_averages_the_steps_it_covers(setup: dict[str, Path]) -> None:
     every = setup["root"] / "every-step"
-    run(config(setup, 2), setup["data"], every, resume=False)
+    train(config(setup, 2), setup["data"], every, resume=False)
     paired = setup["root"] / "paired"
-    run(replace(config(setup, 1), log_every=2), setup["data"], paired, resume=False)
-    run(replace(config(setup, 2), log_every=2), setup["data"], paired, resume=True)
+    train(replace(config(setup, 1), log_every=2), setup["data"], paired, resume=False)
+    train(replace(config(setup, 2), log_every=2), setup["data"], paired, resume=True)
     rows = [json.loads(r) for r in (every / "log.jsonl").read_text().splitlines()]
     want = next(r for r in rows if r["step"] == 2 and "latent" in r)
     rows = [json.loads(r) for r in (paired / "log.jsonl").read_text().splitlines()]
@@ -188,9 +218,9 @@ def straight_and_split(
 ) -> tuple[dict, dict, Path]:
     """``cfg`` run straight and split (resumed for its last step): both checkpoints, the folder."""
     straight, split = setup["root"] / f"{name}-straight", setup["root"] / f"{name}-split"
-    run(cfg, setup["data"], straight, resume=False)
-    run(replace(cfg, steps=cfg.steps - 1), setup["data"], split, resume=False)
-    run(cfg, setup["data"], split, resume=True)
+    train(cfg, setup["data"], straight, resume=False)
+    train(replace(cfg, steps=cfg.steps - 1), setup["data"], split, resume=False)
+    train(cfg, setup["data"], split, resume=True)
     a = torch.load(straight / "checkpoint.pt", weights_only=True)
     b = torch.load(split / "checkpoint.pt", weights_only=True)
     return a, b, straight
@@ -211,7 +241,7 @@ def test_the_renderings_critic_resumes_and_a_bundle_starts_a_run(setup: dict[str
     export(cfg, straight / "checkpoint.pt", bundle, "test.toml")
     shipped = load_bundle(bundle, encoder=False, decoder=False, realism=True).realism
     started = setup["root"] / "from-bundle"
-    run(replace(cfg, init=str(bundle), steps=0), setup["data"], started, resume=False)
+    train(replace(cfg, init=str(bundle), steps=0), setup["data"], started, resume=False)
     state = torch.load(started / "checkpoint.pt", weights_only=True)
     assert state["step"] == 0
     for key, value in shipped.state_dict().items():  # the int8-stored weights, as shipped
@@ -220,29 +250,29 @@ def test_the_renderings_critic_resumes_and_a_bundle_starts_a_run(setup: dict[str
 
 def test_a_decoder_without_noise_starts_one_with_the_noise_off(setup: dict[str, Path]) -> None:
     plain = setup["root"] / "before-noise"
-    run(config(setup, 1), setup["data"], plain, resume=False)
+    train(config(setup, 1), setup["data"], plain, resume=False)
     cfg = replace(
         config(setup, 0), preset="aeic-small-taef2-noise", init=str(plain / "checkpoint.pt")
     )
     noisy = setup["root"] / "with-noise"
-    run(cfg, setup["data"], noisy, resume=False)
+    train(cfg, setup["data"], noisy, resume=False)
     before = torch.load(plain / "checkpoint.pt", weights_only=True)["decoder"]
     after = torch.load(noisy / "checkpoint.pt", weights_only=True)["decoder"]
     assert set(after) - set(before) == {"denoiser.noise_scale"}
     assert not after["denoiser.noise_scale"].any()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    run(replace(cfg, steps=1), setup["data"], noisy, resume=True)
+    train(replace(cfg, steps=1), setup["data"], noisy, resume=True)
     trained = torch.load(noisy / "checkpoint.pt", weights_only=True)["decoder"]
     assert trained["denoiser.noise_scale"].abs().min() > 0  # every channel trains from zero
 
     started = setup["root"] / "noise-started"
-    run(replace(cfg, noise_init=0.3), setup["data"], started, resume=False)
+    train(replace(cfg, noise_init=0.3), setup["data"], started, resume=False)
     scales = torch.load(started / "checkpoint.pt", weights_only=True)["decoder"]
     assert torch.equal(
         scales["denoiser.noise_scale"], torch.full_like(scales["denoiser.noise_scale"], 0.3)
     )
     with pytest.raises(ValueError, match="no noise input"):
-        run(
+        train(
             replace(cfg, preset="aeic-small-taef2", init="", noise_init=0.3),
             setup["data"],
             started / "x",
@@ -251,7 +281,7 @@ def test_a_decoder_without_noise_starts_one_with_the_noise_off(setup: dict[str, 
 
     foreign = replace(cfg, preset="aeic-small-taef2", init=str(noisy / "checkpoint.pt"))
     with pytest.raises(ValueError, match="not a realism decoder of preset aeic-small-taef2"):
-        run(foreign, setup["data"], setup["root"] / "foreign", resume=False)
+        train(foreign, setup["data"], setup["root"] / "foreign", resume=False)
 
 
 def test_a_moving_average_resumes_exactly_and_is_what_ships(setup: dict[str, Path]) -> None:
@@ -283,11 +313,11 @@ def test_a_moving_average_resumes_exactly_and_is_what_ships(setup: dict[str, Pat
 def test_a_run_starts_from_the_average_another_run_kept(setup: dict[str, Path]) -> None:
     averaged = setup["root"] / "averaged"
     first = replace(config(setup, 2), ema=0.5, lr=0.01, warmup=1)
-    run(first, setup["data"], averaged, resume=False)
+    train(first, setup["data"], averaged, resume=False)
     state = torch.load(averaged / "checkpoint.pt", weights_only=True)
     follow = setup["root"] / "follow"
     cfg = replace(config(setup, 0), init=str(averaged / "checkpoint.pt"))
-    run(cfg, setup["data"], follow, resume=False)
+    train(cfg, setup["data"], follow, resume=False)
     started = torch.load(follow / "checkpoint.pt", weights_only=True)["decoder"]
     for key, value in state["decoder"].items():
         assert torch.equal(started[key], state["ema"].get(key, value)), key
@@ -295,9 +325,81 @@ def test_a_run_starts_from_the_average_another_run_kept(setup: dict[str, Path]) 
 
 def test_band_kernels_stay_zero(setup: dict[str, Path]) -> None:
     out = setup["root"] / "no-bands"
-    run(replace(config(setup, 2), no_band_kernels=True), setup["data"], out, resume=False)
+    train(replace(config(setup, 2), no_band_kernels=True), setup["data"], out, resume=False)
     state = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
     bands = [k for k in state if k.startswith("g_s.") and (".dwconv_w." in k or ".dwconv_h." in k)]
     assert bands and all(not state[k].any() for k in bands)
     others = [k for k in state if k.startswith("g_s.") and ".dwconv_hw." in k]
     assert others and all(state[k].any() for k in others)  # the 3x3 branch still trains
+
+
+def realism_toml(setup: dict[str, Path], steps: int) -> Path:
+    """A realism configuration file for the tiny stand-ins (the kind is its base_bundle)."""
+    path = setup["root"] / f"realism-tiny-{steps}.toml"
+    lines = [
+        f'base_bundle = "{setup["bundle"].name}"',
+        'taef2 = "taef2"',
+        'eval_dir = "photos"',
+        f"steps = {steps}",
+        "crop = 64",
+        "image_crop = 32",
+        "batch = 2",
+        "threads = 1",
+        "adv_start = 1",
+        "adv_ramp = 1",
+        "disc_width = 8",
+        "eval_images = 1",
+        "eval_every = 1",
+        "log_every = 1",
+        "max_pixels = 20_000",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_aeic_train_runs_a_realism_config(setup: dict[str, Path]) -> None:
+    from click.testing import CliRunner
+
+    from aeic_codec.cli import main
+
+    out = setup["root"] / "cli-run"
+    args = ["train", "--config", str(realism_toml(setup, 2)), "--data", str(setup["data"])]
+    result = CliRunner().invoke(main, [*args, "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert json.loads((out / "config.json").read_text())["name"] == "realism-tiny-2"
+    assert sorted(p.name for p in out.glob("checkpoint-*.pt")) == [
+        "checkpoint-1.pt",
+        "checkpoint-2.pt",
+    ]
+    gpu = CliRunner().invoke(main, [*args, "--out", str(out) + "-gpu", "--device", "cuda"])
+    assert gpu.exit_code == 1 and "device must be auto or cpu" in gpu.stderr
+
+
+def test_the_realism_module_is_an_alias_that_also_exports(setup: dict[str, Path]) -> None:
+    from aeic_codec.training.realism import main
+
+    config, out = realism_toml(setup, 2), setup["root"] / "alias-run"
+    main(["--config", str(config), "--data", str(setup["data"]), "--out", str(out)])
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(["--config", str(config), "--data", str(setup["data"]), "--out", str(out)])
+    # --resume with nothing to resume starts the run, as it always did here.
+    fresh = setup["root"] / "alias-fresh"
+    main(["--config", str(config), "--data", str(setup["data"]), "--out", str(fresh), "--resume"])
+    a = torch.load(out / "checkpoint.pt", weights_only=True)["decoder"]
+    b = torch.load(fresh / "checkpoint.pt", weights_only=True)["decoder"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+    bundle = setup["root"] / "alias.safetensors"
+    main(["--config", str(config), "--out", str(out), "--export", str(bundle), "--step", "1"])
+    provenance = read_info(bundle).provenance["realism"]
+    assert provenance == {"config": config.name, "steps": 1, "seed": 0}
+
+
+def test_a_run_with_a_noise_input_resumes_on_the_same_bits(setup: dict[str, Path]) -> None:
+    # The caches (and the base bundle they need) are made before the checkpoint's RNG state
+    # comes back, so the noise drawn after resuming is the noise an unbroken run draws.
+    cfg = replace(config(setup, 3), preset="aeic-small-taef2-noise", noise_init=0.2)
+    a, b, _ = straight_and_split(setup, cfg, "noise-resume")
+    for key, value in a["decoder"].items():
+        assert torch.equal(value, b["decoder"][key]), key

@@ -1,5 +1,9 @@
 """The training configuration: dataclasses, and the TOML schema read off them.
 
+One schema, two kinds of run: a file with a top-level ``base_bundle`` key trains a
+realism decoder for that bundle (``RealismConfig``, every key top-level); any other file
+trains the codec in stages (``TrainConfig``, with ``[model]`` and ``[[stages]]``).
+
 Every TOML key is a dataclass field: its type, its default and whether it may be left
 out come from the field; a field's ``toml`` metadata names the key when it differs from
 the field's name (``lora.rank`` is key ``rank`` of table ``[lora]``) and ``optional``
@@ -35,6 +39,12 @@ GROWABLE = ("gs_blocks", "context_depth")
 TILING = ("eps_tile", "eps_overlap", "vae_tile")
 # What the encoder sends beside the streams: no weight depends on it either.
 COLOUR_GRID = ("colour_grid", "colour_grid_step")
+REALISM_KEY = "base_bundle"  # the top-level key that makes a file a realism run
+REALISM_PATHS = ("base_bundle", "taef2", "init", "eval_dir")
+LATENT_SCALE = 8  # the realism decoder's D latent is at 1/8 of the image size, y at 1/32
+REALISM_DEVICES = ("auto", "cpu")  # a realism run trains on the CPU
+# The realism terms on renderings of D, in the order the loss adds them.
+IMAGE_TERMS = ("image", "phase", "pixel", "perceptual", "spectrum")
 
 
 class TrainConfigError(ValueError):
@@ -140,7 +150,94 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (paths as strings), for config.json and resume checks."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        return _plain(self)
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+@dataclass(frozen=True)
+class RealismConfig:
+    """A realism run: a realism decoder for ``base_bundle``; every field is a top-level key.
+
+    The run's machinery (name, seed, threads, device, log, eval, checkpoint) has the
+    fields TrainConfig has, under the same names.
+    """
+
+    base_bundle: str = ""
+    taef2: str = ""  # folder with taef2_encoder.safetensors and taef2_decoder.safetensors
+    preset: str = "aeic-small-taef2"
+    # Where to start: a checkpoint.pt of another realism run, or a bundle's realism decoder
+    # (a .safetensors file; the critics then start afresh). Empty: the base's own g_s.
+    init: str = ""
+    seed: int = 0
+    threads: int = 2
+    steps: int = 3000
+    crop: int = 256  # pixels; a multiple of 64 (crops start on y's 2x2 quadtree cells)
+    batch: int = 8
+    lr: float = 2e-4
+    lr_min: float = 2e-5
+    warmup: int = 50
+    disc_lr: float = 2e-4
+    disc_width: int = 64
+    adv_start: int = 300  # steps of distillation alone (the critic trains from step 0)
+    adv_ramp: int = 300
+    latent: float = 1.0
+    lowpass: float = 4.0
+    adv: float = 0.1
+    image: float = 0.0  # weight of the image term (0: off, no photo cache)
+    image_crop: int = 128  # pixels of each crop's centre that D renders for it
+    image_pool: int = 4  # the image term compares means over pool x pool pixels
+    phase: float = 0.0  # weight of the lattice term
+    pixel: float = 0.0  # weight of full-resolution MSE on the renderings
+    perceptual: float = 0.0  # weight of the TAEF2-encoder feature distance on them
+    image_adv: float = 0.0  # weight of a hinge critic on the renderings themselves
+    spectrum: float = 0.0  # weight of the renderings' band-power distance (losses.py)
+    # That distance per window of this side (0: over each whole rendering) and per this
+    # many orientation sectors of each band (1: radially averaged).
+    spectrum_window: int = 0
+    spectrum_sectors: int = 1
+    # The noise input's per-channel scales (preset with latent_noise) learn this many times
+    # faster than the rest: from zero, they have to grow to l_T's own scale (about 0.6).
+    noise_lr: float = 100.0
+    # Above 0, the noise scales start at this value instead (whatever ``init`` holds): a
+    # decoder whose scales start at zero may never learn to use the noise.
+    noise_init: float = 0.0
+    # Zero g_s's 1x11 and 11x1 depthwise kernels (InceptionDW's band branches) and keep
+    # them so: they draw long horizontal and vertical structures, which the realism
+    # decoder turns into streaks.
+    no_band_kernels: bool = False
+    # Decay of a moving average of the decoder's weights (0: none). Evaluation and export
+    # use the average: a decoder trained against critics swings from step to step.
+    ema: float = 0.0
+    # The exported decoder gives only detail finer than this Gaussian sigma, in pixels
+    # (ModelConfig.detail_sigma; 0: its whole picture). Evaluations here use its whole
+    # picture either way.
+    detail_sigma: float = 0.0
+    grid_cell: int = 64  # the colour grid applied to evaluation decodes
+    grid_step: int = 4
+    eval_dir: str = ""
+    eval_images: int = 4
+    eval_every: int = 250  # and the last step; each evaluated step keeps its checkpoint
+    max_pixels: int = 250_000  # larger training photos are downscaled for the caches
+    checkpoint_minutes: float = 5.0
+    log_every: int = 20
+    name: str = field(default="realism", metadata=_OPTIONAL)  # default: the file's stem
+    device: str = "cpu"  # auto or cpu: the realism trainer runs on the CPU
+    checkpoint_every: int = 0  # steps; 0: by checkpoint_minutes, on stop and at the end
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
+
+    def needs_photos(self) -> bool:
+        """Whether any term renders crops through D and compares them with the photos."""
+        return any(getattr(self, key) > 0 for key in (*IMAGE_TERMS, "image_adv"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values, for config.json."""
+        return _plain(self)
 
 
 # --------------------------------------------------------------------------- schema
@@ -200,6 +297,7 @@ def schema_of(cls: type) -> Schema:
 
 
 _TOP_KEYS = schema_of(TrainConfig)
+_REALISM_KEYS = schema_of(RealismConfig)
 _STAGE_KEYS = schema_of(StageConfig)
 _LOSS_KEYS = schema_of(LossWeights)
 _PATH_FIELDS = {
@@ -209,8 +307,8 @@ _PATH_FIELDS = {
 }
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
-    """Read a TOML training configuration; errors name the file and the offending key."""
+def load_train_config(path: str | Path) -> TrainConfig | RealismConfig:
+    """Read a TOML training configuration of either kind; errors name the file and the key."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -218,8 +316,9 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise TrainConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TrainConfigError(f"{path}: not valid TOML ({exc})") from exc
+    parse = parse_realism_config if REALISM_KEY in data else parse_train_config
     try:
-        return parse_train_config(data, path.resolve().parent, default_name=path.stem)
+        return parse(data, path.resolve().parent, default_name=path.stem)
     except TrainConfigError as exc:
         raise TrainConfigError(f"{path}: {exc}") from exc
 
@@ -240,6 +339,43 @@ def parse_train_config(
     config = TrainConfig(model=model, stages=stages, init_bundle=init_bundle, **top)
     validate_config(config)
     return config
+
+
+def parse_realism_config(
+    data: dict[str, Any], base_dir: Path, default_name: str = "realism"
+) -> RealismConfig:
+    """Build a RealismConfig from parsed TOML; relative paths are taken from ``base_dir``."""
+    top = _read_table(data, "top level", _REALISM_KEYS)
+    top["name"] = top["name"] or default_name
+    for key in REALISM_PATHS:
+        if top[key]:
+            top[key] = str((base_dir / top[key]).resolve())
+    config = RealismConfig(**top)
+    validate_realism(config)
+    return config
+
+
+def validate_realism(config: RealismConfig) -> None:
+    """What the realism trainer's crops, renderings and device need."""
+    if config.crop % CROP_MULTIPLE:
+        raise TrainConfigError(f"crop must be a multiple of {CROP_MULTIPLE}")
+    if config.image_crop % LATENT_SCALE or not 0 < config.image_crop <= config.crop:
+        raise TrainConfigError("image_crop must be a multiple of 8 no larger than crop")
+    window = config.spectrum_window
+    if config.spectrum_sectors < 1 or not (window == 0 or 8 <= window <= config.image_crop):
+        raise TrainConfigError(
+            "spectrum_sectors must be at least 1 and spectrum_window 0 or from 8 to image_crop"
+        )
+    realism_device(config.device)
+
+
+def realism_device(device: str) -> str:
+    """The device a realism run trains on, the CPU, for a device setting that allows it."""
+    if device not in REALISM_DEVICES:
+        raise TrainConfigError(
+            f"a realism run trains on the CPU: device must be auto or cpu, got {device!r}"
+        )
+    return "cpu"
 
 
 def validate_config(config: TrainConfig) -> None:

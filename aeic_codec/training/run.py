@@ -1,9 +1,12 @@
 """A training run: the run folder, the loop over stages, checkpoints, and stopping.
 
-``train(config, data_dir, out_dir)`` runs the stages of a ``TrainConfig`` and writes into
-the run folder: ``config.json``, ``log.jsonl``, ``checkpoint.pt`` and one bundle per
-stage. Started by torchrun, it runs as one of several processes: every process trains
-on its share of each batch, and rank 0 alone writes the run folder.
+``train(config, data_dir, out_dir)`` is the one entry point of both kinds of run: it
+gives a ``TrainConfig`` to the codec's ``Trainer`` and a ``RealismConfig`` to the
+``RealismTrainer``, drives it over its stages and writes into the run folder:
+``config.json``, ``log.jsonl``, ``checkpoint.pt`` (and, for a trainer that keeps them,
+``checkpoint-<step>.pt`` at each evaluated step) and what each stage ends in (a codec
+stage, its bundle). Started by torchrun, a codec run runs as one of several processes:
+every process trains on its share of each batch, and rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -15,20 +18,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from aeic_codec.runtime.files import atomic_path, atomic_write
-from aeic_codec.runtime.imageio import IMAGE_SUFFIXES, read_image
+from aeic_codec.runtime.imageio import IMAGE_SUFFIXES
 
-from .config import TrainConfig, TrainConfigError
-from .data import CALIBRATION_STAGE, CropDataset, crop_batches, data_key, find_images, image_shapes
+from .base import CHECKPOINT, BaseTrainer, checkpoint_path
+from .config import RealismConfig, TrainConfig, TrainConfigError
+from .data import data_key, find_images
 from .distributed import Group, join, leave
+from .realism_trainer import RealismTrainer
 from .runlog import ProgressBar, RunLog
 from .trainer import Trainer
 
-CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
+# The trainer of each kind of configuration.
+TRAINERS: dict[type, type[BaseTrainer]] = {TrainConfig: Trainer, RealismConfig: RealismTrainer}
 
 
 class TrainingStopped(Exception):
@@ -65,17 +70,8 @@ class StopSignals:
         self.requested = True
 
 
-def _eval_images(config: TrainConfig) -> list[np.ndarray]:
-    if not config.eval_every or config.eval_dir is None:
-        return []
-    files = find_images(config.eval_dir)[: config.eval_images]
-    if not files:
-        raise TrainConfigError(f"{config.eval_dir}: no evaluation images found")
-    return [read_image(p)[0] for p in files]
-
-
 def train(
-    config: TrainConfig,
+    config: TrainConfig | RealismConfig,
     data_dir: str | Path,
     out_dir: str | Path,
     resume: bool = False,
@@ -83,13 +79,14 @@ def train(
     *,
     stop_at: int | None = None,
 ) -> Path:
-    """Run (or continue, with ``resume``) every stage of ``config``; returns the last bundle.
+    """Run (or continue, with ``resume``) every stage of ``config``; returns what it made.
 
-    Writes the run folder ``out_dir``. On SIGINT/SIGTERM, or after global step
-    ``stop_at``, it writes a checkpoint and raises TrainingStopped. ``progress`` shows
-    a status line (on a terminal) and echoes notes to stderr. Under torchrun every
-    process calls it with the same arguments; a checkpoint resumes under any number of
-    processes that divides every stage's batch.
+    That is the last stage's bundle for a TrainConfig, the run's checkpoint for a
+    RealismConfig. Writes the run folder ``out_dir``. On SIGINT/SIGTERM, or after global
+    step ``stop_at``, it writes a checkpoint and raises TrainingStopped. ``progress``
+    shows a status line (on a terminal) and echoes notes to stderr. Under torchrun every
+    process calls it with the same arguments; a codec checkpoint resumes under any number
+    of processes that divides every stage's batch.
     """
     out = Path(out_dir)
     checkpoint = out / CHECKPOINT
@@ -100,10 +97,10 @@ def train(
     files = find_images(data_dir)
     if not files:
         raise TrainConfigError(f"{data_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    group = join(config.device)
+    kind = TRAINERS[type(config)]
+    group = join(kind.device_name(config))
     try:
-        for stage in config.stages:
-            group.share(stage.batch)  # refuse a batch that does not split before any work
+        kind.check(config, group)  # before any work
         progress = progress and group.main
         if group.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -113,22 +110,27 @@ def train(
         if config.threads:
             torch.set_num_threads(config.threads)
         try:
-            trainer = Trainer(config, group.device, group)
+            trainer = kind(config, group.device, group)
+            # Before a checkpoint's RNG state comes back: building what the data needs (a
+            # realism run loads its base bundle) draws from the RNG.
+            images = trainer.prepare(files, out, progress)
             if resume:
                 state = torch.load(checkpoint, map_location="cpu", weights_only=True)
                 trainer.load_state_dict(state)
                 log.truncate(trainer.global_step)
-                if state.get("data") != key:
+                # (Realism checkpoints from before the one run loop carry no data key.)
+                if state.get("data", key) != key:
                     trainer.notes.append(
                         "the data folder differs from the checkpoint's: crops differ"
                     )
-            elif group.main:
-                atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
-            for message in trainer.notes:
-                log.note(trainer.global_step, message)
-            bundle = _Run(trainer, files, out, log, progress, stop_at, key).run()
+            else:
+                if group.main:
+                    config_json = json.dumps(config.to_dict(), indent=1).encode()
+                    atomic_write(out / "config.json", config_json)
+                trainer.start()
+            result = _Run(trainer, images, out, log, progress, stop_at, key).run()
             group.any(False)  # every process returns once rank 0 has written the bundle
-            return bundle
+            return result
         finally:
             torch.set_num_threads(previous_threads)
     finally:
@@ -136,12 +138,12 @@ def train(
 
 
 class _Run:
-    """One call of ``train``: drives a Trainer over the stages, logs, evaluates, checkpoints."""
+    """One call of ``train``: drives a trainer over its stages, logs, evaluates, checkpoints."""
 
     def __init__(
         self,
-        trainer: Trainer,
-        files: list[Path],
+        trainer: BaseTrainer,
+        eval_images: list[Any],
         out: Path,
         log: RunLog,
         progress: bool,
@@ -150,73 +152,53 @@ class _Run:
     ) -> None:
         self.trainer, self.config, self.out, self.log = trainer, trainer.config, out, log
         self.group: Group = trainer.group
+        self.eval_images = eval_images
         self.stop_at, self.data_key = stop_at, data_key
         self.checkpoint = out / CHECKPOINT
-        self.eval_images = _eval_images(self.config) if self.group.main else []
-        shapes = image_shapes(files)
-        unreadable = sum(s is None for s in shapes)
-        if unreadable:
-            log.note(
-                trainer.global_step, f"{unreadable} of {len(files)} files cannot be read: skipped"
-            )
-        self.files = [f for f, s in zip(files, shapes, strict=True) if s is not None]
-        self.shapes = [s for s in shapes if s is not None]
-        self.bar = ProgressBar(progress, self.config.total_steps)
+        self.bar = ProgressBar(progress, self.config.total_steps, trainer.status)
         self.stop = StopSignals()
         self.saved_at = time.monotonic()
 
-    def _dataset(self, crop: int, batch: int, stage: int, whole: bool = False) -> CropDataset:
-        share = None if whole else self.group.share(batch)
-        return CropDataset(
-            self.files, self.shapes, crop, batch, self.config.seed, stage, share=share
-        )
-
     def run(self) -> Path:
         trainer = self.trainer
-        fresh = trainer.global_step == 0 and self.config.init_bundle is None
-        if fresh and self.config.latent_std > 0:
-            stage = trainer.stage
-            x = self._dataset(stage.crop, stage.batch, CALIBRATION_STAGE, whole=True)[0]
-            gain = trainer.calibrate_latent(x)
-            self.log.note(
-                0, f"g_a scaled by {gain:.4g} so that y starts with std {self.config.latent_std}"
-            )
+        self._notes()
         with self.stop:
-            while not self.trainer.finished:
-                if self.trainer.stage_step < self.trainer.stage.steps:
+            while not trainer.finished:
+                if trainer.stage_step < trainer.stage.steps:
                     self._train_stage()
                 self._finish_stage()
         self.bar.close()
-        return self.out / f"{self.config.stages[-1].export}.safetensors"
+        return trainer.result(self.out)
+
+    def _notes(self) -> None:
+        """What the trainer has noted since the last call, into the log."""
+        for message in self.trainer.notes:
+            self.log.note(self.trainer.global_step, message)
+        self.trainer.notes.clear()
 
     def _train_stage(self) -> None:
-        trainer, stage = self.trainer, self.trainer.stage
-        small = sum(min(s) < stage.crop for s in self.shapes)
-        if small:
-            self.log.note(
-                trainer.global_step,
-                f"{stage.name}: {small} of {len(self.files)} images are smaller than the "
-                f"{stage.crop} px crop and are padded by reflection",
-            )
-        dataset = self._dataset(stage.crop, stage.batch, trainer.stage_index)
-        first, last = trainer.stage_step * stage.accum, stage.steps * stage.accum
-        batches = crop_batches(dataset, first, last, self.config.workers, self.config.seed)
+        trainer = self.trainer
+        batches = trainer.batches()
+        self._notes()
         try:
-            while trainer.stage_step < stage.steps:
+            while trainer.stage_step < trainer.stage.steps:
                 began = time.perf_counter()
-                metrics = trainer.train_step([next(batches) for _ in range(stage.accum)])
+                metrics = trainer.train_step(next(batches))
                 metrics["step_time"] = time.perf_counter() - began
                 self._after_step(metrics)
         finally:
-            del batches  # shuts the loader's worker down now, also on the way out
+            del batches  # shuts a loader's worker down now, also on the way out
 
     def _after_step(self, metrics: dict[str, float]) -> None:
-        step, stage = self.trainer.global_step, self.trainer.stage.name
+        trainer = self.trainer
+        step, stage = trainer.global_step, trainer.stage.name
         self.log.add(step, stage, metrics)
         self.bar.show(step, stage, metrics)
-        if self.eval_images and step % self.config.eval_every == 0:
-            result = self.trainer.evaluate(self.eval_images)
+        if self.eval_images and trainer.eval_due(step):
+            result = trainer.evaluate(self.eval_images)
             self.log.write({"step": step, "time": time.time(), "eval": result})
+            if trainer.keeps_evaluated:
+                self._save(checkpoint_path(self.out, step))
         # Every process stops after the same step, whichever of them got the signal.
         stopping = self.group.any(self.stop.requested)
         halt = stopping or (self.stop_at is not None and step >= self.stop_at)
@@ -229,31 +211,24 @@ class _Run:
             self.bar.close()
             raise TrainingStopped(step, self.checkpoint)
 
-    def _save(self) -> None:
+    def _save(self, path: Path | None = None) -> None:
+        """The checkpoint (timed from here), or a copy kept at ``path``; rank 0 alone."""
         if not self.group.main:
             return
         state = self.trainer.state_dict()
         state["data"] = self.data_key
-        with atomic_path(self.checkpoint) as tmp:
+        with atomic_path(path or self.checkpoint) as tmp:
             torch.save(state, tmp)
-        self.saved_at = time.monotonic()
+        if path is None:
+            self.saved_at = time.monotonic()
 
     def _finish_stage(self) -> None:
-        trainer, stage = self.trainer, self.trainer.stage
+        trainer = self.trainer
         step = trainer.global_step
-        self.log.flush(step, stage.name)
+        self.log.flush(step, trainer.stage.name)
         if self.group.main:
-            bundle = self.out / f"{stage.export}.safetensors"
-            provenance = {
-                "trained_by": "aeic train",
-                "run": self.config.name,
-                "stage": stage.name,
-                "step": step,
-                "seed": self.config.seed,
-            }
-            identity = trainer.export(bundle, provenance)
-            self.log.write(
-                {"step": step, "time": time.time(), "bundle": bundle.name, "identity": identity}
-            )
+            row = trainer.finish_stage(self.out)
+            if row:
+                self.log.write({"step": step, "time": time.time(), **row})
         trainer.begin_stage(trainer.stage_index + 1)
         self._save()

@@ -1,17 +1,18 @@
-"""The Trainer: everything a run holds, one optimizer step at a time.
+"""The Trainer: the codec's trainer, everything its run holds, one optimizer step at a time.
 
-Model, optimizers, critic, teacher and distiller; checkpoints hold every weight,
-optimizer and RNG state, and evaluation and export leave the RNG untouched, so a run
-stopped and resumed ends on the same bits as one that never stopped (same device and
-thread count).
+Model, optimizers, critic, teacher and distiller, and the crops of the data folder;
+checkpoints hold every weight, optimizer and RNG state, and evaluation and export leave
+the RNG untouched, so a run stopped and resumed ends on the same bits as one that never
+stopped (same device and thread count).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,16 @@ from aeic_codec.codec.metrics import ms_ssim_u8, psnr_u8
 from aeic_codec.codec.model import AEIC
 from aeic_codec.nn.blocks import Down
 from aeic_codec.nn.lora import FULLY_TRAINED, add_lora, merge_and_unload
+from aeic_codec.runtime.imageio import read_image
 
+from .base import BaseTrainer, eval_files
 from .config import RESUME_KEYS, StageConfig, TrainConfig, TrainConfigError
+from .data import CALIBRATION_STAGE, CropDataset, crop_batches, image_shapes
 from .distributed import Group
 from .forward import tap_blocks, teacher_features
 from .growth import grown_model
 from .losses import Distiller, Objective, PatchDiscriminator, critic_loss, load_perceptual
+from .runlog import rate_figures
 
 QUANTILES = "model.entropy_bottleneck.quantiles"  # trained by the aux loss alone
 
@@ -78,21 +83,21 @@ def bf16_supported(device: torch.device) -> bool:
     return cpu_has_native_bf16()
 
 
-class Trainer:
-    """Everything a run holds (model, optimizers, discriminator, teacher), one step at a time.
+class Trainer(BaseTrainer):
+    """Everything a codec run holds (model, optimizers, discriminator, teacher), step by step.
 
     ``train`` drives it over data; benchmarks and tests can call ``train_step`` directly.
     In a distributed run (``group``), each process gives ``train_step`` its share of
     every micro-batch and gets back the metrics of the whole batch.
     """
 
+    config: TrainConfig
+
     def __init__(
         self, config: TrainConfig, device: str | torch.device = "cpu", group: Group | None = None
     ) -> None:
-        self.config = config
         self.device = torch.device(device)
-        self.group = group or Group(0, 1, self.device)
-        self.notes: list[str] = []
+        super().__init__(config, group or Group(0, 1, self.device))
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
@@ -142,10 +147,15 @@ class Trainer:
         eb = self.model.entropy_bottleneck
         self.aux_optimizer = torch.optim.Adam([eb.quantiles], lr=config.stages[0].aux_lr)
         self.optimizer: torch.optim.Optimizer | None = None
-        self.stage_index = 0
-        self.stage_step = 0
         self._plain: AEIC | None = None
+        self.files: list[Path] = []
+        self.shapes: list[tuple[int, int]] = []
         self.begin_stage(0)
+
+    @classmethod
+    def check(cls, config: TrainConfig, group: Group) -> None:
+        for stage in config.stages:
+            group.share(stage.batch)  # a batch must split evenly over the processes
 
     def _setup_teacher(self, path: Path) -> None:
         decoder = self.config.uses("distill_dec")
@@ -157,17 +167,12 @@ class Trainer:
             tap_blocks(self.teacher.denoiser, self.teacher_blocks)
 
     @property
+    def stages(self) -> tuple[StageConfig, ...]:
+        return self.config.stages
+
+    @property
     def stage(self) -> StageConfig:
         return self.config.stages[self.stage_index]
-
-    @property
-    def global_step(self) -> int:
-        done = self.config.stages[: self.stage_index]
-        return sum(s.steps for s in done) + self.stage_step
-
-    @property
-    def finished(self) -> bool:
-        return self.stage_index >= len(self.config.stages)
 
     def _part_parameters(self, part: str) -> list[nn.Parameter]:
         m = self.model
@@ -188,7 +193,7 @@ class Trainer:
         In a distributed run the objective and the critic are wrapped anew, since DDP
         syncs the gradients of the parameters that train when it is built.
         """
-        self.stage_index, self.stage_step = index, 0
+        super().begin_stage(index)
         self._objective, self._critic = self.objective, self.disc
         if self.finished:
             self.optimizer = None
@@ -301,6 +306,69 @@ class Trainer:
         metrics.update({"aux": aux.item(), "lr": lr, "lambda": lam})
         self.stage_step += 1
         return metrics
+
+    # ------------------------------------------------------------- the run
+    def prepare(self, files: list[Path], out: Path, progress: bool) -> list[np.ndarray]:
+        """Read the files' sizes (the crops are planned from them); skip unreadable ones."""
+        shapes = image_shapes(files)
+        unreadable = sum(s is None for s in shapes)
+        if unreadable:
+            self.notes.append(f"{unreadable} of {len(files)} files cannot be read: skipped")
+        self.files = [f for f, s in zip(files, shapes, strict=True) if s is not None]
+        self.shapes = [s for s in shapes if s is not None]
+        if not self.group.main:
+            return []
+        return [read_image(p)[0] for p in eval_files(self.config)]
+
+    def _dataset(self, crop: int, batch: int, stage: int, whole: bool = False) -> CropDataset:
+        share = None if whole else self.group.share(batch)
+        return CropDataset(
+            self.files, self.shapes, crop, batch, self.config.seed, stage, share=share
+        )
+
+    def start(self) -> None:
+        """A fresh model's latent scale calibrated, if the configuration asks for it."""
+        if self.config.init_bundle is None and self.config.latent_std > 0:
+            stage = self.stage
+            x = self._dataset(stage.crop, stage.batch, CALIBRATION_STAGE, whole=True)[0]
+            gain = self.calibrate_latent(x)
+            self.notes.append(
+                f"g_a scaled by {gain:.4g} so that y starts with std {self.config.latent_std}"
+            )
+
+    def batches(self) -> Iterator[list[torch.Tensor]]:
+        """The stage's steps, each its ``accum`` micro-batches of crops."""
+        stage = self.stage
+        small = sum(min(s) < stage.crop for s in self.shapes)
+        if small:
+            self.notes.append(
+                f"{stage.name}: {small} of {len(self.files)} images are smaller than the "
+                f"{stage.crop} px crop and are padded by reflection"
+            )
+        dataset = self._dataset(stage.crop, stage.batch, self.stage_index)
+        first, last = self.stage_step * stage.accum, stage.steps * stage.accum
+        loader = crop_batches(dataset, first, last, self.config.workers, self.config.seed)
+        return (list(itertools.islice(loader, stage.accum)) for _ in itertools.count())
+
+    def finish_stage(self, out: Path) -> dict[str, Any]:
+        """The stage's bundle, written into the run folder."""
+        stage = self.stage
+        bundle = out / f"{stage.export}.safetensors"
+        provenance = {
+            "trained_by": "aeic train",
+            "run": self.config.name,
+            "stage": stage.name,
+            "step": self.global_step,
+            "seed": self.config.seed,
+        }
+        return {"bundle": bundle.name, "identity": self.export(bundle, provenance)}
+
+    def result(self, out: Path) -> Path:
+        """The last stage's bundle."""
+        return out / f"{self.config.stages[-1].export}.safetensors"
+
+    def status(self, metrics: dict[str, float]) -> str:
+        return rate_figures(metrics)
 
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
