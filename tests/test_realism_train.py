@@ -372,8 +372,32 @@ def test_aeic_train_runs_a_realism_config(setup: dict[str, Path]) -> None:
         "checkpoint-1.pt",
         "checkpoint-2.pt",
     ]
+    assert "training done; checkpoint" in result.stderr
     gpu = CliRunner().invoke(main, [*args, "--out", str(out) + "-gpu", "--device", "cuda"])
     assert gpu.exit_code == 1 and "device must be auto or cpu" in gpu.stderr
+
+    bundle = setup["root"] / "cli.safetensors"
+    export = ["train", "--config", str(realism_toml(setup, 2)), "--out", str(out)]
+    done = CliRunner().invoke(main, [*export, "--export", str(bundle), "--step", "1"])
+    assert done.exit_code == 0, done.stderr
+    assert read_info(bundle).provenance["realism"]["steps"] == 1
+    assert f"aeic: wrote {bundle}" in done.stderr
+    lone_step = CliRunner().invoke(main, [*args, "--out", str(out), "--step", "1"])
+    assert lone_step.exit_code == 2 and "--step goes with --export" in lone_step.stderr
+    no_data = CliRunner().invoke(main, export)
+    assert no_data.exit_code == 2 and "--data" in no_data.stderr
+
+
+def test_export_is_only_for_realism_configs(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from aeic_codec.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny-test.toml"
+    args = ["train", "--config", str(config), "--export", str(tmp_path / "x.safetensors")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--export is for realism configurations" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_the_realism_module_is_an_alias_that_also_exports(setup: dict[str, Path]) -> None:

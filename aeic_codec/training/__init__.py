@@ -28,7 +28,7 @@ the package's public surface.
 
 from aeic_codec.codec.metrics import ms_ssim, ms_ssim_scales, psnr_u8
 
-from .base import BaseTrainer
+from .base import BaseTrainer, checkpoint_path
 from .config import (
     LossWeights,
     RealismConfig,
@@ -68,6 +68,7 @@ __all__ = [
     "TrainConfigError",
     "Trainer",
     "TrainingStopped",
+    "checkpoint_path",
     "colour_grid_fix",
     "critic_loss",
     "crop_batches",

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from aeic_codec.api import cpu_has_native_bf16
 from aeic_codec.bundles.bundle import load_bundle, save_bundle, stored_value
 from aeic_codec.codec.metrics import ms_ssim_u8, psnr_u8
 from aeic_codec.codec.model import AEIC
 from aeic_codec.nn.blocks import Down
 from aeic_codec.nn.lora import FULLY_TRAINED, add_lora, merge_and_unload
+from aeic_codec.runtime.devices import cpu_has_native_bf16
 from aeic_codec.runtime.imageio import read_image
 
 from .base import BaseTrainer, eval_files
