@@ -32,6 +32,7 @@ from aeic_codec.runtime.devices import check_device as check_device
 from aeic_codec.runtime.devices import cpu_has_native_bf16 as cpu_has_native_bf16
 from aeic_codec.runtime.devices import resolve_precision
 from aeic_codec.runtime.imageio import DEFAULT_MAX_PIXELS
+from aeic_codec.runtime.imageio import read_image as read_image  # for callers of the API
 
 if TYPE_CHECKING:
     import torch

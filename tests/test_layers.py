@@ -126,3 +126,20 @@ def test_each_layer_exports_what_it_names(folder: str) -> None:
     assert missing == []
     with pytest.raises(AttributeError):
         package.no_such_name  # noqa: B018
+
+
+def test_architecture_md_names_every_module() -> None:
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    table = text[text.index("## 9. Training") : text.index("## 11.")]
+    unnamed = [
+        str(p.relative_to(PACKAGE))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if not p.name.startswith("__") and f"`{p.name}`" not in table and f"{p.name}`" not in table
+    ]
+    assert unnamed == []
+
+
+def test_no_module_is_over_600_lines() -> None:
+    files = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "bench").rglob("*.py")]
+    long = {str(p): n for p in files if (n := len(p.read_text().splitlines())) > 600}
+    assert len(files) > 80 and long == {}
