@@ -9,7 +9,7 @@ precision choices (runtime/devices.py) live in their layers and are named here t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,8 +38,10 @@ if TYPE_CHECKING:
     import torch
 
     from aeic_codec.codec.model import AEIC
+    from aeic_codec.codec.texture import SourceTexture
     from aeic_codec.codec.tiling import Progress
     from aeic_codec.entropy_models.intnet import Start
+    from aeic_codec.format.texture_coder import TextureLevels
     from aeic_codec.nn.config import ModelConfig
 
 
@@ -200,6 +202,7 @@ def encode_image(
     qstep: int = QSTEP_ONE,
     size: int | None = None,
     bpp: float | None = None,
+    texture: bool = False,
 ) -> EncodeResult:
     """Code an H x W x 3 uint8 image.
 
@@ -220,6 +223,9 @@ def encode_image(
     8``, rounded down): the finest fitting step of ``model``, or of the bundle of a
     ``ModelLadder`` that ``rate.fit_budget`` picks; g_a runs once and only the entropy
     coding per step. A budget that nothing fits raises RateError naming the smallest file.
+    ``texture`` also sends the source's fine-band power per block (format version 5,
+    ``codec/texture.py``; a few dozen bytes, inside a budget too), which a decoder's
+    texture synthesis reads.
     """
     import torch
 
@@ -234,8 +240,16 @@ def encode_image(
     ladder = model if isinstance(model, ModelLadder) else None
     if budget is not None and ladder is None:
         ladder = ModelLadder(Ladder.solo(model), {0: model})
+    if texture and integer is False:
+        raise ValueError("texture statistics need the integer entropy path")
+    source = None
+    if texture:
+        from aeic_codec.codec.texture import SourceTexture
+
+        source = SourceTexture(image)
+    sides = (colour_fix, colour_grid, source, device, dtype)
     if ladder is None:
-        coder = _FileCoder(model, image, x, colour_fix, colour_grid, integer, device, dtype)
+        coder = _FileCoder(model, image, x, integer, *sides)
         result = coder.encode(qstep)
     else:
         if integer is False:
@@ -246,7 +260,7 @@ def encode_image(
         def encode(rung: int, q: int) -> bytes:
             if rung not in coders:
                 m = ladder.model(rung)
-                coders[rung] = _FileCoder(m, image, x, colour_fix, colour_grid, None, device, dtype)
+                coders[rung] = _FileCoder(m, image, x, None, *sides)
             results[rung, q] = coders[rung].encode(q)
             return results[rung, q].data
 
@@ -285,9 +299,10 @@ class _FileCoder:
         model: AEIC,
         image: np.ndarray,
         x: torch.Tensor,
+        integer: bool | None,
         colour_fix: bool | None,
         colour_grid: bool | None,
-        integer: bool | None,
+        texture: SourceTexture | None,
         device: str,
         dtype: torch.dtype,
     ) -> None:
@@ -302,6 +317,9 @@ class _FileCoder:
         self.y, self.z = model.analyse(x, device, dtype)
         self.codec = model.latent_codec(integer)
         self.colour, self.grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
+        self.texture = texture
+        if texture is not None and not self.codec.integer:
+            raise ValueError("texture statistics need the integer entropy path")
         self._start: Start | None = None  # h_s and step 0: the same at every step
 
     def encode(self, qstep: int) -> EncodeResult:
@@ -322,9 +340,14 @@ class _FileCoder:
             digest,
             qstep,
         )
-        return EncodeResult(
-            pack(f), result.stream_bits, result.y_hat, result.digest, model_id, qstep
-        )
+        full_digest = result.digest
+        if self.texture is not None and full_digest is not None:
+            from aeic_codec.codec.texture import choose_texture, texture_budget, texture_digest
+
+            data, levels = choose_texture(self.texture, texture_budget(f.size))
+            full_digest = texture_digest(full_digest, levels)
+            f = replace(f, digest=full_digest[:DIGEST_SIZE], texture=data)
+        return EncodeResult(pack(f), result.stream_bits, result.y_hat, full_digest, model_id, qstep)
 
 
 def _colour_info(
@@ -353,6 +376,7 @@ def encode(
     qstep: int = QSTEP_ONE,
     size: int | None = None,
     bpp: float | None = None,
+    texture: bool = False,
 ) -> bytes:
     """Code an H x W x 3 uint8 image into the bytes of an .aeic file (see encode_image)."""
     return encode_image(
@@ -366,6 +390,7 @@ def encode(
         qstep=qstep,
         size=size,
         bpp=bpp,
+        texture=texture,
     ).data
 
 
@@ -410,6 +435,10 @@ def latent_and_digest(
         raise FormatError(f"corrupt file: {exc}") from exc
     if digest is None:
         return y_hat, None
+    if f.texture is not None:
+        from aeic_codec.codec.texture import texture_digest
+
+        digest = texture_digest(digest, read_texture(f))
     if f.digest != digest[:DIGEST_SIZE]:
         raise DigestMismatch(
             f"entropy digest mismatch (file {f.digest.hex()}, computed {digest[:DIGEST_SIZE].hex()}"
@@ -428,6 +457,20 @@ def read_grid(f: AeicFile) -> np.ndarray | None:
     try:
         return decode_grid(f.grid.data, f.height, f.width, f.grid.cell, f.grid.step)
     except GridError as exc:
+        raise FormatError(f"corrupt file: {exc}") from exc
+
+
+def read_texture(f: AeicFile) -> TextureLevels | None:
+    """The texture levels a version 5 file carries (None for older files); FormatError if
+    the stream is corrupt."""
+    if f.texture is None:
+        return None
+    from aeic_codec.format.coder import CodingError
+    from aeic_codec.format.texture_coder import decode_texture
+
+    try:
+        return decode_texture(f.texture, f.height, f.width)
+    except CodingError as exc:
         raise FormatError(f"corrupt file: {exc}") from exc
 
 

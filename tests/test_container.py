@@ -126,7 +126,8 @@ def test_properties() -> None:
     assert f.model_id_hex == "a1b2c3d4"
     assert f.version == 1 and make(grid=DOC_GRID).version == 2
     assert make(digest=b"\x5e\xa7").version == 3
-    assert make(digest=b"\x5e\xa7", qstep=300).version == FORMAT_VERSION == 4
+    assert make(digest=b"\x5e\xa7", qstep=300).version == 4
+    assert make(digest=b"\x5e\xa7", texture=b"\x09").version == FORMAT_VERSION == 5
     assert pack(f).startswith(MAGIC) and MAGIC == b"AEI"
     assert f.bpp == pytest.approx(8 * 32 / (768 * 512))
 
@@ -202,12 +203,12 @@ def test_versions() -> None:
     data = pack(make())
     reject(
         resealed(data, 3, b"\x07"),
-        "unsupported format version 7 (this aeic reads versions 1, 2, 3, 4); upgrade aeic",
+        "unsupported format version 7 (this aeic reads versions 1, 2, 3, 4, 5); upgrade aeic",
     )
     reject(data[:3] + b"\x07" + data[4:], "unsupported format version 7")  # checked before the CRC
     reject(
         resealed(data, 3, b"\x00"),
-        "unsupported format version 0 (this aeic reads versions 1, 2, 3, 4)",
+        "unsupported format version 0 (this aeic reads versions 1, 2, 3, 4, 5)",
     )
     # The grid flag belongs to version 2, and version 2 always has a grid (canonical files).
     reject(resealed(data, 3, b"\x02"), "a version 2 file must carry a colour grid")
@@ -365,6 +366,7 @@ def test_doc_examples_match_pack() -> None:
         pack(make(1920, 1080, colour=DOC_COLOUR, grid=DOC_GRID)),
         pack(make(digest=bytes.fromhex("5ea7"))),
         pack(make(digest=bytes.fromhex("5ea7"), qstep=384)),
+        pack(make(digest=bytes.fromhex("5ea7"), texture=bytes.fromhex("098a31"))),
     ]
     for block, data in zip(blocks, expected, strict=True):
         hex_parts = [
@@ -381,3 +383,30 @@ def test_import_is_light() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_version_5_carries_texture_after_the_grid_and_always_its_step() -> None:
+    grid = ColourGrid(64, 4, b"\x11\x22")
+    for qstep in (256, 384):
+        f = make(digest=b"\x5e\xa7", qstep=qstep, grid=grid, texture=b"\x09\xaa\xbb")
+        data = pack(f)
+        assert unpack(data) == f and data[3] == 5
+        assert data.endswith(b"\x09\xaa\xbb" + data[-4:]) and info_dict(data)["texture_bytes"] == 3
+    assert info_dict(pack(make(digest=b"\x5e\xa7")))["texture_bytes"] is None
+    with pytest.raises(ValueError, match="integer entropy path"):
+        make(texture=b"\x09")
+    with pytest.raises(ValueError, match="texture must be"):
+        make(digest=b"\x5e\xa7", texture=b"")
+
+
+def test_a_version_5_file_without_texture_or_cut_short_is_refused() -> None:
+    f = make(digest=b"\x5e\xa7", texture=b"\x09")
+    head, payload = f.header_bytes(), b"".join(DOC_STREAMS)
+    assert head[-1] == 1  # the texture length ends the header
+    with pytest.raises(FormatError, match="must carry texture statistics"):
+        unpack(with_crc(head[:-1] + b"\x00" + payload))  # such a file is version 3 or 4
+    with pytest.raises(FormatError, match="exceed the file size"):
+        unpack(with_crc(head[:-1] + b"\x02" + payload + b"\x09"))
+    older = head[:3] + b"\x04" + head[4:]  # version 4 never carries step 256
+    with pytest.raises(FormatError, match="must not carry step 256"):
+        unpack(with_crc(older + payload + b"\x09"))

@@ -195,6 +195,7 @@ class EncodeWork(_Work):
     ladder: Any = None  # a rate.Ladder: the bundles a budget chooses from
     size: int | None = None
     bpp: float | None = None
+    texture: bool = False
     debug: bool = False
     _model: Any = None
 
@@ -220,6 +221,7 @@ class EncodeWork(_Work):
             verify=self.verify,
             qstep=self.qstep,
             size=self.size,
+            texture=self.texture,
             bpp=self.bpp,
         )
         outcome.data = result.data

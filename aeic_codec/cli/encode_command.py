@@ -50,6 +50,13 @@ ENCODING = Direction(".aeic", IMAGE_SUFFIXES, "compressed data", "encoded")
     help="Send the source's mean colour over a grid of cells (about 0.002 bpp at 64 px cells; "
     "default: as the model says).",
 )
+@click.option(
+    "--texture/--no-texture",
+    default=False,
+    show_default=True,
+    help="Send the source's fine-detail power per block (format version 5, a few dozen "
+    "bytes), from which a decoder at --realism above 0 synthesises texture.",
+)
 @device_option(
     "Where the analysis networks run; the integer entropy path gives the same file anywhere."
 )
@@ -82,6 +89,7 @@ def encode(
     variant: str | None,
     colour_fix: bool | None,
     colour_grid: bool | None,
+    texture: bool,
     device: str,
     precision: str,
     float_entropy: bool,
@@ -98,6 +106,8 @@ def encode(
             raise click.UsageError("give one of --lambda, --size and --bpp")
         if budget and float_entropy:
             raise click.UsageError("--size and --bpp need the integer entropy path")
+        if texture and float_entropy:
+            raise click.UsageError("--texture needs the integer entropy path")
         ladder = find_ladder(weights, variant=variant) if budget else None
         info, qstep = (
             (None, QSTEP_ONE) if budget else resolve_rate(weights, lambda_=lambda_, variant=variant)
@@ -122,5 +132,6 @@ def encode(
         ladder=ladder,
         size=size,
         bpp=bpp,
+        texture=texture,
     )
     coding.run(work, device, precision)

@@ -69,4 +69,6 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
             click.echo(f"  colour grid     {cells}")
         else:
             click.echo("  colour grid     no")
+        texture = d["texture_bytes"]
+        click.echo(f"  texture stats   {f'{texture} bytes' if texture is not None else 'no'}")
     sys.exit(1 if failures else 0)

@@ -104,6 +104,13 @@ class StreamEncoder:
                 pairs = np.stack((z >> 16, z & 0xFFFF), axis=1).ravel().astype(np.int32)
                 self._coder.encode(pairs, _UNIFORM)
 
+    def encode_symbol(self, symbol: int, freqs: np.ndarray) -> None:
+        """One symbol under a table of integer frequencies summing to 2**16 (an adaptive
+        model's, built afresh for each symbol: the texture statistics')."""
+        model = constriction.stream.model.Categorical(freqs / TOTAL, perfect=False)
+        self._coder.encode(np.array([symbol], dtype=np.int32), model)
+        self.bits += PRECISION - float(np.log2(freqs[symbol]))
+
     def finish(self) -> bytes:
         """The stream's bytes, its tail cut to the fewest that decode to the same symbols.
 
@@ -162,6 +169,14 @@ class StreamDecoder:
         padded = data + b"\0" * (-len(data) % 4)
         words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
         self._coder = constriction.stream.queue.RangeDecoder(words)
+
+    def decode_symbol(self, freqs: np.ndarray) -> int:
+        """The symbol of one ``encode_symbol`` call with the same frequencies."""
+        model = constriction.stream.model.Categorical(freqs / TOTAL, perfect=False)
+        try:
+            return int(self._coder.decode(model, 1)[0])
+        except Exception as exc:  # constriction signals invalid data with assorted types
+            raise CodingError(f"stream does not decode: {exc}") from exc
 
     def decode(self, table_ids: np.ndarray, tables: FreqTables) -> np.ndarray:
         """The values of one ``encode`` call."""

@@ -1,9 +1,10 @@
 """The .aeic container: a small, self-checking wrapper around the five coded streams.
 
-This module is the reference reader and writer of format versions 1 to 4 (docs/format.md):
+This module is the reference reader and writer of format versions 1 to 5 (docs/format.md):
 version 3 files come from the integer entropy path and carry a short entropy digest,
 version 4 files add the quantisation step of a continuous rate setting (written only when
-the step is not the trained one, so that such files stay version 3 byte for byte); the
+the step is not the trained one, so that such files stay version 3 byte for byte),
+version 5 files add the texture statistics (``texture_coder.py``); the
 float path writes version 2 only when a file carries a colour grid, so its files without
 one stay byte for byte what earlier versions wrote. It imports only the standard library
 because ``aeic info`` parses files with it and must start without paying for torch or numpy.
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 MAGIC = b"AEI"
-FORMAT_VERSION = 4  # the newest this module reads and writes
-READ_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5  # the newest this module reads and writes
+READ_VERSIONS = (1, 2, 3, 4, 5)
 INTEGER_VERSION = 3  # the integer entropy path; the header carries the entropy digest
 QSTEP_VERSION = 4  # the integer path with a quantisation step other than the trained one
+TEXTURE_VERSION = 5  # the integer path with texture statistics (and always its step)
 # y's quantisation step is qstep / QSTEP_ONE (a dyadic rational: the integer path stays exact).
 QSTEP_ONE = 256
 QSTEP_RANGE = (16, 4096)  # steps 1/16 .. 16
@@ -28,9 +30,10 @@ DIGEST_SIZE = 2
 MAX_DIM = 1 << 18
 NUM_STREAMS = 5
 STREAM_NAMES = ("z", "step0", "step1", "step2", "step3")
+TEXTURE_BYTES = (1, 1 << 16)  # a texture stream's length
 MAX_STREAM_BYTES = (1 << 32) - 1
 FLAG_COLOUR = 0x01
-FLAG_GRID = 0x02  # versions 2 and 3
+FLAG_GRID = 0x02  # versions 2 to 5
 GRID_CELLS = (8, 4096)  # allowed cell sizes in pixels
 GRID_STEPS = (1, 64)
 
@@ -67,11 +70,13 @@ class _Header(NamedTuple):
     end: int
     digest: bytes | None
     qstep: int
+    texture: int | None  # byte length of the texture statistics (version 5)
 
     @property
     def declared(self) -> int:
-        """Bytes the header promises between itself and the CRC: the streams and the grid."""
-        return sum(self.lengths) + (self.grid[2] if self.grid is not None else 0)
+        """Bytes the header promises between itself and the CRC: streams, grid, texture."""
+        grid = self.grid[2] if self.grid is not None else 0
+        return sum(self.lengths) + grid + (self.texture or 0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class AeicFile:
     grid: ColourGrid | None = None
     digest: bytes | None = None  # short entropy digest: integer entropy path (versions 3, 4)
     qstep: int = QSTEP_ONE  # y's quantisation step in 1/256 (integer path; version 4 if not 256)
+    texture: bytes | None = None  # texture statistics (texture_coder.py; version 5)
 
     def __post_init__(self) -> None:
         for name, value in (("width", self.width), ("height", self.height)):
@@ -138,10 +144,19 @@ class AeicFile:
             raise ValueError(f"qstep must be an int in {QSTEP_RANGE[0]}..{QSTEP_RANGE[1]}")
         if self.qstep != QSTEP_ONE and self.digest is None:
             raise ValueError("a quantisation step other than 256 needs the integer entropy path")
+        if self.texture is not None:
+            lo, hi = TEXTURE_BYTES
+            if not isinstance(self.texture, bytes) or not lo <= len(self.texture) <= hi:
+                raise ValueError(f"texture must be None or {lo}..{hi} bytes")
+            if self.digest is None:
+                raise ValueError("texture statistics need the integer entropy path")
 
     @property
     def version(self) -> int:
-        """3 for the integer entropy path (4 with another step); else 2 with a grid, 1 without."""
+        """3 for the integer entropy path (4 with another step, 5 with texture statistics);
+        else 2 with a grid, 1 without."""
+        if self.texture is not None:
+            return TEXTURE_VERSION
         if self.digest is not None:
             return INTEGER_VERSION if self.qstep == QSTEP_ONE else QSTEP_VERSION
         return 2 if self.grid is not None else 1
@@ -172,7 +187,7 @@ class AeicFile:
         flags = FLAG_COLOUR if self.colour is not None else 0
         flags |= FLAG_GRID if self.grid is not None else 0
         parts = [MAGIC, bytes((self.version, flags)), self.model_id, self.digest or b""]
-        if self.qstep != QSTEP_ONE:
+        if self.qstep != QSTEP_ONE or self.texture is not None:
             parts.append(_varint(self.qstep))
         parts += [_varint(v) for v in (self.width, self.height, *self.stream_sizes)]
         if self.colour is not None:
@@ -180,6 +195,8 @@ class AeicFile:
         if self.grid is not None:
             g = self.grid
             parts += [_varint(g.cell), bytes((g.step,)), _varint(len(g.data))]
+        if self.texture is not None:
+            parts.append(_varint(len(self.texture)))
         return b"".join(parts)
 
     @property
@@ -187,14 +204,18 @@ class AeicFile:
         return len(self.grid.data) if self.grid is not None else 0
 
     @property
+    def texture_size(self) -> int:
+        return len(self.texture) if self.texture is not None else 0
+
+    @property
     def overhead(self) -> int:
-        """Bytes spent on anything but the streams and the grid: header plus CRC."""
+        """Bytes spent on anything but the streams, grid and texture: header plus CRC."""
         return len(self.header_bytes()) + _CRC_SIZE
 
     @property
     def size(self) -> int:
         """Size of the packed file; the encoding is canonical, so this is exact."""
-        return self.overhead + self.payload_size + self.grid_size
+        return self.overhead + self.payload_size + self.grid_size + self.texture_size
 
     @property
     def bpp(self) -> float:
@@ -204,7 +225,8 @@ class AeicFile:
 
 def pack(f: AeicFile) -> bytes:
     """Serialise f; AeicFile validated its fields on construction."""
-    body = f.header_bytes() + b"".join(f.streams) + (f.grid.data if f.grid is not None else b"")
+    grid = f.grid.data if f.grid is not None else b""
+    body = f.header_bytes() + b"".join(f.streams) + grid + (f.texture or b"")
     return body + zlib.crc32(body).to_bytes(_CRC_SIZE, "big")
 
 
@@ -239,7 +261,9 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
         pos += n
     grid = None
     if head.grid is not None:
-        grid = ColourGrid(head.grid[0], head.grid[1], data[pos:body_end])
+        grid = ColourGrid(head.grid[0], head.grid[1], data[pos : pos + head.grid[2]])
+        pos += head.grid[2]
+    texture = data[pos:body_end] if head.texture is not None else None
     return AeicFile(
         head.width,
         head.height,
@@ -249,6 +273,7 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
         grid,
         head.digest,
         head.qstep,
+        texture,
     )
 
 
@@ -277,6 +302,7 @@ def info_dict(data: bytes) -> dict[str, Any]:
         "colour_grid": (
             {"cell": f.grid.cell, "step": f.grid.step, "bytes": f.grid_size} if f.grid else None
         ),
+        "texture_bytes": f.texture_size if f.texture is not None else None,
     }
 
 
@@ -362,12 +388,12 @@ def _parse_header(data: bytes, end: int) -> _Header:
             raise _EndsEarly("truncated file: header ends early")
         digest = bytes(data[pos : pos + DIGEST_SIZE])
         pos += DIGEST_SIZE
-    if version == QSTEP_VERSION:
+    if version in (QSTEP_VERSION, TEXTURE_VERSION):
         lo, hi = QSTEP_RANGE
         qstep, pos = _read_varint(data, pos, end, hi, f"quantisation step above {hi}")
         if qstep < lo:
             raise FormatError(f"quantisation step {qstep} out of range ({lo}..{hi})")
-        if qstep == QSTEP_ONE:
+        if qstep == QSTEP_ONE and version == QSTEP_VERSION:
             raise FormatError(
                 f"a version 4 file must not carry step {QSTEP_ONE} (such a file is version 3)"
             )
@@ -407,7 +433,17 @@ def _parse_header(data: bytes, end: int) -> _Header:
             data, pos + 1, end, MAX_STREAM_BYTES, f"colour grid length above {MAX_STREAM_BYTES}"
         )
         grid = (cell, step, n)
-    return _Header(model_id, width, height, tuple(lengths), colour, grid, pos, digest, qstep)
+    texture = None
+    if version == TEXTURE_VERSION:
+        lo, hi = TEXTURE_BYTES
+        texture, pos = _read_varint(data, pos, end, hi, f"texture statistics above {hi} bytes")
+        if texture < lo:
+            raise FormatError(
+                "a version 5 file must carry texture statistics (without, version 3 or 4)"
+            )
+    return _Header(
+        model_id, width, height, tuple(lengths), colour, grid, pos, digest, qstep, texture
+    )
 
 
 def _crc_failure(data: bytes) -> FormatError:

@@ -1,0 +1,149 @@
+"""Texture statistics: measured on the source, coded exactly, carried and checked by files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from aeic_codec import api
+from aeic_codec.cli import main
+from aeic_codec.codec.texture import (
+    BUDGET_MIN,
+    SourceTexture,
+    choose_texture,
+    texture_budget,
+)
+from aeic_codec.format.coder import CodingError
+from aeic_codec.format.container import FormatError, pack, unpack
+from aeic_codec.format.texture_coder import (
+    BLOCKS,
+    RESIDUAL,
+    STEPS_DB,
+    TextureLevels,
+    decode_texture,
+    encode_texture,
+    level_range,
+)
+
+from .conftest import make_image
+
+
+@pytest.fixture(scope="module")
+def int_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from aeic_codec.tools.integerize import integerize_bundle
+
+    out = tmp_path_factory.mktemp("texture") / "tiny-int.safetensors"
+    integerize_bundle(tiny_bundle, out, [make_image(64, 64, seed=9)], source="generated")
+    return out
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("step", STEPS_DB)
+def test_levels_round_trip_exactly(block: int, step: int) -> None:
+    rng = np.random.default_rng(block + step)
+    lo, hi = level_range(step)
+    height, width = 300, 517
+    rows, cols = -(-height // block), -(-width // block)
+    near = rng.integers(0, 7, (2, rows, cols))  # every residual within the coded range
+    levels = TextureLevels(block, step, np.clip(near, lo, hi).astype(np.int16))
+    data, sent = encode_texture(levels)
+    assert data[0] == BLOCKS.index(block) | STEPS_DB.index(step) << 2
+    assert np.array_equal(sent.levels, levels.levels)  # no residual beyond the coded range
+    back = decode_texture(data, height, width)
+    assert (back.block, back.step_db) == (block, step)
+    assert np.array_equal(back.levels, levels.levels)
+
+
+def test_a_jump_beyond_the_residual_range_is_clamped_alike_on_both_sides() -> None:
+    lo, hi = level_range(1)
+    levels = np.full((2, 2, 3), lo, np.int16)
+    levels[:, 1, 2] = hi  # a jump of 53 levels from every neighbour
+    data, sent = encode_texture(TextureLevels(64, 1, levels))
+    assert sent.levels[0, 1, 2] == lo + RESIDUAL < hi
+    assert np.array_equal(decode_texture(data, 128, 192).levels, sent.levels)
+
+
+def test_corrupt_texture_streams_are_refused() -> None:
+    levels = TextureLevels(64, 3, np.zeros((2, 8, 12), np.int16))
+    data, _ = encode_texture(levels)
+    with pytest.raises(CodingError, match="reserved bits"):
+        decode_texture(bytes((data[0] | 0x10,)) + data[1:], 512, 768)
+    with pytest.raises(CodingError, match="empty"):
+        decode_texture(b"", 512, 768)
+    with pytest.raises(ValueError, match="levels must be"):
+        TextureLevels(64, 3, np.full((2, 1, 1), 99, np.int16))
+
+
+def test_the_source_measure_puts_levels_where_the_detail_is() -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((256, 384, 3), 120, np.uint8)
+    image[:128, :192] = rng.integers(0, 256, (128, 192, 3), dtype=np.uint8)  # noise, top left
+    t = SourceTexture(image).levels(128, 2)
+    assert t.levels.shape == (2, 2, 3)
+    lo, hi = level_range(2)
+    assert t.levels[:, 0, 0].min() > 12  # ~ 30 dB of fine detail
+    assert (t.levels[:, 0, 0] - t.levels[:, 1, 2] >= 10).all()  # flat, far: 20 dB less
+    assert lo <= t.levels.min() and t.levels.max() <= hi
+
+
+def test_choose_texture_takes_the_finest_choice_that_fits() -> None:
+    source = SourceTexture(make_image(512, 768))
+    big, levels = choose_texture(source, 10_000)
+    assert levels.block == 64 and len(big) <= 10_000
+    small, coarse = choose_texture(source, 1)  # nothing fits: the coarsest
+    assert coarse.block == 128 and len(small) < len(big)
+    assert texture_budget(0) == BUDGET_MIN and texture_budget(2400) == 100
+
+
+def test_a_file_with_texture_is_version_5_and_its_digest_covers_the_statistics(
+    int_bundle: Path,
+) -> None:
+    model = api.load_model(int_bundle)
+    image = make_image(128, 192, seed=3)
+    plain = api.encode_image(image, model)
+    result = api.encode_image(image, model, texture=True, verify=True)
+    f = unpack(result.data)
+    assert f.version == 5 and f.texture is not None and len(result.data) > len(plain.data)
+    assert f.streams == unpack(plain.data).streams  # the latents are the same
+    assert result.digest != plain.digest and f.digest == result.digest[:2]
+    assert api.read_texture(f).levels.shape == (2, 2, 3)
+    # Same pixels as without texture at realism 0: the statistics only serve synthesis.
+    assert np.array_equal(
+        api.decode_image(result.data, model).image, api.decode_image(plain.data, model).image
+    )
+    other = TextureLevels(64, 3, api.read_texture(f).levels + 1)
+    forged = pack(f.__class__(**{**f.__dict__, "texture": encode_texture(other)[0]}))
+    with pytest.raises(api.DigestMismatch):
+        api.decode_image(forged, model)
+    with pytest.raises(ValueError, match="integer entropy path"):
+        api.encode_image(image, model, texture=True, integer=False)
+
+
+def test_a_budget_counts_the_texture_statistics(int_bundle: Path) -> None:
+    model = api.load_model(int_bundle)
+    image = make_image(128, 192, seed=4)
+    for size in (300, 700):
+        try:
+            data = api.encode(image, model, size=size, texture=True)
+        except api.RateError:
+            continue
+        assert len(data) <= size and unpack(data).version == 5
+
+
+def test_cli_texture_flag_and_info(tmp_path: Path, png_file: Path, int_bundle: Path) -> None:
+    out = tmp_path / "t.aeic"
+    args = ["encode", str(png_file), "--weights", str(int_bundle), "--texture", "-o", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    info = CliRunner().invoke(main, ["info", str(out)])
+    size = len(unpack(out.read_bytes()).texture)
+    assert f"texture stats   {size} bytes" in info.output and "format version  5" in info.output
+    floats = CliRunner().invoke(main, [*args, "-f", "--float-entropy"])
+    assert floats.exit_code == 2 and "--texture needs the integer entropy path" in floats.stderr
+    plain = tmp_path / "p.aeic"
+    assert CliRunner().invoke(main, [*args[:-3], "-o", str(plain)]).exit_code == 0
+    assert "texture stats   no" in CliRunner().invoke(main, ["info", str(plain)]).output
+    with pytest.raises(FormatError):
+        unpack(out.read_bytes()[:-5])
