@@ -9,7 +9,11 @@ upsampling grid over the picture shows there, not in PSNR; "lattice 32" the same
 32 x 32 cells, which also sees patterns repeating every 16 or 32 pixels, y's grid) and the
 orientation figure (``metrics.orientation_error``: how far the fine detail of each 32-px
 window runs in other directions than the source's; about 0.2 for a faithful rendering of
-the detail, about 0.7 for blur and for strokes drawn in no particular direction). A
+the detail, about 0.7 for blur and for strokes drawn in no particular direction), and
+issue 29's two local figures of texture (``metrics.local_band_error``: per 32 px block, the
+dB between decoded and source power in the two finest bands, 0 for texture exactly where
+the photo has it; ``metrics.coherence_excess``: how much more oriented the decoded fine
+detail is than the source's, negative for isotropic noise). A
 bundle with a realism decoder gives two points, decoded with realism 0 (its fidelity
 decoder) and 1 (the same files). An anchor point does the same with Pillow's encoder at
 its lowest quality setting (JPEG 1, WebP 0, AVIF 0) or with "downscale by k, AVIF, upscale
@@ -37,7 +41,9 @@ from PIL import Image
 from aeic_codec.codec.metrics import (
     SPECTRUM_BANDS,
     band_power_db,
+    coherence_excess,
     lattice_rms,
+    local_band_error,
     ms_ssim_u8,
     orientation_error,
     psnr_u8,
@@ -63,6 +69,8 @@ class Point:
     lattice: float = 0.0  # metrics.lattice_rms: an 8-pixel grid painted over the picture
     lattice32: float = 0.0  # the same over 32-pixel cells: y's grid, and periods 8 and 16 too
     orientation: float = 0.0  # metrics.orientation_error: detail in the wrong direction
+    local_bands: float = 0.0  # metrics.local_band_error: fine detail in the wrong places (dB)
+    coherence: float = 0.0  # metrics.coherence_excess: more (+) or less (-) oriented detail
     encode_s: float = 0.0
     decode_s: float = 0.0
     bands: list[float] = field(default_factory=list)  # dB per SPECTRUM_BANDS, mean of images
@@ -74,13 +82,16 @@ class Point:
         row["lattice"] = lattice_rms(out, src)
         row["lattice32"] = lattice_rms(out, src, 32)
         row["orientation"] = orientation_error(out, src)
+        row["local_bands"] = local_band_error(out, src)
+        row["coherence"] = coherence_excess(out, src)
         bands = band_power_db(out.astype(np.float64), src.astype(np.float64))
         self.per_image.append(row | {"encode_s": enc, "decode_s": dec, "bands": bands})
 
     def finish(self) -> Point:
         rows = self.per_image
         self.images = len(rows)
-        for key in ("bpp", "psnr", "msssim", "lattice", "lattice32", "encode_s", "decode_s"):
+        keys = ("bpp", "psnr", "msssim", "lattice", "lattice32", "local_bands", "coherence")
+        for key in (*keys, "encode_s", "decode_s"):
             setattr(self, key, float(np.mean([r[key] for r in rows])) if rows else 0.0)
         # NaN for an image without detail in the two finest bands: no direction to miss.
         figures = [r["orientation"] for r in rows if not np.isnan(r["orientation"])]
@@ -224,12 +235,14 @@ def table(points: list[Point]) -> str:
     """Markdown: rate, quality, the luma power kept per band (dB), lattices, orientation, speed."""
     head = ["codec", "setting", "images", "bpp", "PSNR dB", "MS-SSIM"]
     head += [band_label(lo, hi) for lo, hi in SPECTRUM_BANDS]
-    head += ["lattice", "lattice 32", "orientation", "encode s", "decode s"]
+    head += ["local bands", "coherence", "lattice", "lattice 32", "orientation"]
+    head += ["encode s", "decode s"]
     rows = []
     for p in points:
         quality = [f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.msssim:.3f}"]
         kept = [f"{b:+.1f}" for b in p.bands]
-        look = [f"{p.lattice:.2f}", f"{p.lattice32:.2f}", f"{p.orientation:.2f}"]
+        look = [f"{p.local_bands:.2f}", f"{p.coherence:+.3f}"]
+        look += [f"{p.lattice:.2f}", f"{p.lattice32:.2f}", f"{p.orientation:.2f}"]
         speed = [f"{p.encode_s:.2f}", f"{p.decode_s:.2f}" if p.method == "aeic" else "-"]
         rows.append([p.method, p.setting, str(p.images), *quality, *kept, *look, *speed])
     return md_table(head, rows)

@@ -137,3 +137,20 @@ def test_orientation_error_sees_detail_in_the_wrong_direction() -> None:
     assert math.isnan(orientation_error(across[:20], across[:20]))  # no whole window
     with pytest.raises(ValueError, match="one shape"):
         orientation_error(across, across[:64])
+
+
+def test_local_band_error_and_coherence_excess_see_blur_and_noise() -> None:
+    from aeic_codec.codec.metrics import coherence_excess, local_band_error
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:192, 0:256]
+    stripes = 128 + 60 * np.sin(xx * 1.9 + yy * 0.3)  # fine oriented texture
+    photo = np.repeat(np.clip(stripes, 0, 255)[..., None], 3, axis=2).astype(np.uint8)
+    assert local_band_error(photo, photo) == 0.0 and coherence_excess(photo, photo) == 0.0
+    blurred = (photo.astype(np.float64) + np.roll(photo, 1, 1) + np.roll(photo, 2, 1)) / 3
+    assert local_band_error(blurred.astype(np.uint8), photo) > 10  # the fine bands are gone
+    noise = rng.normal(0, 40, photo.shape[:2])[..., None]
+    noisy = np.clip(np.full(photo.shape, 128.0) + noise, 0, 255).astype(np.uint8)
+    assert coherence_excess(noisy, photo) < -0.5  # isotropic where the photo is oriented
+    with pytest.raises(ValueError, match="one shape"):
+        local_band_error(photo, photo[:-1])
