@@ -27,21 +27,24 @@ from aeic_codec.format.container import (
     pack,
     unpack,
 )
+from aeic_codec.format.grid_coder import read_grid as read_grid
+from aeic_codec.format.texture_coder import read_texture as read_texture
 from aeic_codec.runtime.devices import PRECISIONS as PRECISIONS
 from aeic_codec.runtime.devices import check_device as check_device
 from aeic_codec.runtime.devices import cpu_has_native_bf16 as cpu_has_native_bf16
 from aeic_codec.runtime.devices import resolve_precision
 from aeic_codec.runtime.imageio import DEFAULT_MAX_PIXELS
 from aeic_codec.runtime.imageio import read_image as read_image  # for callers of the API
+from aeic_codec.runtime.progress import ENTROPY_SHARE, ENTROPY_STEPS, phases
 
 if TYPE_CHECKING:
     import torch
 
     from aeic_codec.codec.model import AEIC
     from aeic_codec.codec.texture import SourceTexture
+    from aeic_codec.codec.texture_synthesis import TextureSynthesis
     from aeic_codec.codec.tiling import Progress
     from aeic_codec.entropy_models.intnet import Start
-    from aeic_codec.format.texture_coder import TextureLevels
     from aeic_codec.nn.config import ModelConfig
 
 
@@ -182,6 +185,15 @@ def load_decoder(
 
     fidelity = needs_fidelity(r, info.realism)
     return load_bundle(info.path, encoder=False, decoder=fidelity, realism=r > 0)
+
+
+def load_texture(weights: str | os.PathLike[str] | None = None) -> TextureSynthesis:
+    """The texture synthesis for files with texture statistics: the first
+    ``texture/*.safetensors`` beside the bundles (``bundle.find_texture``)."""
+    from aeic_codec.bundles.bundle import find_texture
+    from aeic_codec.codec.texture_synthesis import load_texture as read
+
+    return read(find_texture(weights))
 
 
 def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> AeicFile:
@@ -448,32 +460,6 @@ def latent_and_digest(
     return y_hat, digest
 
 
-def read_grid(f: AeicFile) -> np.ndarray | None:
-    """The colour grid's levels (3 x rows x columns), None without a grid; no torch needed."""
-    from aeic_codec.format.grid_coder import GridError, decode_grid
-
-    if f.grid is None:
-        return None
-    try:
-        return decode_grid(f.grid.data, f.height, f.width, f.grid.cell, f.grid.step)
-    except GridError as exc:
-        raise FormatError(f"corrupt file: {exc}") from exc
-
-
-def read_texture(f: AeicFile) -> TextureLevels | None:
-    """The texture levels a version 5 file carries (None for older files); FormatError if
-    the stream is corrupt."""
-    if f.texture is None:
-        return None
-    from aeic_codec.format.coder import CodingError
-    from aeic_codec.format.texture_coder import decode_texture
-
-    try:
-        return decode_texture(f.texture, f.height, f.width)
-    except CodingError as exc:
-        raise FormatError(f"corrupt file: {exc}") from exc
-
-
 @dataclass
 class DecodeResult:
     image: np.ndarray  # H x W x 3 uint8
@@ -494,6 +480,7 @@ def decode(
     progress: Progress | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     realism: float = 0.0,
+    texture: TextureSynthesis | None = None,
 ) -> np.ndarray:
     """Decode an .aeic file (bytes or parsed) into an H x W x 3 uint8 image (see decode_image)."""
     return decode_image(
@@ -505,31 +492,8 @@ def decode(
         progress=progress,
         max_pixels=max_pixels,
         realism=realism,
+        texture=texture,
     ).image
-
-
-ENTROPY_STEPS = 4  # progress ticks of the entropy decoding (its context steps)
-# The entropy decoding's share of a decode's progress, against 1 for each decoder run:
-# about what it takes at any size (it is linear too), 0.3 to 1 of a decoder by the CPU.
-ENTROPY_SHARE = 0.5
-
-
-def _phases(progress: Progress | None, shares: list[float]) -> list[Progress | None]:
-    """One progress callback per phase of a decode, reported as one count out of 1000 in
-    which each phase takes its share, so that a bar moves all along and never starts
-    over (a phase's own count can have any total)."""
-    if progress is None:
-        return [None] * len(shares)
-    report, whole = progress, sum(shares)
-    starts = [sum(shares[:i]) for i in range(len(shares))]
-
-    def phase(start: float, share: float) -> Progress:
-        def tell(done: int, total: int) -> None:
-            report(round(1000 * (start + share * done / max(total, 1)) / whole), 1000)
-
-        return tell
-
-    return [phase(a, b) for a, b in zip(starts, shares, strict=True)]
 
 
 def decode_image(
@@ -542,6 +506,7 @@ def decode_image(
     progress: Progress | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     realism: float = 0.0,
+    texture: TextureSynthesis | None = None,
 ) -> DecodeResult:
     """Decode an .aeic file into an image, with the entropy digest of the integer path.
 
@@ -552,23 +517,28 @@ def decode_image(
     at 1 when the realism decoder gives only detail, realism.detail_blend). 0 is the
     default: on Kodak at 1:1 the realism decoders of the shipped models draw texture as
     strokes and bend faces, which looks less like a photograph than the fidelity
-    decoder's blur (README, "Default models").
+    decoder's blur (README, "Default models"). A file with texture statistics (format
+    version 5) decodes at ``realism`` r > 0 with the fidelity decoder plus r times the
+    detail ``texture`` (``load_texture``) synthesises where the statistics put it.
     """
     from aeic_codec.codec.colour import apply_colour_fix, apply_grid
     from aeic_codec.codec.realism import detail_blend, needs_fidelity
 
     r = check_realism(realism)
-    if r > 0 and model.realism is None:
-        raise ValueError("realism > 0 needs a model loaded with its realism decoder")
-    realism_cfg = model.realism.cfg if r > 0 and model.realism is not None else None
-    fidelity = needs_fidelity(r, realism_cfg)
-    if fidelity and model.g_s is None:
-        raise ValueError("this realism setting needs a model loaded with its own decoder")
     f = data if isinstance(data, AeicFile) else unpack(data, max_pixels=max_pixels)
     levels = read_grid(f)  # before the slow part, so that a corrupt grid fails at once
+    stats = read_texture(f) if r > 0 else None
+    if stats is not None and texture is None:
+        raise ValueError("realism > 0 on a file with texture statistics needs the texture file")
+    if r > 0 and stats is None and model.realism is None:
+        raise ValueError("realism > 0 needs a model loaded with its realism decoder")
+    realism_cfg = model.realism.cfg if stats is None and r > 0 and model.realism else None
+    fidelity = stats is not None or needs_fidelity(r, realism_cfg)
+    if fidelity and model.g_s is None:
+        raise ValueError("this realism setting needs a model loaded with its own decoder")
     parts = [model] if fidelity else []
-    parts += [model.realism] if r > 0 else []
-    entropy_progress, *decoder_progress = _phases(progress, [ENTROPY_SHARE] + [1.0] * len(parts))
+    parts += [model.realism] if r > 0 and stats is None else []
+    entropy_progress, *decoder_progress = phases(progress, [ENTROPY_SHARE] + [1.0] * len(parts))
     y_hat, digest = latent_and_digest(f, model, entropy_progress)
     dtype = resolve_precision(precision, device)
     pictures = [
@@ -593,4 +563,7 @@ def decode_image(
         img = apply_colour_fix(img, f.colour)
     if f.grid is not None and levels is not None:
         img = apply_grid(img, levels, f.grid.cell, f.grid.step)
-    return DecodeResult(np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8), digest)
+    img = img * 255.0
+    if stats is not None and texture is not None:
+        img = texture(img, stats, r, dtype)
+    return DecodeResult(np.clip(np.round(img), 0, 255).astype(np.uint8), digest)

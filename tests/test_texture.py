@@ -6,15 +6,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from aeic_codec import api
+from aeic_codec.bundles.bundle import BundleError
 from aeic_codec.cli import main
 from aeic_codec.codec.texture import (
     BUDGET_MIN,
     SourceTexture,
     choose_texture,
     texture_budget,
+)
+from aeic_codec.codec.texture_synthesis import (
+    ExemplarBook,
+    TextureFileError,
+    TextureSynthesis,
+    load_texture,
+    save_texture,
 )
 from aeic_codec.format.coder import CodingError
 from aeic_codec.format.container import FormatError, pack, unpack
@@ -27,6 +36,8 @@ from aeic_codec.format.texture_coder import (
     encode_texture,
     level_range,
 )
+from aeic_codec.nn.config import AEIC_SMALL_TAEF2
+from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 
 from .conftest import make_image
 
@@ -147,3 +158,75 @@ def test_cli_texture_flag_and_info(tmp_path: Path, png_file: Path, int_bundle: P
     assert "texture stats   no" in CliRunner().invoke(main, ["info", str(plain)]).output
     with pytest.raises(FormatError):
         unpack(out.read_bytes()[:-5])
+
+
+def small_synthesis(seed: int = 0) -> TextureSynthesis:
+    """TAEF2's architecture with random weights and a random exemplar book."""
+    torch.manual_seed(seed)
+    encoder, decoder = TinyEncoder().eval(), TinyDecoder(AEIC_SMALL_TAEF2).eval()
+    features, dims, size = 9 * 32, 8, 64
+    book = ExemplarBook(
+        torch.randn(features),
+        torch.rand(features) + 0.5,
+        torch.linalg.qr(torch.randn(features, dims))[0],
+        torch.randn(size, dims).half(),
+        torch.randn(size, 32).half(),
+    )
+    return TextureSynthesis(encoder, decoder, book, AEIC_SMALL_TAEF2)
+
+
+@pytest.fixture(scope="module")
+def texture_folder(int_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights folder: the integer bundle and texture/ beside it."""
+    folder = tmp_path_factory.mktemp("with-texture")
+    (folder / int_bundle.name).write_bytes(int_bundle.read_bytes())
+    (folder / "texture").mkdir()
+    save_texture(folder / "texture" / "small.safetensors", small_synthesis(), {"made_by": "tests"})
+    return folder
+
+
+def test_a_texture_file_round_trips_and_bad_ones_are_refused(texture_folder: Path) -> None:
+    made = small_synthesis()
+    loaded = api.load_texture(texture_folder)
+    picture = make_image(64, 96, seed=5).astype(np.float32)
+    assert np.allclose(loaded.detail(picture), made.detail(picture), atol=0.5)
+    assert api.load_texture(texture_folder / "whatever.safetensors") is not None  # its folder
+    with pytest.raises(BundleError, match="no texture file"):
+        api.load_texture(texture_folder / "texture")  # a folder without texture/ inside
+    with pytest.raises(TextureFileError, match="not an aeic texture file"):
+        load_texture(next(texture_folder.glob("*.safetensors")))  # a bundle
+
+
+def test_synthesis_adds_luma_detail_only_where_the_statistics_ask(texture_folder: Path) -> None:
+    synthesis = api.load_texture(texture_folder)
+    picture = np.full((128, 192, 3), 120.0, np.float32)
+    lo = level_range(3)[0]
+    levels = np.full((2, 2, 3), lo, np.int16)
+    levels[:, 0, 0] = 10  # 30 dB of fine detail in the top left block only
+    out = synthesis(picture, TextureLevels(64, 3, levels))
+    change = out - picture
+    assert np.array_equal(change[..., 0], change[..., 2])  # luma: the same on R, G and B
+    assert np.abs(change[:64, :64]).mean() > 10 * np.abs(change[64:, 128:]).mean()
+    again = synthesis(picture, TextureLevels(64, 3, levels))
+    assert np.array_equal(out, again)  # deterministic
+    half = synthesis(picture, TextureLevels(64, 3, levels), strength=0.5)
+    assert np.allclose(half - picture, change / 2, atol=1e-3)
+
+
+def test_realism_on_a_file_with_statistics_uses_the_texture(texture_folder: Path) -> None:
+    bundle = next(texture_folder.glob("*.safetensors"))
+    model = api.load_model(bundle)
+    image = np.random.default_rng(6).integers(0, 256, (128, 192, 3), dtype=np.uint8)
+    data = api.encode(image, model, texture=True)  # fine detail everywhere
+    plain = api.decode(data, model)
+    with pytest.raises(ValueError, match="needs the texture file"):
+        api.decode(data, model, realism=1.0)
+    textured = api.decode(data, model, realism=1.0, texture=api.load_texture(texture_folder))
+    assert textured.shape == plain.shape and not np.array_equal(textured, plain)
+    coded = texture_folder / "t.aeic"
+    coded.write_bytes(data)
+    out = texture_folder / "t.png"
+    args = ["decode", str(coded), "-o", str(out), "--weights", str(texture_folder)]
+    result = CliRunner().invoke(main, [*args, "--realism", "1", "-f"])
+    assert result.exit_code == 0, result.stderr
+    assert np.array_equal(api.read_image(str(out))[0], textured)

@@ -455,6 +455,23 @@ def search_paths(weights: str | os.PathLike[str] | None = None) -> list[Path]:
     return paths or [SHIPPED_WEIGHTS[0]]
 
 
+TEXTURE_FOLDER = "texture"  # beside the bundles: the texture synthesis' file
+
+
+def find_texture(weights: str | os.PathLike[str] | None = None) -> Path:
+    """The texture synthesis' file (codec/texture_synthesis.py): the first
+    ``texture/*.safetensors`` beside the bundles of the search path (a bundle file given
+    as ``weights`` counts as its folder)."""
+    for p in search_paths(weights):
+        folder = (p if p.is_dir() else p.parent) / TEXTURE_FOLDER
+        found = sorted(folder.glob(f"*{SUFFIX}"))
+        if found:
+            return found[0]
+    raise BundleError(
+        f"no texture file ({TEXTURE_FOLDER}/*{SUFFIX} beside the bundles) for texture synthesis"
+    )
+
+
 def iter_bundles(paths: Iterable[Path]) -> Iterator[BundleInfo | BundleError]:
     """Every bundle under the given files/directories (errors yielded, not raised)."""
     seen: set[Path] = set()

@@ -249,9 +249,10 @@ class DecodeWork(_Work):
     precision: str = "auto"
     device: str = "cpu"
     tile: int | None = None
-    realism: float = 0.0  # 0: the bundle's own decoder, 1: its realism decoder
+    realism: float = 0.0  # 0: the bundle's own decoder, 1: its realism decoder or texture
     debug: bool = False
-    _models: dict[str, Any] = field(default_factory=dict)
+    _models: dict[tuple[str, bool], Any] = field(default_factory=dict)
+    _texture: Any = None
 
     def run(self, task: Task, outcome: Outcome, progress: Progress | None) -> dict[str, Any]:
         from aeic_codec import api
@@ -260,16 +261,23 @@ class DecodeWork(_Work):
         data = read_source(task.source)
         header = api.read_header(data, max_pixels=self.max_pixels)
         key = header.model_id_hex
-        if key not in self._models:
-            self._models[key] = api.load_decoder(self.weights, key, self.realism)
+        # A file with texture statistics takes its texture from the texture file, at any
+        # realism above 0, and needs the bundle's fidelity decoder only.
+        synthesis = self.realism > 0 and header.texture is not None
+        if (key, synthesis) not in self._models:
+            realism = 0.0 if synthesis else self.realism
+            self._models[key, synthesis] = api.load_decoder(self.weights, key, realism)
+        if synthesis and self._texture is None:
+            self._texture = api.load_texture(self.weights)
         result = api.decode_image(
             header,
-            self._models[key],
+            self._models[key, synthesis],
             precision=self.precision,
             device=self.device,
             tile=self.tile,
             progress=progress,
             realism=self.realism,
+            texture=self._texture if synthesis else None,
         )
         outcome.data = png_bytes(result.image)
         return {

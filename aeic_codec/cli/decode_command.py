@@ -31,8 +31,10 @@ DECODING = Direction(".png", frozenset({".aeic"}), "PNG data", "decoded", check_
     type=click.FloatRange(0.0, 1.0),
     default=0.0,
     show_default=True,
-    help="0: the bundle's fidelity decoder (faithful, smooth); 1: its realism decoder "
-    "(experimental: draws texture, as strokes); between: a blend of the two pictures.",
+    help="0: the bundle's fidelity decoder (faithful, smooth). Above 0, a file with texture "
+    "statistics (aeic encode --texture) gets that much of the detail its statistics "
+    "describe, copied from photographs; other files get the realism decoder "
+    "(experimental: draws texture as strokes), blended with the fidelity picture.",
 )
 def decode(
     inputs: tuple[str, ...],

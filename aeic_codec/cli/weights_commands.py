@@ -304,3 +304,50 @@ def weights_calibrate_rate(
         click.echo(f"aeic: wrote {output} (identity {identity}); step: {points}", err=True)
     except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors
         fail_hard(exc, debug)
+
+
+@weights.command("texture-book")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--photos",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Training photographs (never the images you evaluate on).",
+)
+@click.option(
+    "--taef2",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder with taef2_encoder.safetensors and taef2_decoder.safetensors.",
+)
+@click.option("--size", type=click.IntRange(min=16), default=65536, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
+@debug_option
+def weights_texture_book(
+    bundle: str, photos: str, taef2: str, size: int, output: str, force: bool, debug: bool
+) -> None:
+    """Make the texture synthesis' file from photographs and BUNDLE's fidelity decodes.
+
+    Decoders read it from texture/ beside the bundles (docs/architecture.md, section 12).
+    """
+    from aeic_codec.bundles.bundle import load_bundle
+    from aeic_codec.codec.texture_synthesis import save_texture
+    from aeic_codec.tools.texture_book import build_book, photo_files
+
+    if Path(output).exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    try:
+        files = photo_files(photos)
+        model = load_bundle(bundle, encoder=True, decoder=True)
+        bar = BatchProgress(1, sys.stderr) if on_terminal() else None
+        if bar:
+            bar.begin(f"exemplars from {len(files)} photographs")
+        made = build_book(files, model, taef2, size, progress=bar.tiles if bar else None)
+        if bar:
+            bar.clear()
+        source = {"bundle": Path(bundle).name, "photos": len(files), "size": size}
+        save_texture(output, made, source)
+        click.echo(f"aeic: wrote {output} ({len(made.book.keys)} exemplars)", err=True)
+    except (OSError, ValueError) as exc:
+        fail_hard(exc, debug)

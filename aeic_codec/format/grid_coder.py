@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .container import AeicFile, FormatError
+
 RICE_LIMIT = 16  # a unary prefix of this many ones is followed by the value in 9 bits
 _RAW_BITS = 9
 
@@ -114,3 +116,13 @@ def decode_grid(data: bytes, height: int, width: int, cell: int, step: int) -> n
     if len(bits) - pos >= 8 or any(bits[pos:]):
         raise GridError("colour grid has bytes or bits after its last level")
     return levels
+
+
+def read_grid(f: AeicFile) -> np.ndarray | None:
+    """The colour grid's levels (3 x rows x columns), None without a grid; no torch needed."""
+    if f.grid is None:
+        return None
+    try:
+        return decode_grid(f.grid.data, f.height, f.width, f.grid.cell, f.grid.step)
+    except GridError as exc:
+        raise FormatError(f"corrupt file: {exc}") from exc

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .coder import CodingError, StreamDecoder, StreamEncoder
+from .container import AeicFile, FormatError
 from .tables import TOTAL
 
 BLOCKS = (32, 64, 96, 128)  # block sizes in pixels, coded as their index (2 bits)
@@ -162,3 +163,14 @@ def decode_texture(data: bytes, height: int, width: int) -> TextureLevels:
                 levels[k, i, j] = value
             diff[i, j] = levels[1, i, j] - levels[0, i, j]
     return TextureLevels(block, step, levels.astype(np.int16))
+
+
+def read_texture(f: AeicFile) -> TextureLevels | None:
+    """The texture levels a version 5 file carries (None for older files); FormatError if
+    the stream is corrupt."""
+    if f.texture is None:
+        return None
+    try:
+        return decode_texture(f.texture, f.height, f.width)
+    except CodingError as exc:
+        raise FormatError(f"corrupt file: {exc}") from exc

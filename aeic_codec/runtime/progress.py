@@ -80,3 +80,29 @@ def _clock_time(seconds: float) -> str:
     s = round(seconds)
     h, rest = divmod(s, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+ENTROPY_STEPS = 4  # progress ticks of a decode's entropy decoding (its context steps)
+# The entropy decoding's share of a decode's progress, against 1 for each decoder run:
+# about what it takes at any size (it is linear too), 0.3 to 1 of a decoder by the CPU.
+ENTROPY_SHARE = 0.5
+
+
+def phases(
+    progress: Callable[[int, int], None] | None, shares: list[float]
+) -> list[Callable[[int, int], None] | None]:
+    """One progress callback per phase of a decode, reported as one count out of 1000 in
+    which each phase takes its share, so that a bar moves all along and never starts
+    over (a phase's own count can have any total)."""
+    if progress is None:
+        return [None] * len(shares)
+    report, whole = progress, sum(shares)
+    starts = [sum(shares[:i]) for i in range(len(shares))]
+
+    def phase(start: float, share: float) -> Callable[[int, int], None]:
+        def tell(done: int, total: int) -> None:
+            report(round(1000 * (start + share * done / max(total, 1)) / whole), 1000)
+
+        return tell
+
+    return [phase(a, b) for a, b in zip(starts, shares, strict=True)]
