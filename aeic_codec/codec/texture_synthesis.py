@@ -33,7 +33,7 @@ from .texture_match import matched_detail
 
 FORMAT = "1"  # the texture file's layout (metadata ``aeic_texture``)
 SCALE = 8  # TAEF2's latent is 1/8 of the picture
-SEARCH_ROWS = 2048  # latent positions per block of the nearest-key search
+SEARCH_ROWS = 256  # latent positions per block of the nearest-key search
 
 
 class TextureFileError(ValueError):
@@ -51,18 +51,19 @@ class ExemplarBook:
     keys: torch.Tensor  # (N, dims)
     values: torch.Tensor  # (N, C)
 
-    def detail(self, latent: torch.Tensor) -> torch.Tensor:
-        """The value of the nearest key at every position of a (1, C, h, w) latent."""
+    def detail(self, latent: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The value of the nearest key at every position of a (1, C, h, w) latent; the
+        distances in ``dtype`` (bf16 where the decoder computes in it)."""
         _, c, h, w = latent.shape
-        query = (neighbourhoods(latent) - self.mean) / self.std @ self.projection
-        keys = self.keys.float()
-        key_norms = (keys * keys).sum(1)
+        query = ((neighbourhoods(latent) - self.mean) / self.std @ self.projection).to(dtype)
+        keys = self.keys.to(dtype)
+        key_norms = (keys.float() ** 2).sum(1).to(dtype)[None]
         values = self.values.float()
         out = torch.empty(query.shape[0], c)
         for start in range(0, query.shape[0], SEARCH_ROWS):
-            q = query[start : start + SEARCH_ROWS]
-            nearest = (key_norms[None] - 2 * q @ keys.T).argmin(1)  # + |q|^2, the same per row
-            out[start : start + SEARCH_ROWS] = values[nearest]
+            # |k|^2 - 2 q.k: the squared distance less |q|^2, the same for every key
+            distance = torch.addmm(key_norms, query[start : start + SEARCH_ROWS], keys.T, alpha=-2)
+            out[start : start + SEARCH_ROWS] = values[distance.argmin(1)]
         return out.T.reshape(1, c, h, w)
 
 
@@ -83,17 +84,18 @@ class TextureSynthesis:
     @torch.no_grad()
     def detail(self, picture: np.ndarray, dtype: torch.dtype = torch.float32) -> np.ndarray:
         """Photographic detail for a picture (H x W x 3 float on 0-255): TAEF2's rendering
-        of its latent with the exemplars' detail, less its rendering without."""
+        of its latent with the exemplars' detail, less the picture. (Less TAEF2's rendering
+        without the detail instead measured the same on Kodak at twice the cost: only the
+        two finest bands of the difference are used, where TAEF2 loses little.)"""
         h, w = picture.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(picture, np.float32) / 255).permute(2, 0, 1)
         pad_h, pad_w = -h % SCALE, -w % SCALE
         x = F.pad(x[None], (0, pad_w, 0, pad_h), mode="replicate")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             latent = self.encoder(x).float()
-            both = torch.cat([latent + self.book.detail(latent), latent])
-            rendered = self.decoder(both).float()
-        diff = (rendered[0] - rendered[1])[:, :h, :w] * 127.5  # [-1, 1] -> 0-255 units
-        return diff.permute(1, 2, 0).numpy()
+            rendered = self.decoder(latent + self.book.detail(latent, dtype)).float()
+        pixels = (rendered[0, :, :h, :w] + 1) * 127.5  # [-1, 1] -> 0-255
+        return pixels.permute(1, 2, 0).numpy() - picture
 
     def __call__(
         self,

@@ -1,0 +1,123 @@
+"""Texture statistics and texture synthesis on Kodak: what they cost and what they give.
+
+For each shipped bundle, every Kodak image is encoded with texture statistics
+(``aeic encode --texture``) and decoded at realism 0 (the fidelity decoder: the statistics
+unused) and 1 (plus the detail the texture file synthesises). Reported per setting, as
+means over the images: bpp of the whole file, the statistics' bytes and share of it,
+PSNR, MS-SSIM, the luma power kept in the two finest octave bands (dB), issue 29's local
+band error and coherence excess (``codec/metrics.py``), and the seconds of a decode.
+
+Usage:
+    python -m bench.texture_kodak [--lambdas 12 64 500] [--limit N] [--json OUT]
+        [--save DIR]   # decoded pictures, for looking at them beside the originals
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aeic_codec import api
+from aeic_codec.codec.metrics import (
+    band_power_db,
+    coherence_excess,
+    local_band_error,
+    ms_ssim_u8,
+    psnr_u8,
+)
+from aeic_codec.format.container import unpack
+from bench import ROOT
+from bench._machine import machine_line
+from bench._tables import md_table
+
+KODAK = ROOT.parent / "shared" / "data" / "kodak"
+FIGURES = ("bpp", "texture_bytes", "texture_share", "psnr", "msssim", "band1", "band2")
+FIGURES += ("local_bands", "coherence", "decode_s")
+
+
+def measure(lam: float, images: list[Path], save: Path | None) -> list[dict[str, float]]:
+    """Rows of one bundle: realism 0 and 1 for every image."""
+    model = api.load_model(lambda_=lam)
+    texture = api.load_texture()
+    rows = []
+    for path in images:
+        src, _ = api.read_image(path)
+        data = api.encode(src, model, texture=True)
+        f = unpack(data)
+        for r in (0.0, 1.0):
+            t0 = time.perf_counter()
+            out = api.decode(data, model, realism=r, texture=texture)
+            seconds = time.perf_counter() - t0
+            bands = band_power_db(out, src)
+            rows.append(
+                {
+                    "lambda": lam,
+                    "image": path.stem,
+                    "realism": r,
+                    "bpp": f.bpp,
+                    "texture_bytes": float(f.texture_size),
+                    "texture_share": f.texture_size / f.size,
+                    "psnr": psnr_u8(out, src),
+                    "msssim": ms_ssim_u8(out, src),
+                    "band1": bands[-2],
+                    "band2": bands[-1],
+                    "local_bands": local_band_error(out, src),
+                    "coherence": coherence_excess(out, src),
+                    "decode_s": seconds,
+                }
+            )
+            if save is not None:
+                from PIL import Image
+
+                folder = save / f"l{lam:g}-r{r:g}"
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(out).save(folder / f"{path.stem}.png")
+        print(f"lambda {lam:g} {path.stem}: {len(data)} bytes", flush=True)
+    return rows
+
+
+def summary(rows: list[dict[str, float]]) -> str:
+    """Markdown: one line per lambda and realism, means over the images."""
+    head = ["lambda", "realism", "bpp", "stats B", "stats %", "PSNR", "MS-SSIM"]
+    head += ["1/8-1/4 dB", "1/4-1/2 dB", "local bands", "coherence", "decode s"]
+    lines = []
+    for lam in sorted({r["lambda"] for r in rows}):
+        for real in (0.0, 1.0):
+            group = [r for r in rows if r["lambda"] == lam and r["realism"] == real]
+            m = {k: float(np.mean([g[k] for g in group])) for k in FIGURES}
+            rate = [f"{m['bpp']:.4f}", f"{m['texture_bytes']:.1f}"]
+            rate += [f"{100 * m['texture_share']:.2f}"]
+            quality = [f"{m['psnr']:.2f}", f"{m['msssim']:.3f}", f"{m['band1']:+.1f}"]
+            quality += [f"{m['band2']:+.1f}", f"{m['local_bands']:.2f}"]
+            quality += [f"{m['coherence']:+.3f}", f"{m['decode_s']:.2f}"]
+            lines.append([f"{lam:g}", f"{real:g}", *rate, *quality])
+    return md_table(head, lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lambdas", type=float, nargs="+", default=[12.0, 64.0, 500.0])
+    p.add_argument("--kodak", type=Path, default=KODAK)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--save", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    images = sorted(args.kodak.glob("*.png"))[: args.limit]
+    if not images:
+        raise SystemExit(f"no PNG images in {args.kodak}")
+    print(machine_line(), flush=True)
+    rows = [row for lam in args.lambdas for row in measure(lam, images, args.save)]
+    print(summary(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine_line(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
