@@ -140,9 +140,8 @@ def measure_rate_curve(
     rates: dict[int, list[float]] = {q: [] for q in steps}
     quality: dict[int, list[float]] = {q: [] for q in steps}
     for n, image in enumerate(images):
-        coder = _FileCoder(
-            model, image, _padded(image), None, None, None, "cpu", resolve_precision(precision)
-        )
+        x, dtype = _padded(image), resolve_precision(precision)
+        coder = _FileCoder(model, image, x, None, None, None, None, "cpu", dtype)
         for k, q in enumerate(steps):
             data = coder.encode(q).data
             rates[q].append(8 * len(data) / (image.shape[0] * image.shape[1]))

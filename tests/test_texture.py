@@ -185,12 +185,18 @@ def texture_folder(int_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
     return folder
 
 
-def test_a_texture_file_round_trips_and_bad_ones_are_refused(texture_folder: Path) -> None:
+def test_a_texture_file_round_trips_and_bad_ones_are_refused(
+    texture_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     made = small_synthesis()
     loaded = api.load_texture(texture_folder)
     picture = make_image(64, 96, seed=5).astype(np.float32)
     assert np.allclose(loaded.detail(picture), made.detail(picture), atol=0.5)
     assert api.load_texture(texture_folder / "whatever.safetensors") is not None  # its folder
+    from aeic_codec.bundles import bundle
+
+    monkeypatch.setattr(bundle, "SHIPPED_WEIGHTS", (tmp_path,))  # no shipped texture file
+    monkeypatch.delenv("AEIC_WEIGHTS", raising=False)
     with pytest.raises(BundleError, match="no texture file"):
         api.load_texture(texture_folder / "texture")  # a folder without texture/ inside
     with pytest.raises(TextureFileError, match="not an aeic texture file"):
