@@ -35,6 +35,7 @@ class Plan:
     entropy_images: int = 4
     crops: bool = True
     speed_image: Path = ROOT / "docs" / "kodim23.png"  # the integer section's encode timing
+    whole_runs: int = 3  # whole commands: the median of this many runs, interleaved
     command: str = "python -m bench.run_all"
     notes: list[str] = field(default_factory=list)
 
@@ -119,6 +120,7 @@ def slice_plan(work: Path) -> Plan:
         qualities=(0,),
         entropy_images=2,
         speed_image=images[0],
+        whole_runs=1,
         command="python -m bench.run_all --slice DIR",
         notes=["--slice: a tiny random-weight model and two generated 64x48 images."],
     )

@@ -21,7 +21,6 @@ from bench.report.common import log, photo, size_label
 if TYPE_CHECKING:
     from bench.report.plan import Plan
 
-WHOLE_RUNS = 3  # whole commands: the median of this many runs, interleaved
 FLOOR = ('python -c "import torch"', "-")
 
 
@@ -63,7 +62,7 @@ def startup(plan: Plan, files: dict[tuple[int, int], bytes]) -> str:
             for key, cmd in commands.items()
         }
         # In rounds, so that a busy moment hits every command; the first round counts too.
-        times = side_by_side(runs, WHOLE_RUNS, warm_up=False)
+        times = side_by_side(runs, plan.whole_runs, warm_up=False)
     medians = {key: float(np.median(t)) for key, t in times.items()}
     floor = medians[FLOOR]
     rows = []
@@ -74,7 +73,7 @@ def startup(plan: Plan, files: dict[tuple[int, int], bytes]) -> str:
         log(f"whole command {command} {what}: {secs:.2f} s")
     return (
         f"Whole commands (wall seconds of the `aeic` console script as a user runs it, "
-        f"median of {WHOLE_RUNS} interleaved runs; default model {plan.default_bundle.stem}, "
+        f"median of {plan.whole_runs} interleaved runs; default model {plan.default_bundle.stem}, "
         f"the CLI's own thread and precision settings): interpreter, imports, loading the "
         f"model and the work. The last column is what a command costs beyond `import "
         f"torch`, timed in the same rounds; on a 16x16 image that is the start-up cost. "
