@@ -468,7 +468,8 @@ def find_texture(weights: str | os.PathLike[str] | None = None) -> Path:
         if found:
             return found[0]
     raise BundleError(
-        f"no texture file ({TEXTURE_FOLDER}/*{SUFFIX} beside the bundles) for texture synthesis"
+        f"no texture file ({TEXTURE_FOLDER}/*{SUFFIX} beside the bundles) for texture "
+        "synthesis; make one with aeic weights texture-book"
     )
 
 
