@@ -22,6 +22,8 @@ from aeic_codec.codec.texture_synthesis import (
     ExemplarBook,
     TextureFileError,
     TextureSynthesis,
+    cluster,
+    grouped,
     load_texture,
     save_texture,
 )
@@ -165,14 +167,35 @@ def small_synthesis(seed: int = 0) -> TextureSynthesis:
     torch.manual_seed(seed)
     encoder, decoder = TinyEncoder().eval(), TinyDecoder(AEIC_SMALL_TAEF2).eval()
     features, dims, size = 9 * 32, 8, 64
+    keys = torch.randn(size, dims + 2).half().float()
+    centroids = cluster(keys, 4)
+    keys, values, offsets = grouped(keys, torch.randn(size, 32).half().float(), centroids)
     book = ExemplarBook(
         torch.randn(features),
         torch.rand(features) + 0.5,
         torch.linalg.qr(torch.randn(features, dims))[0],
-        torch.randn(size, dims).half(),
-        torch.randn(size, 32).half(),
+        0.5,
+        keys,
+        values,
+        centroids,
+        offsets,
     )
     return TextureSynthesis(encoder, decoder, book, AEIC_SMALL_TAEF2)
+
+
+def test_the_book_search_finds_every_key_itself_and_the_nearest_of_its_clusters() -> None:
+    book = small_synthesis().book
+    assert book.offsets[0] == 0 and book.offsets[-1] == len(book.keys) == 64
+    assert torch.equal(book.nearest(book.keys), torch.arange(64))  # each key is its own nearest
+    queries = torch.randn(500, book.keys.shape[1], generator=torch.Generator().manual_seed(1))
+    found = book.nearest(queries)
+    exact = torch.cdist(queries, book.keys).argmin(1)
+    # the search looks in the 2 nearest of 4 clusters: mostly the exact answer, never a key
+    # outside those clusters
+    assert (found == exact).float().mean() > 0.7
+    member = torch.bucketize(found, book.offsets[1:], right=True)
+    near = torch.cdist(queries, book.centroids).topk(2, largest=False).indices
+    assert bool((near == member[:, None]).any(1).all())
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +214,8 @@ def test_a_texture_file_round_trips_and_bad_ones_are_refused(
     made = small_synthesis()
     loaded = api.load_texture(texture_folder)
     picture = make_image(64, 96, seed=5).astype(np.float32)
-    assert np.allclose(loaded.detail(picture), made.detail(picture), atol=0.5)
+    levels = TextureLevels(64, 3, np.arange(4, dtype=np.int16).reshape(2, 1, 2))
+    assert np.allclose(loaded.detail(picture, levels), made.detail(picture, levels), atol=0.5)
     assert api.load_texture(texture_folder / "whatever.safetensors") is not None  # its folder
     from aeic_codec.bundles import bundle
 
@@ -201,6 +225,12 @@ def test_a_texture_file_round_trips_and_bad_ones_are_refused(
         api.load_texture(texture_folder / "texture")  # a folder without texture/ inside
     with pytest.raises(TextureFileError, match="not an aeic texture file"):
         load_texture(next(texture_folder.glob("*.safetensors")))  # a bundle
+    from safetensors.torch import save_file
+
+    old = tmp_path / "old.safetensors"
+    save_file({"book.keys": torch.zeros(2, 2)}, str(old), metadata={"aeic_texture": "1"})
+    with pytest.raises(TextureFileError, match="format 1, this aeic reads format 2; make a new"):
+        load_texture(old)
 
 
 def test_synthesis_adds_luma_detail_only_where_the_statistics_ask(texture_folder: Path) -> None:
@@ -236,3 +266,38 @@ def test_realism_on_a_file_with_statistics_uses_the_texture(texture_folder: Path
     result = CliRunner().invoke(main, [*args, "--realism", "1", "-f"])
     assert result.exit_code == 0, result.stderr
     assert np.array_equal(api.read_image(str(out))[0], textured)
+
+
+def test_texture_book_command_makes_a_texture_file_from_photographs(
+    int_bundle: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    taef2 = tmp_path / "taef2"  # TAEF2's layout with random weights
+    taef2.mkdir()
+    save_file(TinyEncoder().state_dict(), str(taef2 / "taef2_encoder.safetensors"))
+    save_file(TinyDecoder(AEIC_SMALL_TAEF2).state_dict(), str(taef2 / "taef2_decoder.safetensors"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(make_image(68, 100, seed=20 + i)).save(photos / f"p{i}.png")
+    out = tmp_path / "book.safetensors"
+    args = ["weights", "texture-book", str(int_bundle), "--photos", str(photos)]
+    args += ["--taef2", str(taef2), "--size", "100", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    book = load_texture(out).book
+    # 2 photos x 1 bundle x (64/8 x 96/8 = 96 latent positions): 192 places, 100 drawn
+    assert len(book.keys) == len(book.values) == 100 and int(book.offsets[-1]) == 100
+    assert book.keys.shape[1] == 32 + 2 and book.level_weight == 1.0
+    with safe_open(str(out), "pt") as fh:
+        assert '"bundles": ["tiny-int.safetensors"]' in fh.metadata()["provenance"]
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "exists (use --force to overwrite)" in again.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = CliRunner().invoke(main, [*args[:4], str(empty), *args[5:], "-f"])
+    assert none.exit_code == 1 and "no photographs" in none.stderr

@@ -289,7 +289,7 @@ def weights_calibrate_rate(
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
     try:
         files = image_files(images, count)
-        model = load_bundle(bundle, encoder=True, decoder=True)
+        models = [load_bundle(b, encoder=True, decoder=True) for b in bundles]
         bar = BatchProgress(1, sys.stderr) if on_terminal() else None
         if bar:
             bar.begin(f"calibrating {Path(bundle).name} on {len(files)} images")
@@ -307,7 +307,7 @@ def weights_calibrate_rate(
 
 
 @weights.command("texture-book")
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--photos",
     required=True,
@@ -320,14 +320,27 @@ def weights_calibrate_rate(
     type=click.Path(exists=True, file_okay=False),
     help="Folder with taef2_encoder.safetensors and taef2_decoder.safetensors.",
 )
-@click.option("--size", type=click.IntRange(min=16), default=65536, show_default=True)
+@click.option(
+    "--size",
+    type=click.IntRange(min=16),
+    default=32768,
+    show_default=True,
+    help="Exemplars in the book.",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
 @debug_option
 def weights_texture_book(
-    bundle: str, photos: str, taef2: str, size: int, output: str, force: bool, debug: bool
+    bundles: tuple[str, ...],
+    photos: str,
+    taef2: str,
+    size: int,
+    output: str,
+    force: bool,
+    debug: bool,
 ) -> None:
-    """Make the texture synthesis' file from photographs and BUNDLE's fidelity decodes.
+    """Make the texture synthesis' file from photographs and the BUNDLES' fidelity decodes
+    (the shipped one: the finest and the coarsest rate).
 
     Decoders read it from texture/ beside the bundles (docs/architecture.md, section 12).
     """
@@ -339,14 +352,15 @@ def weights_texture_book(
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
     try:
         files = photo_files(photos)
-        model = load_bundle(bundle, encoder=True, decoder=True)
+        models = [load_bundle(b, encoder=True, decoder=True) for b in bundles]
         bar = BatchProgress(1, sys.stderr) if on_terminal() else None
         if bar:
             bar.begin(f"exemplars from {len(files)} photographs")
-        made = build_book(files, model, taef2, size, progress=bar.tiles if bar else None)
+        made = build_book(files, models, taef2, size, progress=bar.tiles if bar else None)
         if bar:
             bar.clear()
-        source = {"bundle": Path(bundle).name, "photos": len(files), "size": size}
+        names = [Path(b).name for b in bundles]
+        source = {"bundles": names, "photos": len(files), "size": size}
         save_texture(output, made, source)
         click.echo(f"aeic: wrote {output} ({len(made.book.keys)} exemplars)", err=True)
     except (OSError, ValueError) as exc:

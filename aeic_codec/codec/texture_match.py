@@ -6,7 +6,11 @@ photographs), the file's statistics decide its amount: per block, the power the 
 in each of the two finest octave bands, less what the fidelity picture already has, is
 what the detail must bring. Gains are computed per block, interpolated between block
 centres (so that no block edge shows) and corrected twice against the measured result.
-Luma only: the same change goes to R, G and B, so that colours stay the decoder's.
+Inside a block the detail follows the picture's own structure: its amplitude is weighted
+by the local power of the picture's 1/16-1/8 band, so that a block holding hair and a cheek
+puts its texture on the hair (the source's fine power sits where the decode still shows
+coarser structure; spread evenly it drew scratches on skin). Luma only: the same change
+goes to R, G and B, so that colours stay the decoder's.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ LEVEL_OFFSET_DB = -1.0  # aim 1 dB under the sent power: +0.35 dB PSNR for 1 dB 
 FLAT_DB = -6.0  # blocks sent at or below this power get no detail (sky, skin)
 MAX_GAIN = 6.0  # the most a block may amplify its detail (a detail-free block stays so)
 PASSES = 2  # corrections of the gains against the bands they give
+ACTIVITY_BAND = (1 / 16, 1 / 8)  # cycles per pixel: the picture's structure that places detail
+ACTIVITY_CELL = 16  # px: the activity's resolution (then interpolated)
+SPREAD_CAP = 4.0  # the most a place may weigh against its block's mean amplitude
+ACTIVITY_FLOOR = 1.0  # luma^2 added to both powers: a block flat at that band spreads evenly
 
 
 def _interpolation(n: int, cells: int, block: int) -> np.ndarray:
@@ -49,15 +57,31 @@ def block_power(x: np.ndarray, block: int) -> np.ndarray:
 
 
 class Bands:
-    """The two finest octave bands of pictures of one size (one rFFT and its masks)."""
+    """Octave bands (the two finest by default) of pictures of one size (one rFFT and its
+    masks)."""
 
-    def __init__(self, height: int, width: int) -> None:
+    def __init__(
+        self, height: int, width: int, bands: tuple[tuple[float, float], ...] = FINE_BANDS
+    ) -> None:
         self.shape = (height, width)
-        self.masks = [band_mask(height, width, lo, hi, real=True) for lo, hi in FINE_BANDS]
+        self.masks = [band_mask(height, width, lo, hi, real=True) for lo, hi in bands]
 
     def __call__(self, y: np.ndarray) -> list[np.ndarray]:
         spectrum = np.fft.rfft2(y - y.mean())
         return [np.fft.irfft2(spectrum * m, s=self.shape).astype(np.float32) for m in self.masks]
+
+
+def structure_weight(y: np.ndarray, block: int) -> np.ndarray:
+    """Per pixel: the amplitude of luma ``y``'s ACTIVITY_BAND there (per ACTIVITY_CELL,
+    interpolated) over its root mean square in the surrounding ``block``, at most
+    SPREAD_CAP. Its mean square over a block is about 1: it moves detail, adds none; in a
+    block without structure at that band (ACTIVITY_FLOOR) it is about 1 everywhere."""
+    h, w = y.shape
+    (mid,) = Bands(h, w, (ACTIVITY_BAND,))(y)
+    local = upsample(block_power(mid, ACTIVITY_CELL), ACTIVITY_CELL, h, w)
+    spread = upsample(block_power(mid, block), block, h, w)
+    ratio = (local + ACTIVITY_FLOOR) / (spread + ACTIVITY_FLOOR)
+    return np.minimum(np.sqrt(ratio), SPREAD_CAP).astype(np.float32)
 
 
 def matched_detail(picture: np.ndarray, detail: np.ndarray, levels: TextureLevels) -> np.ndarray:
@@ -65,8 +89,10 @@ def matched_detail(picture: np.ndarray, detail: np.ndarray, levels: TextureLevel
     x 3 on 0-255) where and as much as ``levels`` say the source had more fine-band power."""
     h, w = picture.shape[:2]
     bands, block = Bands(h, w), levels.block
-    own = bands(luma(picture))
-    source = bands(luma(detail))
+    y = luma(picture)
+    own = bands(y)
+    weight = structure_weight(y, block)
+    source = [band * weight for band in bands(luma(detail))]
     target = 10 ** ((levels.db() + LEVEL_OFFSET_DB) / 10)
     gains = []
     for k in range(2):

@@ -29,11 +29,11 @@ from aeic_codec.format.texture_coder import TextureLevels
 from aeic_codec.nn.config import ModelConfig
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 
-from .texture_match import matched_detail
+from .texture_match import matched_detail, upsample
 
-FORMAT = "1"  # the texture file's layout (metadata ``aeic_texture``)
+FORMAT = "2"  # the texture file's layout (metadata ``aeic_texture``)
 SCALE = 8  # TAEF2's latent is 1/8 of the picture
-SEARCH_ROWS = 256  # latent positions per block of the nearest-key search
+PROBES = 2  # clusters of the book searched per position
 
 
 class TextureFileError(ValueError):
@@ -42,29 +42,78 @@ class TextureFileError(ValueError):
 
 @dataclass
 class ExemplarBook:
-    """Keys (standardised 3x3 latent neighbourhoods projected to a few dimensions) and the
-    detail latents they stand for."""
+    """Keys and the detail latents they stand for, grouped in clusters for the search.
+
+    A key is a place's 3x3 latent neighbourhood (standardised, projected on a few
+    principal directions) and, scaled by ``level_weight``, the two band levels (dB) the
+    photograph had there: a place the statistics call smooth takes detail from smooth
+    places of photographs (skin, sky), a textured one from textured places. Keys are
+    stored sorted by their nearest centroid; cluster j holds rows offsets[j] to
+    offsets[j + 1]."""
 
     mean: torch.Tensor  # (9C,) per-feature mean of the neighbourhoods
     std: torch.Tensor  # (9C,)
     projection: torch.Tensor  # (9C, dims)
-    keys: torch.Tensor  # (N, dims)
+    level_weight: float
+    keys: torch.Tensor  # (N, dims + 2)
     values: torch.Tensor  # (N, C)
+    centroids: torch.Tensor  # (K, dims + 2)
+    offsets: torch.Tensor  # (K + 1,) int64
 
-    def detail(self, latent: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The value of the nearest key at every position of a (1, C, h, w) latent; the
-        distances in ``dtype`` (bf16 where the decoder computes in it)."""
+    def query(self, latent: torch.Tensor, levels: TextureLevels) -> torch.Tensor:
+        """(h w, dims + 2): the keys of every position of a (1, C, h, w) latent."""
+        _, _, h, w = latent.shape
+        z = (neighbourhoods(latent) - self.mean) / self.std @ self.projection
+        grid = levels.db().astype(np.float32)
+        db = [upsample(band, levels.block / SCALE, h, w).reshape(-1) for band in grid]
+        level = torch.from_numpy(np.stack(db, 1)) * self.level_weight
+        return torch.cat([z, level], 1)
+
+    def nearest(self, query: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest key of every query row, among the members of its PROBES
+        nearest clusters (exact within them; 1/50 of a search of the whole book)."""
+        probes = min(PROBES, len(self.centroids))
+        clusters = torch.cdist(query, self.centroids).topk(probes, largest=False).indices
+        best = torch.full((len(query),), torch.inf)
+        index = torch.zeros(len(query), dtype=torch.long)
+        for p in range(probes):
+            for j in torch.unique(clusters[:, p]).tolist():
+                rows = (clusters[:, p] == j).nonzero()[:, 0]
+                start, end = int(self.offsets[j]), int(self.offsets[j + 1])
+                if end == start:
+                    continue
+                dist, at = torch.cdist(query[rows], self.keys[start:end]).min(1)
+                better = dist < best[rows]
+                best[rows[better]] = dist[better]
+                index[rows[better]] = at[better] + start
+        return index
+
+    def detail(self, latent: torch.Tensor, levels: TextureLevels) -> torch.Tensor:
+        """The value of the nearest key at every position of a (1, C, h, w) latent."""
         _, c, h, w = latent.shape
-        query = ((neighbourhoods(latent) - self.mean) / self.std @ self.projection).to(dtype)
-        keys = self.keys.to(dtype)
-        key_norms = (keys.float() ** 2).sum(1).to(dtype)[None]
-        values = self.values.float()
-        out = torch.empty(query.shape[0], c)
-        for start in range(0, query.shape[0], SEARCH_ROWS):
-            # |k|^2 - 2 q.k: the squared distance less |q|^2, the same for every key
-            distance = torch.addmm(key_norms, query[start : start + SEARCH_ROWS], keys.T, alpha=-2)
-            out[start : start + SEARCH_ROWS] = values[distance.argmin(1)]
-        return out.T.reshape(1, c, h, w)
+        return self.values[self.nearest(self.query(latent, levels))].T.reshape(1, c, h, w)
+
+
+def cluster(keys: torch.Tensor, count: int, seed: int = 0, rounds: int = 12) -> torch.Tensor:
+    """Centroids of ``count`` k-means clusters of ``keys`` (seeded: a book is reproducible)."""
+    g = torch.Generator().manual_seed(seed)
+    centroids = keys[torch.randperm(len(keys), generator=g)[:count]].clone()
+    for _ in range(rounds):
+        member = torch.cdist(keys, centroids).argmin(1)
+        sums = torch.zeros_like(centroids).index_add_(0, member, keys)
+        counts = torch.bincount(member, minlength=len(centroids))[:, None]
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+    return centroids
+
+
+def grouped(
+    keys: torch.Tensor, values: torch.Tensor, centroids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys and values sorted by nearest centroid, and each cluster's first row."""
+    member = torch.cdist(keys, centroids).argmin(1)
+    order = torch.argsort(member, stable=True)
+    offsets = torch.searchsorted(member[order], torch.arange(len(centroids) + 1))
+    return keys[order], values[order], offsets
 
 
 def neighbourhoods(latent: torch.Tensor) -> torch.Tensor:
@@ -79,10 +128,15 @@ class TextureSynthesis:
     def __init__(
         self, encoder: TinyEncoder, decoder: TinyDecoder, book: ExemplarBook, config: ModelConfig
     ) -> None:
-        self.encoder, self.decoder, self.book, self.config = encoder, decoder, book, config
+        # channels-last: oneDNN skips a layout reorder around every convolution (3x here)
+        self.encoder = encoder.to(memory_format=torch.channels_last)
+        self.decoder = decoder.to(memory_format=torch.channels_last)
+        self.book, self.config = book, config
 
     @torch.no_grad()
-    def detail(self, picture: np.ndarray, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    def detail(
+        self, picture: np.ndarray, levels: TextureLevels, dtype: torch.dtype = torch.float32
+    ) -> np.ndarray:
         """Photographic detail for a picture (H x W x 3 float on 0-255): TAEF2's rendering
         of its latent with the exemplars' detail, less the picture. (Less TAEF2's rendering
         without the detail instead measured the same on Kodak at twice the cost: only the
@@ -91,9 +145,11 @@ class TextureSynthesis:
         x = torch.from_numpy(np.ascontiguousarray(picture, np.float32) / 255).permute(2, 0, 1)
         pad_h, pad_w = -h % SCALE, -w % SCALE
         x = F.pad(x[None], (0, pad_w, 0, pad_h), mode="replicate")
+        layout = torch.channels_last
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            latent = self.encoder(x).float()
-            rendered = self.decoder(latent + self.book.detail(latent, dtype)).float()
+            latent = self.encoder(x.contiguous(memory_format=layout)).float().contiguous()
+            detailed = latent + self.book.detail(latent, levels)
+            rendered = self.decoder(detailed.contiguous(memory_format=layout)).float()
         pixels = (rendered[0, :, :h, :w] + 1) * 127.5  # [-1, 1] -> 0-255
         return pixels.permute(1, 2, 0).numpy() - picture
 
@@ -105,7 +161,7 @@ class TextureSynthesis:
         dtype: torch.dtype = torch.float32,
     ) -> np.ndarray:
         """``picture`` (H x W x 3 on 0-255) with texture where ``levels`` put it, luma only."""
-        change = matched_detail(picture, self.detail(picture, dtype), levels)
+        change = matched_detail(picture, self.detail(picture, levels, dtype), levels)
         return picture + strength * change[..., None]
 
 
@@ -122,16 +178,13 @@ def save_texture(
     tensors = {f"encoder.{k}": v.half() for k, v in synthesis.encoder.state_dict().items()}
     tensors |= {f"decoder.{k}": v.half() for k, v in synthesis.decoder.state_dict().items()}
     b = synthesis.book
-    tensors |= {
-        "book.mean": b.mean.float(),
-        "book.std": b.std.float(),
-        "book.projection": b.projection.float(),
-        "book.keys": b.keys.half(),
-        "book.values": b.values.half(),
-    }
+    tensors |= {f"book.{k}": getattr(b, k).float() for k in _BOOK_FLOAT}
+    tensors |= {"book.keys": b.keys.half(), "book.values": b.values.half()}
+    tensors["book.offsets"] = b.offsets.long()
     meta = {
         "aeic_texture": FORMAT,
         "decoder_config": synthesis.config.to_json(),
+        "level_weight": repr(float(b.level_weight)),
         "provenance": json.dumps(provenance or {}, sort_keys=True),
     }
     with atomic_path(path) as tmp:
@@ -148,8 +201,14 @@ def load_texture(path: str | os.PathLike[str]) -> TextureSynthesis:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     except (OSError, ValueError, RuntimeError) as exc:  # safetensors' own errors included
         raise TextureFileError(f"{path}: cannot read texture file ({exc})") from exc
-    if meta.get("aeic_texture") != FORMAT:
-        raise TextureFileError(f"{path}: not an aeic texture file (format {FORMAT})")
+    found = meta.get("aeic_texture")
+    if found is None:
+        raise TextureFileError(f"{path}: not an aeic texture file")
+    if found != FORMAT:
+        raise TextureFileError(
+            f"{path}: texture file format {found}, this aeic reads format {FORMAT}; "
+            "make a new one with aeic weights texture-book"
+        )
     config = ModelConfig.from_json(meta["decoder_config"])
     encoder, decoder = TinyEncoder(latent=config.decoder_latent), TinyDecoder(config)
     for name, net in (("encoder", encoder), ("decoder", decoder)):
@@ -161,10 +220,12 @@ def load_texture(path: str | os.PathLike[str]) -> TextureSynthesis:
             raise TextureFileError(f"{path}: its {name} does not fit ({exc})") from exc
         net.eval().requires_grad_(False)
     try:
-        book = ExemplarBook(*(tensors[f"book.{k}"] for k in _BOOK))
+        parts = {k: tensors[f"book.{k}"] for k in (*_BOOK_FLOAT, "keys", "values", "offsets")}
+        book = ExemplarBook(level_weight=float(meta["level_weight"]), **parts)
     except KeyError as exc:
         raise TextureFileError(f"{path}: no exemplar book ({exc})") from exc
+    book.keys, book.values = book.keys.float(), book.values.float()
     return TextureSynthesis(encoder, decoder, book, config)
 
 
-_BOOK = ("mean", "std", "projection", "keys", "values")
+_BOOK_FLOAT = ("mean", "std", "projection", "centroids")

@@ -1,12 +1,14 @@
 """Make the texture synthesis' file: TAEF2 and an exemplar book from training photographs.
 
 For each photograph (resized so that its long side is at most 768 pixels, Kodak's scale of
-detail), the codec encodes and decodes it with a bundle at realism 0: the exact loss of
-detail the decoder will see. TAEF2's encoder maps the photograph and its decode to
-latents; every position of the decode's latent gives a key (its 3x3 neighbourhood) and a
-value (the photograph's latent minus the decode's there). Keys are standardised and
-projected on their leading principal directions; a random subset of all positions, flat
-ones as often as they occur, becomes the book (codec/texture_synthesis.py).
+detail), the codec encodes and decodes it with each bundle given at realism 0: the exact
+loss of detail the decoder will see, from the finest rate to the coarsest. TAEF2's encoder
+maps the photograph and its decodes to latents; every position of a decode's latent gives
+a key (its 3x3 neighbourhood, and the texture levels the encoder would send for the
+photograph there) and a value (the photograph's latent minus the decode's there). Keys are
+standardised and projected on their leading principal directions; a random subset of all
+positions, flat ones as often as they occur, becomes the book, grouped by k-means for the
+search (codec/texture_synthesis.py).
 """
 
 from __future__ import annotations
@@ -20,12 +22,22 @@ import torch
 
 from aeic_codec import api
 from aeic_codec.codec.model import AEIC
-from aeic_codec.codec.texture_synthesis import ExemplarBook, TextureSynthesis, neighbourhoods
+from aeic_codec.codec.texture import SourceTexture
+from aeic_codec.codec.texture_match import upsample
+from aeic_codec.codec.texture_synthesis import (
+    SCALE,
+    ExemplarBook,
+    TextureSynthesis,
+    cluster,
+    grouped,
+    neighbourhoods,
+)
 from aeic_codec.nn.config import AEIC_SMALL_TAEF2
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder, read_taef2
 
 LONG_SIDE = 768
-PER_PHOTO = 1024  # positions drawn per photograph, before the book's own draw
+PER_PHOTO = 1024  # positions drawn per photograph and bundle, before the book's own draw
+LEVELS = (64, 3)  # the texture levels (block, step dB) a key holds: the encoder's finest
 
 
 def taef2(folder: str | os.PathLike[str]) -> tuple[TinyEncoder, TinyDecoder]:
@@ -34,7 +46,7 @@ def taef2(folder: str | os.PathLike[str]) -> tuple[TinyEncoder, TinyDecoder]:
     for net, name in ((encoder, "encoder"), (decoder, "decoder")):
         net.load_state_dict(read_taef2(Path(folder) / f"taef2_{name}.safetensors"))
         net.eval().requires_grad_(False)
-    return encoder, decoder
+    return encoder.to(memory_format=torch.channels_last), decoder
 
 
 def photo(path: Path) -> np.ndarray:
@@ -53,33 +65,46 @@ def photo(path: Path) -> np.ndarray:
 @torch.no_grad()
 def _latent(encoder: TinyEncoder, pixels: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(pixels, np.float32) / 255).permute(2, 0, 1)
-    return encoder(x[None])
+    return encoder(x[None].contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+def _levels(pixels: np.ndarray) -> torch.Tensor:
+    """(h w, 2): the photograph's texture levels (dB) at every latent position, spread from
+    the blocks as a decoder spreads them."""
+    h, w = pixels.shape[0] // SCALE, pixels.shape[1] // SCALE
+    grid = SourceTexture(pixels).levels(*LEVELS).db().astype(np.float32)
+    step = LEVELS[0] / SCALE
+    return torch.from_numpy(np.stack([upsample(g, step, h, w).reshape(-1) for g in grid], 1))
 
 
 def build_book(
     photos: Sequence[Path],
-    model: AEIC,
+    models: Sequence[AEIC],
     taef2_folder: str | os.PathLike[str],
-    size: int = 65536,
+    size: int = 32768,
     dims: int = 32,
+    level_weight: float = 1.0,
+    clusters: int = 256,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> TextureSynthesis:
-    """The texture synthesis made from ``photos`` and the fidelity decodes of ``model``."""
+    """The texture synthesis made from ``photos`` and the fidelity decodes of ``models``."""
     if not photos:
         raise ValueError("no photographs to make an exemplar book from")
+    if not models:
+        raise ValueError("no bundle to decode the photographs with")
     encoder, decoder = taef2(taef2_folder)
     rng = torch.Generator().manual_seed(seed)
-    keys, values = [], []
+    keys, levels, values = [], [], []
     for i, path in enumerate(photos):
         pixels = photo(path)
-        decoded = api.decode(api.encode(pixels, model), model)
-        sharp, blurred = _latent(encoder, pixels), _latent(encoder, decoded)
-        k = neighbourhoods(blurred)
-        v = (sharp - blurred)[0].flatten(1).T
-        pick = torch.randperm(k.shape[0], generator=rng)[:PER_PHOTO]
-        keys.append(k[pick])
-        values.append(v[pick])
+        sharp, level = _latent(encoder, pixels), _levels(pixels)
+        for model in models:
+            blurred = _latent(encoder, api.decode(api.encode(pixels, model), model))
+            pick = torch.randperm(level.shape[0], generator=rng)[:PER_PHOTO]
+            keys.append(neighbourhoods(blurred)[pick])
+            values.append((sharp - blurred)[0].flatten(1).T[pick])
+            levels.append(level[pick])
         if progress is not None:
             progress(i + 1, len(photos))
     k, v = torch.cat(keys), torch.cat(values)
@@ -88,7 +113,10 @@ def build_book(
     _, vectors = torch.linalg.eigh(z.T @ z / z.shape[0])
     projection = vectors[:, -dims:].flip(1).contiguous()
     pick = torch.randperm(z.shape[0], generator=rng)[:size]
-    book = ExemplarBook(mean, std, projection, (z[pick] @ projection).half(), v[pick].half())
+    key = torch.cat([z[pick] @ projection, level_weight * torch.cat(levels)[pick]], 1)
+    centroids = cluster(key, min(clusters, len(key)), seed)
+    key, value, offsets = grouped(key.half().float(), v[pick].half().float(), centroids)
+    book = ExemplarBook(mean, std, projection, level_weight, key, value, centroids, offsets)
     return TextureSynthesis(encoder, decoder, book, AEIC_SMALL_TAEF2)
 
 
