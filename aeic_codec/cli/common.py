@@ -58,3 +58,15 @@ def shown(source: str) -> str:
 def on_terminal() -> bool:
     """Whether progress may be drawn (stderr is a terminal)."""
     return sys.stderr.isatty()
+
+
+def check_output(output: str, force: bool) -> None:
+    """Refuse an output that exists (without --force) or whose folder does not, before any
+    work: a weights command may run for minutes before it writes."""
+    from pathlib import Path
+
+    path = Path(output)
+    if path.exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    if not path.parent.is_dir():
+        raise click.ClickException(f"{output}: folder {path.parent} does not exist")

@@ -14,7 +14,7 @@ import click
 from aeic_codec.bundles.bundle import BundleError
 from aeic_codec.runtime.progress import BatchProgress
 
-from .common import debug_option, fail_hard, on_terminal
+from .common import check_output, debug_option, fail_hard, on_terminal
 
 _bundle_output = click.option(
     "-o",
@@ -135,8 +135,7 @@ def weights_import(
     """Turn the published AEIC checkpoints into one bundle."""
     from aeic_codec.bundles.importer import import_published
 
-    if Path(output).exists() and not force:
-        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    check_output(output, force)
     step = {"n": 0}
 
     def progress(message: str) -> None:
@@ -189,8 +188,7 @@ def weights_set_grid(
     """
     from aeic_codec.bundles.bundle import set_colour_grid
 
-    if Path(output).exists() and not force:
-        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    check_output(output, force)
     try:
         identity = set_colour_grid(bundle, output, cell, step)
     except (OSError, ValueError) as exc:  # BundleError is a ValueError
@@ -247,8 +245,7 @@ def weights_integerize(
         read_rgb,
     )
 
-    if Path(output).exists() and not force:
-        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    check_output(output, force)
     try:
         calibration = [read_rgb(p) for p in image_files(images, count)]
         model, plan = integerize_choosing(
@@ -285,11 +282,10 @@ def weights_calibrate_rate(
     from aeic_codec.bundles.rate import set_rate_curve
     from aeic_codec.tools.integerize import image_files, read_rgb
 
-    if Path(output).exists() and not force:
-        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    check_output(output, force)
     try:
         files = image_files(images, count)
-        models = [load_bundle(b, encoder=True, decoder=True) for b in bundles]
+        model = load_bundle(bundle, encoder=True, decoder=True)
         bar = BatchProgress(1, sys.stderr) if on_terminal() else None
         if bar:
             bar.begin(f"calibrating {Path(bundle).name} on {len(files)} images")
@@ -348,8 +344,7 @@ def weights_texture_book(
     from aeic_codec.codec.texture_synthesis import save_texture
     from aeic_codec.tools.texture_book import build_book, photo_files
 
-    if Path(output).exists() and not force:
-        raise click.ClickException(f"{output}: exists (use --force to overwrite)")
+    check_output(output, force)
     try:
         files = photo_files(photos)
         models = [load_bundle(b, encoder=True, decoder=True) for b in bundles]
