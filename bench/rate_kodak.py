@@ -30,8 +30,7 @@ from aeic_codec.bundles.bundle import find_bundle, load_bundle
 from aeic_codec.codec.metrics import ms_ssim_u8, psnr_u8
 from bench import ROOT
 from bench._machine import machine_line
-from bench.rd_kodak import _downscaled as downscaled
-from bench.rd_kodak import kodak_images, load_rgb, measure_anchor
+from bench.rd_kodak import downscaled, kodak_images, load_rgb, measure_anchor
 
 LAMBDAS = (
     1.5,

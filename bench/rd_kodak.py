@@ -189,7 +189,7 @@ def _pillow(fmt: str, **options: object) -> Codec:
     return run
 
 
-def _downscaled(factor: int, quality: int) -> Codec:
+def downscaled(factor: int, quality: int) -> Codec:
     avif = _pillow("AVIF", quality=quality)
 
     def run(img: Image.Image) -> tuple[int, Image.Image]:
@@ -208,7 +208,7 @@ def anchors(qualities: Iterable[int] = DOWNSCALE_QUALITIES) -> list[tuple[str, s
     ]
     for factor in (2, 3, 4):
         for q in qualities:
-            out.append((f"x{factor}+AVIF", f"q{q}", _downscaled(factor, q)))
+            out.append((f"x{factor}+AVIF", f"q{q}", downscaled(factor, q)))
     return out
 
 
@@ -346,7 +346,7 @@ def realism_crops(bundle: Path, images: list[Path], out: Path, side: int = 256) 
             label = f"realism {r:g}: {bpp:.4f} bpp, {psnr_u8(src, decoded):.2f} dB"
             tiles.append((label, decoded))
         for q in range(0, 101, 2):
-            size, avif = _downscaled(2, q)(Image.fromarray(src))
+            size, avif = downscaled(2, q)(Image.fromarray(src))
             if size >= len(data):
                 break
         avif_px = np.array(avif)

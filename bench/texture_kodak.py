@@ -10,6 +10,7 @@ band error and coherence excess (``codec/metrics.py``), and the seconds of a dec
 Usage:
     python -m bench.texture_kodak [--lambdas 12 64 500] [--limit N] [--json OUT]
         [--save DIR]   # decoded pictures, for looking at them beside the originals
+        [--crops PNG]  # original / realism 0 / texture / x2+AVIF at 1:1, lambda 12
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ from aeic_codec.format.container import unpack
 from bench import ROOT
 from bench._machine import machine_line
 from bench._tables import md_table
+from bench.rd_kodak import downscaled
 
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 FIGURES = ("bpp", "texture_bytes", "texture_share", "psnr", "msssim", "band1", "band2")
 FIGURES += ("local_bands", "coherence", "decode_s")
+CROP_IMAGES = ("kodim04", "kodim08", "kodim13", "kodim15", "kodim23")
+CROP_SIDE = 256
 
 
 def measure(lam: float, images: list[Path], save: Path | None) -> list[dict[str, float]]:
@@ -99,6 +103,42 @@ def summary(rows: list[dict[str, float]]) -> str:
     return md_table(head, lines)
 
 
+def crop_sheet(images: list[Path], out: Path, lam: float = 12.0) -> None:
+    """Per image a row at 1:1: original, realism 0, realism 1 (texture), and x2 + AVIF at
+    the lowest quality whose file is at least as large as aeic's."""
+    from PIL import Image, ImageDraw
+
+    model = api.load_model(lambda_=lam)
+    texture = api.load_texture()
+    rows = []
+    for path in images:
+        src, _ = api.read_image(path)
+        h, w = src.shape[:2]
+        data = api.encode(src, model, texture=True)
+        bpp = len(data) * 8 / (h * w)
+        tiles = [("original", src)]
+        for r in (0.0, 1.0):
+            out_r = api.decode(data, model, realism=r, texture=texture)
+            tiles.append((f"realism {r:g}: {bpp:.4f} bpp, {psnr_u8(out_r, src):.2f} dB", out_r))
+        for q in range(0, 101, 2):
+            size, avif = downscaled(2, q)(Image.fromarray(src))
+            if size >= len(data):
+                break
+        pixels = np.asarray(avif)
+        label = f"x2+AVIF q{q}: {size * 8 / (h * w):.4f} bpp, {psnr_u8(pixels, src):.2f} dB"
+        tiles.append((label, pixels))
+        y, x = (h - CROP_SIDE) // 2, (w - CROP_SIDE) // 2
+        rows.append((path.stem, [(t, p[y : y + CROP_SIDE, x : x + CROP_SIDE]) for t, p in tiles]))
+    band = CROP_SIDE + 18
+    sheet = Image.new("RGB", (CROP_SIDE * 4, band * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, (name, tiles) in enumerate(rows):
+        for i, (label, pixels) in enumerate(tiles):
+            sheet.paste(Image.fromarray(pixels), (i * CROP_SIDE, j * band + 18))
+            draw.text((i * CROP_SIDE + 4, j * band + 3), f"{name} {label}", fill="black")
+    sheet.save(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lambdas", type=float, nargs="+", default=[12.0, 64.0, 500.0])
@@ -107,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
     p.add_argument("--save", type=Path)
+    p.add_argument("--crops", type=Path, help="write the crop sheet (PNG) here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     images = sorted(args.kodak.glob("*.png"))[: args.limit]
@@ -117,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     print(summary(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_line(), "rows": rows}))
+    if args.crops:
+        chosen = [args.kodak / f"{n}.png" for n in CROP_IMAGES]
+        crop_sheet([c for c in chosen if c.exists()] or images[:1], args.crops)
 
 
 if __name__ == "__main__":

@@ -301,3 +301,19 @@ def test_texture_book_command_makes_a_texture_file_from_photographs(
     empty.mkdir()
     none = CliRunner().invoke(main, [*args[:4], str(empty), *args[5:], "-f"])
     assert none.exit_code == 1 and "no photographs" in none.stderr
+
+
+def test_the_detail_loses_its_8_px_lattice_and_nothing_else() -> None:
+    from aeic_codec.codec.texture_synthesis import without_lattice
+
+    rng = np.random.default_rng(8)
+    cell = rng.normal(size=(8, 8))
+    cell -= cell.mean()
+    texture = rng.normal(size=(100, 130))
+    lattice = np.tile(cell, (13, 17))[:100, :130]
+    cleaned = without_lattice(texture + lattice, 8)
+    # what remains of the lattice is the texture's own mean cell (12 x 16 cells averaged)
+    assert np.abs(cleaned - texture).max() < 0.5 < np.abs(lattice).max()
+    assert np.allclose(without_lattice(cleaned, 8), cleaned, atol=1e-9)  # nothing left to take
+    small = rng.normal(size=(5, 40))
+    assert np.array_equal(without_lattice(small, 8), small)  # no whole cell: unchanged
