@@ -317,3 +317,32 @@ def test_the_detail_loses_its_8_px_lattice_and_nothing_else() -> None:
     assert np.allclose(without_lattice(cleaned, 8), cleaned, atol=1e-9)  # nothing left to take
     small = rng.normal(size=(5, 40))
     assert np.array_equal(without_lattice(small, 8), small)  # no whole cell: unchanged
+
+
+@pytest.mark.parametrize("core", [32, 48])
+def test_tiled_encoding_equals_the_plain_call(core: int) -> None:
+    from aeic_codec.codec.texture_synthesis import tiled_encode
+
+    torch.manual_seed(4)
+    encoder = TinyEncoder().eval()
+    x = torch.rand(1, 3, 88, 136)  # 3 x 5 tiles of 32 px, 2 x 3 of 48, partial ones included
+    with torch.no_grad():
+        whole, tiled = encoder(x), tiled_encode(encoder, x, core)
+    assert tiled.shape == whole.shape == (1, 32, 11, 17)
+    assert torch.allclose(tiled, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "block"), [((100, 130), 32), ((64, 64), 64), ((7, 9), 16)])
+def test_block_power_averages_each_block_over_its_own_pixels(
+    shape: tuple[int, int], block: int
+) -> None:
+    from aeic_codec.codec.texture_match import block_power
+
+    x = np.random.default_rng(block).normal(size=shape).astype(np.float32) * 10
+    power = block_power(x, block)
+    rows, cols = -(-shape[0] // block), -(-shape[1] // block)
+    assert power.shape == (rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            cell = x[i * block : (i + 1) * block, j * block : (j + 1) * block].astype(np.float64)
+            assert power[i, j] == pytest.approx(np.mean(cell**2), rel=1e-5)

@@ -24,15 +24,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from aeic_codec.format.texture_coder import TextureLevels
 from aeic_codec.nn.config import ModelConfig
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 
+from . import layerwise
 from .texture_match import matched_detail, upsample
 
 FORMAT = "2"  # the texture file's layout (metadata ``aeic_texture``)
 SCALE = 8  # TAEF2's latent is 1/8 of the picture
+ENCODE_CORE = 1024  # px: side of the kept core of a tile of TAEF2's encoder
 PROBES = 2  # clusters of the book searched per position
 
 
@@ -147,9 +150,11 @@ class TextureSynthesis:
         x = F.pad(x[None], (0, pad_w, 0, pad_h), mode="replicate")
         layout = torch.channels_last
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            latent = self.encoder(x.contiguous(memory_format=layout)).float().contiguous()
+            latent = tiled_encode(self.encoder, x.contiguous(memory_format=layout))
+            latent = latent.float().contiguous()
             detailed = latent + self.book.detail(latent, levels)
-            rendered = self.decoder(detailed.contiguous(memory_format=layout)).float()
+            rendered = layerwise.decode(self.decoder, detailed.contiguous(memory_format=layout))
+            rendered = rendered.float()
         pixels = (rendered[0, :, :h, :w] + 1) * 127.5  # [-1, 1] -> 0-255
         return pixels.permute(1, 2, 0).numpy() - picture
 
@@ -163,6 +168,50 @@ class TextureSynthesis:
         """``picture`` (H x W x 3 on 0-255) with texture where ``levels`` put it, luma only."""
         change = matched_detail(picture, self.detail(picture, levels, dtype), levels)
         return picture + strength * without_lattice(change, SCALE)[..., None]
+
+
+def tiled_encode(encoder: TinyEncoder, x: torch.Tensor, core: int = ENCODE_CORE) -> torch.Tensor:
+    """``encoder(x)`` for a (1, 3, H, W) picture, H and W multiples of SCALE, in bounded
+    memory: its convolutions before the first GroupNorm run on tiles whose halo covers
+    their receptive field (cores of ``core`` px kept, aligned to SCALE so that every
+    stride sees the same phase), the latent-sized rest on the whole. Equal to the plain
+    call up to float rounding; one tile (a picture up to ``core`` px) is the plain call."""
+    height, width = x.shape[-2:]
+    if height <= core and width <= core:
+        return encoder(x)
+    layers = list(encoder)
+    split = next(
+        i
+        for i, layer in enumerate(layers)
+        if any(isinstance(m, nn.GroupNorm) for m in layer.modules())
+    )
+    front, rest = nn.Sequential(*layers[:split]), nn.Sequential(*layers[split:])
+    halo = -(-_encoder_reach(layers[:split]) // SCALE) * SCALE
+    parts = []
+    for top in range(0, height, core):
+        row = []
+        for left in range(0, width, core):
+            bottom, right = min(top + core, height), min(left + core, width)
+            y0, x0 = max(top - halo, 0), max(left - halo, 0)
+            piece = front(x[..., y0 : min(bottom + halo, height), x0 : min(right + halo, width)])
+            dy, dx = (top - y0) // SCALE, (left - x0) // SCALE
+            row.append(
+                piece[..., dy : dy + (bottom - top) // SCALE, dx : dx + (right - left) // SCALE]
+            )
+        parts.append(torch.cat(row, dim=-1))
+    return rest(torch.cat(parts, dim=-2))
+
+
+def _encoder_reach(layers: list[nn.Module]) -> int:
+    """Input pixels of context these layers use on each side (a bound): every
+    convolution's half-width at the stride it runs at."""
+    reach, stride = 0, 1
+    for layer in layers:
+        for module in layer.modules():
+            if isinstance(module, nn.Conv2d):
+                reach += (module.kernel_size[0] // 2) * module.dilation[0] * stride
+                stride *= module.stride[0]
+    return reach
 
 
 def without_lattice(change: np.ndarray, period: int) -> np.ndarray:
