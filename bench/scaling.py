@@ -1,14 +1,16 @@
 """Seconds per megapixel and peak memory of encode and decode, by picture size.
 
 kodim23 (docs/kodim23.png) upscaled with Lanczos to each size is encoded with a shipped
-bundle, then decoded at each realism setting, every run in a fresh process: the seconds
+bundle, then decoded at each realism setting (and, with ``--texture``, encoded with texture
+statistics and decoded at realism 1 with the shipped texture file), every run in a fresh
+process: the seconds
 are those of ``api.encode`` / ``api.decode_image`` in that process (the model loaded,
 start-up excluded), the peak is the process's resident high-water mark (model
 included). The last column divides each run's seconds per megapixel by the first
 size's, so a linear codec shows 1.0 all down (issue 31 asks at most 1.5 at 12 MP).
 
 Usage: python -m bench.scaling [--sizes 768x512,2048x2048,4000x3000] [--realism 0,1]
-       [--precision auto|fp32|bf16] [--threads N]
+       [--texture] [--precision auto|fp32|bf16] [--threads N]
 """
 
 from __future__ import annotations
@@ -38,21 +40,24 @@ if job["kind"] == "encode":
     image, _ = read_image(job["image"])
     model = api.load_model(lambda_=job["lambda"], decoder=False)
     start = time.perf_counter()
-    data = api.encode(image, model, precision=job["precision"])
+    data = api.encode(image, model, precision=job["precision"], texture=job["texture"])
     seconds = time.perf_counter() - start
     open(job["file"], "wb").write(data)
 else:
     data = open(job["file"], "rb").read()
     header = api.read_header(data)
-    model = api.load_decoder(None, header.model_id_hex, job["realism"])
+    texture = api.load_texture() if job["texture"] else None
+    realism = 0.0 if texture else job["realism"]  # statistics: the fidelity decoder and texture
+    model = api.load_decoder(None, header.model_id_hex, realism)
+    kw = {"precision": job["precision"], "realism": job["realism"], "texture": texture}
     if job["warm_up"]:  # a 64x64 decode first: the libraries' first-call costs
         import numpy as np
         encoder = api.load_model(identity=header.model_id_hex, decoder=False)
-        small = api.encode(np.full((64, 64, 3), 128, np.uint8), encoder)
+        small = api.encode(np.full((64, 64, 3), 128, np.uint8), encoder, texture=job["texture"])
         del encoder
-        api.decode_image(small, model, precision=job["precision"], realism=job["realism"])
+        api.decode_image(small, model, **kw)
     start = time.perf_counter()
-    api.decode_image(data, model, precision=job["precision"], realism=job["realism"])
+    api.decode_image(data, model, **kw)
     seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb()}))
 """
@@ -80,6 +85,9 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--warm-up", action="store_true", help="decode a 64x64 file before timing")
     p.add_argument(
+        "--texture", action="store_true", help="also texture statistics, decoded at realism 1"
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -102,8 +110,15 @@ def main() -> None:
                 "threads": args.threads,
                 "warm_up": args.warm_up,
             }
-            runs = [("encode", {"kind": "encode", "image": str(image), "lambda": args.lambda_})]
-            runs += [(f"decode r={r:g}", {"kind": "decode", "realism": r}) for r in settings]
+            encode = {"kind": "encode", "image": str(image), "lambda": args.lambda_}
+            runs = [("encode", {**encode, "texture": False})]
+            runs += [
+                (f"decode r={r:g}", {"kind": "decode", "realism": r, "texture": False})
+                for r in settings
+            ]
+            if args.texture:
+                runs += [("encode tex", {**encode, "texture": True})]
+                runs += [("decode tex r=1", {"kind": "decode", "realism": 1.0, "texture": True})]
             for name, job in runs:
                 result = run_child({**common, **job})
                 per_mp = result["seconds"] / mp

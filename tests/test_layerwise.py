@@ -28,10 +28,11 @@ def tiny_d_config():
 
 @pytest.fixture()
 def small_bands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bands of a few rows and tiles of 6 latent pixels, so small latents take many."""
+    """Bands of a few rows and tiny D tiles of 12 output pixels a stage (6 latent pixels in
+    the first, 3 in the second), so small latents take many."""
     monkeypatch.setattr(layerwise, "BAND_ELEMENTS", 512)
     monkeypatch.setattr(layerwise, "LAZY_BYTES", 0)  # every upsampler lazy, every block fused
-    monkeypatch.setattr(layerwise, "TINY_CORE", 6)
+    monkeypatch.setattr(layerwise, "TINY_CORE", 12)
 
 
 @pytest.mark.parametrize(("mid_attention", "lazy"), [(True, True), (False, True), (True, False)])
@@ -74,7 +75,8 @@ def test_layerwise_tiny_decoder_is_the_plain_call(small_bands: None) -> None:
     with torch.no_grad():
         out = layerwise.decode(decoder, latent, lambda *a: calls.append(a))
         torch.testing.assert_close(out, decoder(latent), rtol=0, atol=1e-5)
-    assert calls == [(i, 1 + 3 * 4) for i in range(1, 14)]  # the GroupNorm part, 3 x 4 tiles
+    # the GroupNorm part, 3 x 4 tiles of the 14 x 19 latent, 10 x 13 of the 28 x 38 stage
+    assert calls == [(i, 1 + 3 * 4 + 10 * 13) for i in range(1, 144)]
 
 
 def test_banded_in_place_keeps_the_rows_a_band_still_reads(small_bands: None) -> None:

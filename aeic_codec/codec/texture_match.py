@@ -101,13 +101,14 @@ def structure_weight(mid: np.ndarray, block: int) -> np.ndarray:
 
 
 def matched_detail(picture: np.ndarray, detail: np.ndarray, levels: TextureLevels) -> np.ndarray:
-    """The luma change that brings ``detail`` (H x W x 3, any scale) into ``picture`` (H x W
-    x 3 on 0-255) where and as much as ``levels`` say the source had more fine-band power."""
+    """The luma change that brings ``detail`` (luma, H x W, any scale) into ``picture`` (H x
+    W x 3 on 0-255) where and as much as ``levels`` say the source had more fine-band
+    power."""
     h, w = picture.shape[:2]
     bands, block = Bands(h, w), levels.block
     *own, mid = bands(luma(picture), 3)
     weight = structure_weight(mid, block)
-    source = [band * weight for band in bands(luma(detail))]
+    source = [band * weight for band in bands(detail)]
     target = 10 ** ((levels.db() + LEVEL_OFFSET_DB) / 10)
     gains = []
     for k in range(2):

@@ -31,6 +31,7 @@ from aeic_codec.nn.config import ModelConfig
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 
 from . import layerwise
+from .texture import LUMA, luma
 from .texture_match import matched_detail, upsample
 
 FORMAT = "2"  # the texture file's layout (metadata ``aeic_texture``)
@@ -140,23 +141,27 @@ class TextureSynthesis:
     def detail(
         self, picture: np.ndarray, levels: TextureLevels, dtype: torch.dtype = torch.float32
     ) -> np.ndarray:
-        """Photographic detail for a picture (H x W x 3 float on 0-255): TAEF2's rendering
-        of its latent with the exemplars' detail, less the picture. (Less TAEF2's rendering
-        without the detail instead measured the same on Kodak at twice the cost: only the
-        two finest bands of the difference are used, where TAEF2 loses little.)"""
+        """Photographic detail for a picture (H x W x 3 float on 0-255), as luma (H x W):
+        TAEF2's rendering of its latent with the exemplars' detail, less the picture. (Less
+        TAEF2's rendering without the detail instead measured the same on Kodak at twice
+        the cost: only the two finest bands of the difference are used, where TAEF2 loses
+        little.) Only luma is kept, and no full-size copy more than needed, so that a 12
+        megapixel picture stays within 3 GB."""
         h, w = picture.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(picture, np.float32) / 255).permute(2, 0, 1)
-        pad_h, pad_w = -h % SCALE, -w % SCALE
-        x = F.pad(x[None], (0, pad_w, 0, pad_h), mode="replicate")
-        layout = torch.channels_last
+        padded = np.pad(picture, ((0, -h % SCALE), (0, -w % SCALE), (0, 0)), mode="edge")
+        padded = padded.astype(np.float32, copy=False)
+        padded /= 255
+        x = torch.from_numpy(padded).permute(2, 0, 1)[None]  # channels-last strides
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            latent = tiled_encode(self.encoder, x.contiguous(memory_format=layout))
-            latent = latent.float().contiguous()
+            latent = tiled_encode(self.encoder, x).float().contiguous()
+            del x, padded
             detailed = latent + self.book.detail(latent, levels)
+            layout = torch.channels_last
             rendered = layerwise.decode(self.decoder, detailed.contiguous(memory_format=layout))
-            rendered = rendered.float()
-        pixels = (rendered[0, :, :h, :w] + 1) * 127.5  # [-1, 1] -> 0-255
-        return pixels.permute(1, 2, 0).numpy() - picture
+        weights = torch.from_numpy(LUMA.astype(np.float32) * 127.5)
+        y = torch.einsum("c,chw->hw", weights, rendered[0, :, :h, :w].float())
+        y += 127.5 * float(LUMA.sum())  # [-1, 1] -> 0-255
+        return y.numpy() - luma(picture)
 
     def __call__(
         self,
@@ -167,7 +172,9 @@ class TextureSynthesis:
     ) -> np.ndarray:
         """``picture`` (H x W x 3 on 0-255) with texture where ``levels`` put it, luma only."""
         change = matched_detail(picture, self.detail(picture, levels, dtype), levels)
-        return picture + strength * without_lattice(change, SCALE)[..., None]
+        change = without_lattice(change, SCALE)
+        change *= strength
+        return picture + change[..., None]
 
 
 def tiled_encode(encoder: TinyEncoder, x: torch.Tensor, core: int = ENCODE_CORE) -> torch.Tensor:
