@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aeic_codec.codec.tiling import tile_starts, tiled_denoise
+from aeic_codec.codec.tiling import tile_length, tile_starts, tiled_denoise
 from aeic_codec.nn.config import tiny_config
 from aeic_codec.nn.denoiser import Denoiser
 
@@ -27,18 +27,21 @@ def grids(draw: st.DrawFn) -> tuple[int, int, int]:
 def test_grid_covers_every_position_with_the_asked_overlap(grid: tuple[int, int, int]) -> None:
     size, tile, overlap = grid
     starts = tile_starts(size, tile, overlap)
-    length = min(tile, size)
+    length = tile_length(size, tile, overlap)
+    assert length <= min(tile, size)
     covered = torch.zeros(size, dtype=torch.bool)
     for start in starts:
         assert start >= 0 and start + length <= size
         covered[start : start + length] = True
     assert covered.all()
     assert starts == sorted(set(starts))
-    assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
+    assert all(b - a <= length - overlap for a, b in itertools.pairwise(starts))
     if size <= tile:
-        assert starts == [0]
-    else:  # one tile fewer could not reach the end
-        assert (len(starts) - 1) * (tile - overlap) + overlap < size
+        assert starts == [0] and length == size
+    else:  # one tile fewer could not reach the end, and the tiles are no longer than needed
+        count = len(starts)
+        assert (count - 1) * (tile - overlap) + overlap < size
+        assert count * (length - 1 - overlap) + overlap < size
 
 
 def test_grid_rejects_impossible_overlaps() -> None:

@@ -25,7 +25,9 @@ DECODING = Direction(".png", frozenset({".aeic"}), "PNG data", "decoded", check_
     help="Precision of the generative decoder (auto: bf16 where the CPU computes it natively).",
 )
 @device_option("Where the generative decoder runs.")
-@click.option("--tile", type=click.IntRange(min=8), help="Latent tile size (default: the model's).")
+@click.option(
+    "--tile", type=click.IntRange(min=8), help="Largest latent tile of eps (default: the model's)."
+)
 @click.option(
     "--realism",
     type=click.FloatRange(0.0, 1.0),

@@ -59,6 +59,7 @@ _EXPORTS = {
     "Ticker": "tiling",
     "denoise_steps": "tiling",
     "gaussian_weight": "tiling",
+    "tile_length": "tiling",
     "tile_starts": "tiling",
     "tiled_denoise": "tiling",
 }
