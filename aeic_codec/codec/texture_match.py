@@ -19,7 +19,7 @@ import numpy as np
 
 from aeic_codec.format.texture_coder import TextureLevels
 
-from .texture import FINE_BANDS, band_mask, luma
+from .texture import FINE_BANDS, Bands, luma
 
 LEVEL_OFFSET_DB = -1.0  # aim 1 dB under the sent power: +0.35 dB PSNR for 1 dB of bands
 FLAT_DB = -6.0  # blocks sent at or below this power get no detail (sky, skin)
@@ -62,31 +62,6 @@ def block_power(x: np.ndarray, block: int) -> np.ndarray:
     return power[0, 0].double().numpy()
 
 
-class Bands:
-    """Octave bands (the two finest, then the activity band) of pictures of one size: one
-    float32 rFFT and its masks, in torch's threaded FFT (numpy's took 0.68 s a megapixel
-    at 12 megapixels, three times its share at 768 x 512)."""
-
-    def __init__(self, height: int, width: int) -> None:
-        import torch
-
-        self.shape = (height, width)
-        bands = (*FINE_BANDS, ACTIVITY_BAND)
-        self.masks = [
-            torch.from_numpy(band_mask(height, width, lo, hi, real=True).astype(np.float32))
-            for lo, hi in bands
-        ]
-
-    def __call__(self, y: np.ndarray, count: int = 2) -> list[np.ndarray]:
-        """The first ``count`` bands of ``y`` (H x W): 2 are the fine ones, 3 adds the
-        activity band."""
-        import torch
-
-        t = torch.from_numpy(np.ascontiguousarray(y, np.float32))
-        spectrum = torch.fft.rfft2(t - t.mean())
-        return [torch.fft.irfft2(spectrum * m, s=self.shape).numpy() for m in self.masks[:count]]
-
-
 def structure_weight(mid: np.ndarray, block: int) -> np.ndarray:
     """Per pixel: the amplitude of the picture's ACTIVITY_BAND ``mid`` there (per
     ACTIVITY_CELL, interpolated) over its root mean square in the surrounding ``block``,
@@ -105,10 +80,11 @@ def matched_detail(picture: np.ndarray, detail: np.ndarray, levels: TextureLevel
     W x 3 on 0-255) where and as much as ``levels`` say the source had more fine-band
     power."""
     h, w = picture.shape[:2]
-    bands, block = Bands(h, w), levels.block
-    *own, mid = bands(luma(picture), 3)
+    bands, block = Bands(h, w, (*FINE_BANDS, ACTIVITY_BAND)), levels.block
+    y = luma(picture)
+    *own, mid = bands(y)
     weight = structure_weight(mid, block)
-    source = [band * weight for band in bands(detail)]
+    source = [band * weight for band in bands(detail, 2)]
     target = 10 ** ((levels.db() + LEVEL_OFFSET_DB) / 10)
     gains = []
     for k in range(2):
@@ -117,7 +93,7 @@ def matched_detail(picture: np.ndarray, detail: np.ndarray, levels: TextureLevel
         gain = np.minimum(np.sqrt(need / np.maximum(block_power(source[k], block), 1e-6)), MAX_GAIN)
         gains.append(upsample(gain, block, h, w))
     for _ in range(PASSES):
-        result = bands(luma(picture) + gains[0] * source[0] + gains[1] * source[1])
+        result = bands(y + gains[0] * source[0] + gains[1] * source[1], 2)
         for k in range(2):
             wanted = target[k] > 1.05 * block_power(own[k], block)
             got = np.maximum(block_power(result[k], block), 1e-6)

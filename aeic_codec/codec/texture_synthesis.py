@@ -68,9 +68,7 @@ class ExemplarBook:
         """(h w, dims + 2): the keys of every position of a (1, C, h, w) latent."""
         _, _, h, w = latent.shape
         z = (neighbourhoods(latent) - self.mean) / self.std @ self.projection
-        grid = levels.db().astype(np.float32)
-        db = [upsample(band, levels.block / SCALE, h, w).reshape(-1) for band in grid]
-        level = torch.from_numpy(np.stack(db, 1)) * self.level_weight
+        level = latent_levels(levels.db(), levels.block, h, w) * self.level_weight
         return torch.cat([z, level], 1)
 
     def nearest(self, query: torch.Tensor) -> torch.Tensor:
@@ -96,6 +94,14 @@ class ExemplarBook:
         """The value of the nearest key at every position of a (1, C, h, w) latent."""
         _, c, h, w = latent.shape
         return self.values[self.nearest(self.query(latent, levels))].T.reshape(1, c, h, w)
+
+
+def latent_levels(db: np.ndarray, block: int, height: int, width: int) -> torch.Tensor:
+    """(height width, 2): band levels (2, rows, cols) in dB of ``block`` px blocks, spread
+    over a latent of that size as ``texture_match`` spreads gains over pixels."""
+    grid = db.astype(np.float32)
+    spread = [upsample(band, block / SCALE, height, width).reshape(-1) for band in grid]
+    return torch.from_numpy(np.stack(spread, 1))
 
 
 def cluster(keys: torch.Tensor, count: int, seed: int = 0, rounds: int = 12) -> torch.Tensor:

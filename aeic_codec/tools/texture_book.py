@@ -23,13 +23,13 @@ import torch
 from aeic_codec import api
 from aeic_codec.codec.model import AEIC
 from aeic_codec.codec.texture import SourceTexture
-from aeic_codec.codec.texture_match import upsample
 from aeic_codec.codec.texture_synthesis import (
     SCALE,
     ExemplarBook,
     TextureSynthesis,
     cluster,
     grouped,
+    latent_levels,
     neighbourhoods,
 )
 from aeic_codec.nn.config import AEIC_SMALL_TAEF2
@@ -71,10 +71,8 @@ def _latent(encoder: TinyEncoder, pixels: np.ndarray) -> torch.Tensor:
 def _levels(pixels: np.ndarray) -> torch.Tensor:
     """(h w, 2): the photograph's texture levels (dB) at every latent position, spread from
     the blocks as a decoder spreads them."""
-    h, w = pixels.shape[0] // SCALE, pixels.shape[1] // SCALE
-    grid = SourceTexture(pixels).levels(*LEVELS).db().astype(np.float32)
-    step = LEVELS[0] / SCALE
-    return torch.from_numpy(np.stack([upsample(g, step, h, w).reshape(-1) for g in grid], 1))
+    db = SourceTexture(pixels).levels(*LEVELS).db()
+    return latent_levels(db, LEVELS[0], pixels.shape[0] // SCALE, pixels.shape[1] // SCALE)
 
 
 def build_book(
