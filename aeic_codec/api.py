@@ -9,8 +9,9 @@ precision choices (runtime/devices.py) live in their layers and are named here t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -122,33 +123,38 @@ def load_ladder(
 
 def measure_rate_curve(
     model: AEIC,
-    images: list[np.ndarray],
+    images: Mapping[str, np.ndarray],
     qsteps: tuple[int, ...] | list[int] | None = None,
     *,
     precision: str = "auto",
     progress: Progress | None = None,
-) -> list[list[float]]:
-    """[qstep, mean bpp, mean PSNR] of ``images`` coded at each step and decoded (realism 0).
+) -> dict[str, dict[str, Any]]:
+    """Each named image's rate probe and [qstep, bpp, PSNR] rows, coded at each step and
+    decoded (realism 0).
 
-    What a bundle's ``rate_curve`` holds (rate.py): where its pictures beat its
-    neighbours' in a ladder, and which step gives a lambda between theirs.
+    What a bundle's rate curves hold (rate.py, ``set_rate_curve``): their mean says which
+    step gives a lambda between the bundles' own; each image's, with its probe (bpp of
+    y's first quadtree step, ``_FileCoder.probe``), says where, for a picture whose probe
+    reads that, the next bundle's pictures become the better ones.
     """
     from aeic_codec.bundles.rate import CALIBRATION_STEPS
     from aeic_codec.codec.metrics import psnr_u8
 
     steps = list(qsteps or CALIBRATION_STEPS)
-    rates: dict[int, list[float]] = {q: [] for q in steps}
-    quality: dict[int, list[float]] = {q: [] for q in steps}
-    for n, image in enumerate(images):
+    out: dict[str, dict[str, Any]] = {}
+    for n, (name, image) in enumerate(images.items()):
         x, dtype = _padded(image), resolve_precision(precision)
         coder = _FileCoder(model, image, x, None, None, None, None, "cpu", dtype)
+        rows = []
         for k, q in enumerate(steps):
             data = coder.encode(q).data
-            rates[q].append(8 * len(data) / (image.shape[0] * image.shape[1]))
-            quality[q].append(psnr_u8(decode(data, model, precision=precision), image))
+            bpp = 8 * len(data) / (image.shape[0] * image.shape[1])
+            quality = psnr_u8(decode(data, model, precision=precision), image)
+            rows.append([q, bpp, quality])
             if progress is not None:
                 progress(n * len(steps) + k + 1, len(images) * len(steps))
-    return [[q, float(np.mean(rates[q])), float(np.mean(quality[q]))] for q in steps]
+        out[name] = {"probe": coder.probe(), "curve": rows}
+    return out
 
 
 def _padded(image: np.ndarray) -> torch.Tensor:
@@ -232,8 +238,9 @@ def encode_image(
     ``resolve_rate`` turns a lambda into a bundle and a step). ``size`` (bytes) or ``bpp``
     asks instead for the best file of at most that many bytes (``bpp * width * height /
     8``, rounded down): the finest fitting step of ``model``, or of the bundle of a
-    ``ModelLadder`` that ``rate.fit_budget`` picks; g_a runs once and only the entropy
-    coding per step. A budget that nothing fits raises RateError naming the smallest file.
+    ``ModelLadder`` that ``rate.fit_budget`` picks (near a handover after probing the
+    image with the finer bundle); g_a runs once per bundle and only the entropy coding
+    per step. A budget that nothing fits raises RateError naming the smallest file.
     ``texture`` also sends the source's fine-band power per block (format version 5,
     ``codec/texture.py``; a few dozen bytes, inside a budget too), which a decoder's
     texture synthesis reads.
@@ -268,14 +275,18 @@ def encode_image(
         coders: dict[int, _FileCoder] = {}
         results: dict[tuple[int, int], EncodeResult] = {}
 
+        def coder(rung: int) -> _FileCoder:
+            if rung not in coders:  # g_a once per bundle
+                coders[rung] = _FileCoder(ladder.model(rung), image, x, None, *sides)
+            return coders[rung]
+
         def encode(rung: int, q: int) -> bytes:
-            if rung not in coders:
-                m = ladder.model(rung)
-                coders[rung] = _FileCoder(m, image, x, None, *sides)
-            results[rung, q] = coders[rung].encode(q)
+            results[rung, q] = coder(rung).encode(q)
             return results[rung, q].data
 
-        fit = fit_budget(ladder.ladder, budget, h * w, encode, rate_ratio(image))
+        fit = fit_budget(
+            ladder.ladder, budget, h * w, encode, rate_ratio(image), lambda r: coder(r).probe()
+        )
         result = results[fit.rung, fit.qstep]
         result.trials = fit.trials
         model = ladder.model(fit.rung)
@@ -332,6 +343,14 @@ class _FileCoder:
         if texture is not None and not self.codec.integer:
             raise ValueError("texture statistics need the integer entropy path")
         self._start: Start | None = None  # h_s and step 0: the same at every step
+
+    def probe(self) -> float:
+        """bpp of y's first quadtree step at step 1 (``IntegerLatentCodec.probe``)."""
+        probe = getattr(self.codec, "probe", None)
+        if probe is None:
+            raise ValueError("a probe of the rate needs the integer entropy path")
+        bits, self._start = probe(self.y, self.z)
+        return bits / (self.height * self.width)
 
     def encode(self, qstep: int) -> EncodeResult:
         result = self.codec.compress(self.y, self.z, qstep, self._start)

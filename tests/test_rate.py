@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import subprocess
@@ -14,14 +15,16 @@ import pytest
 from PIL import Image
 
 from aeic_codec import api
-from aeic_codec.bundles.bundle import BundleInfo, load_bundle, read_info
+from aeic_codec.bundles.bundle import BundleError, BundleInfo, load_bundle, read_info
 from aeic_codec.bundles.rate import (
+    MIN_RULE_IMAGES,
     SOLO_RANGE,
     Ladder,
     RateCurve,
     RateError,
     find_ladder,
     fit_budget,
+    mean_curve,
     q_grid,
     resolve_rate,
 )
@@ -45,10 +48,17 @@ def curve_for(lam: float) -> list[list[float]]:
     return points
 
 
-def info(lam: float, curve: list[list[float]] | None, variant: str = "tiny") -> BundleInfo:
+def info(
+    lam: float,
+    curve: list[list[float]] | None,
+    variant: str = "tiny",
+    images: dict[str, list[list[float]]] | None = None,
+) -> BundleInfo:
     meta = {"integer_identity": f"{int(lam):08x}"}
     if curve is not None:
         meta["rate_curve"] = json.dumps(curve)
+    if images is not None:
+        meta["rate_images"] = json.dumps(images)
     cfg = dataclasses.replace(tiny_config(), name=variant)
     return BundleInfo(Path(f"b{lam:g}"), f"{int(lam) + 1:08x}", cfg, lam, {}, 0, meta)
 
@@ -141,6 +151,102 @@ def test_a_budget_at_the_top_stays_in_the_first_rung() -> None:
     assert (fit.rung, fit.qstep) == (0, ladder.rungs[0].q_lo)
 
 
+# Two made-up bundles whose pictures cross where an image's own rate says: an image of
+# rate scale s has bpp s * TOP[b] * (q / 256)**-0.8 and PSNR 30 + SLOPE[b] * ln(bpp) + OFFSET[b]
+# + LIFT[b] * ln s, so the crossing lies at 0.014 * s**1.8, not proportional to s.
+TOP, SLOPE, LIFT = (0.03, 0.008), (3.0, 2.0), (0.0, 1.8)
+OFFSET = (0.0, math.log(0.014))
+
+
+def made_up(b: int, s: float, q: float) -> tuple[float, float]:
+    bpp = s * TOP[b] * (q / 256) ** -0.8
+    return bpp, 30 + SLOPE[b] * math.log(bpp) + OFFSET[b] + LIFT[b] * math.log(s)
+
+
+def probe_of(b: int, s: float) -> float:
+    """A made-up rate probe: a quarter of the bpp at step 256 (as y's first step)."""
+    return made_up(b, s, 256)[0] / 4
+
+
+def made_up_ladder(scales: list[float], per_image: bool) -> Ladder:
+    steps = (96, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024)
+    bundles = []
+    for b, lam in enumerate((64.0, 500.0)):
+        images = {
+            f"i{k}": {"probe": probe_of(b, s), "curve": [[q, *made_up(b, s, q)] for q in steps]}
+            for k, s in enumerate(scales)
+        }
+        bundles.append(info(lam, mean_curve(images), images=images if per_image else None))
+    return Ladder(bundles)
+
+
+def budget_quality(ladder: Ladder, s: float, ratio: float) -> tuple[list[float], list[int]]:
+    """PSNR of the file each of many budgets gives a 768 x 512 image of scale s, and
+    how many probes each search ran."""
+    pixels, quality, measured = 768 * 512, [], []
+    for budget in np.geomspace(400, 3000, 60).astype(int):
+        made: set[tuple[int, int]] = set()
+
+        def encode(r: int, q: int, made: set[tuple[int, int]] = made) -> bytes:
+            made.add((r, q))
+            return bytes(int(pixels * made_up(r, s, q)[0] / 8))
+
+        probed: list[int] = []
+
+        def probe(r: int, probed: list[int] = probed) -> float:
+            probed.append(r)
+            return probe_of(r, s)
+
+        fit = fit_budget(ladder, int(budget), pixels, encode, ratio, probe)
+        quality.append(made_up(fit.rung, s, fit.qstep)[1])
+        measured.append(len(probed))
+    return quality, measured
+
+
+def test_handover_rules_keep_quality_monotone_where_a_mean_handover_does_not() -> None:
+    calibration = list(np.geomspace(0.7, 1.3, 9))
+    rule = made_up_ladder(calibration, per_image=True)
+    assert rule.rules[0] is not None and rule.rules[0].slope == pytest.approx(1.8, abs=0.05)
+    for k, s in enumerate(calibration):  # no calibration image hands over below its crossing
+        assert rule.rules[0].bpp(probe_of(0, s)) >= 0.014 * s**1.8 * 0.98, k
+    mean = made_up_ladder(calibration, per_image=False)
+    assert mean.rules == [None]
+    drops = {"rule": 0, "mean": 0}
+    measured = 0
+    for s in (0.75, 0.9, 1.05, 1.2, 1.28):
+        for ratio in (s / 1.25, s, s * 1.25):  # rate_ratio misses the image's rate by 25 %
+            for name, ladder in (("rule", rule), ("mean", mean)):
+                quality, m = budget_quality(ladder, s, ratio)
+                drops[name] += any(b < a - 1e-9 for a, b in itertools.pairwise(quality))
+                measured += sum(m) if name == "rule" else 0
+                assert max(m) <= 1 and (name == "rule" or sum(m) == 0)
+    assert drops == {"rule": 0, "mean": drops["mean"]} and drops["mean"] >= 3
+    assert measured > 0  # budgets near the handover probed the image with the finer bundle
+
+
+def test_rate_images_metadata_is_checked() -> None:
+    good = {"a": {"probe": 0.01, "curve": curve_for(500.0)}}
+    for bad in (
+        {"a": {"probe": 0.01, "curve": [[256, 0.01]]}},
+        {"a": {"curve": curve_for(64.0)}},
+        {"a": {"probe": 0.0, "curve": curve_for(64.0)}},
+    ):
+        with pytest.raises(BundleError, match="malformed rate_images"):
+            Ladder(
+                [
+                    info(64.0, curve_for(64.0), images=bad),
+                    info(500.0, curve_for(500.0), images=good),
+                ]
+            )
+    few = {f"i{k}": {"probe": 0.01, "curve": curve_for(64.0)} for k in range(MIN_RULE_IMAGES - 1)}
+    ladder = Ladder(
+        [info(64.0, curve_for(64.0), images=few), info(500.0, curve_for(500.0), images=few)]
+    )
+    assert ladder.rules == [None]
+    with pytest.raises(ValueError, match="same steps"):
+        mean_curve({"a": {"curve": curve_for(64.0)}, "b": {"curve": curve_for(64.0)[1:]}})
+
+
 # ------------------------------------------------------------------ shipped bundles
 
 
@@ -172,6 +278,7 @@ def test_shipped_bundles_carry_rate_curves() -> None:
     assert lo <= 8 and hi >= 800
     for lam in (12.0, 64.0, 500.0):
         assert ladder.setting(lam)[1] == 256
+    assert len(ladder.rules) == 2 and all(rule is not None for rule in ladder.rules)
 
 
 def test_a_step_travels_in_the_file(l12, kodim23) -> None:
@@ -255,3 +362,6 @@ def test_calibrate_rate_keeps_the_identity(tmp_path: Path) -> None:
     assert after.integer_identity == before.integer_identity
     curve = json.loads(after.metadata["rate_curve"])
     assert [q for q, _, _ in curve] == [96, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024]
+    images = json.loads(after.metadata["rate_images"])
+    assert list(images) == ["a.png"] and images["a.png"]["curve"] == curve  # its own = the mean
+    assert 0 < images["a.png"]["probe"] < curve[4][1]  # a part of the bpp at step 256

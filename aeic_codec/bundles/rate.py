@@ -41,9 +41,18 @@ from .bundle import (
 SOLO_RANGE = (96, 1024)
 # The steps ``aeic weights calibrate-rate`` measures (0.375 .. 4, about 2**(1/3) apart).
 CALIBRATION_STEPS = (96, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024)
-# The settings a budget search tries are these steps: ratio 2**(1/32) apart (about 1.5 %
-# of the bytes), so that a search needs few trials and the files use their budgets.
-GRID_PER_OCTAVE = 32
+# A handover rule needs this many images calibrated on both bundles; its slope is kept
+# in 0 .. MAX_RULE_SLOPE (Kodak: 1.2 from lambda 12 to 64, 1.8 from 64 to 500).
+MIN_RULE_IMAGES = 8
+MAX_RULE_SLOPE = 3.0
+# How far an image's rate probe may lie from the one rate_ratio expects (Kodak: 0.79 to
+# 1.41 times): a budget whose handover could lie on either side of it within that spread
+# probes the image with the finer bundle before choosing.
+RATIO_SPREAD = 1.5
+# The settings a budget search tries are these steps: ratio 2**(1/16) apart (about 3 % of
+# the bytes; on Kodak a file used 93.8 % of its budget at least), so that a search needs
+# few trials (on Kodak 3.1 on average; 3.4 with steps half as far apart).
+GRID_PER_OCTAVE = 16
 
 
 class RateError(ValueError):
@@ -140,8 +149,80 @@ def rate_curve(info: BundleInfo) -> RateCurve | None:
         raise BundleError(f"{info.path}: malformed rate_curve metadata ({exc})") from exc
 
 
+@dataclass(frozen=True)
+class ImageRate:
+    """One calibration image under one bundle: its rate probe and its own rate curve."""
+
+    probe: float  # bpp of y's first quadtree step at step 256 (api._FileCoder.probe)
+    curve: RateCurve
+
+
+def image_rates(info: BundleInfo) -> dict[str, ImageRate] | None:
+    """Each calibration image's probe and curve (``rate_images`` metadata), None without."""
+    raw = info.metadata.get("rate_images")
+    if not raw:
+        return None
+    try:
+        rates = {
+            name: ImageRate(float(entry["probe"]), RateCurve.from_list(entry["curve"]))
+            for name, entry in json.loads(raw).items()
+        }
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BundleError(f"{info.path}: malformed rate_images metadata ({exc})") from exc
+    if any(not r.probe > 0 for r in rates.values()):
+        raise BundleError(f"{info.path}: malformed rate_images metadata (a probe not above 0)")
+    return rates
+
+
+def mean_curve(images: dict[str, dict[str, Any]]) -> list[list[float]]:
+    """[qstep, mean bpp, mean PSNR] of images measured at the same steps
+    (``api.measure_rate_curve``'s entries)."""
+    rows = [entry["curve"] for entry in images.values()]
+    steps = [q for q, _, _ in rows[0]] if rows else []
+    if not rows or any([q for q, _, _ in r] != steps for r in rows):
+        raise ValueError("rate curves to average need one or more images at the same steps")
+    return [
+        [q, sum(r[k][1] for r in rows) / len(rows), sum(r[k][2] for r in rows) / len(rows)]
+        for k, q in enumerate(steps)
+    ]
+
+
+@dataclass(frozen=True)
+class HandoverRule:
+    """Where one image's pictures become better from the next bundle than from this one.
+
+    The bpp of that crossing, from the image's rate probe p with this bundle
+    (``ImageRate.probe``): ln bpp = intercept + slope * ln p, fitted on the calibration
+    images' own crossings and raised by the largest miss, so that no calibration image
+    hands over below its crossing (a larger budget then never gives a worse picture
+    there). ``typical`` is the calibration images' geometric mean probe.
+    """
+
+    intercept: float
+    slope: float
+    typical: float
+
+    def bpp(self, probe: float) -> float:
+        return math.exp(self.intercept + self.slope * math.log(probe))
+
+    @classmethod
+    def fit(cls, finer: dict[str, ImageRate], coarser: dict[str, ImageRate]) -> HandoverRule | None:
+        """The rule from the images both bundles were calibrated on (None: too few)."""
+        names = sorted(set(finer) & set(coarser))
+        if len(names) < MIN_RULE_IMAGES:
+            return None
+        xs = [math.log(finer[n].probe) for n in names]
+        ys = [math.log(_handover(finer[n].curve, coarser[n].curve)) for n in names]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        spread = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / spread
+        slope = min(max(slope, 0.0), MAX_RULE_SLOPE) if spread > 0 else 0.0
+        intercept = max(y - slope * x for x, y in zip(xs, ys, strict=True))
+        return cls(intercept, slope, math.exp(mx))
+
+
 def q_grid(q_lo: int, q_hi: int) -> list[int]:
-    """The steps a search tries between q_lo and q_hi: 256 * 2**(k/32), both ends included."""
+    """The steps a search tries between q_lo and q_hi: 256 * 2**(k/16), both ends included."""
     k_lo = math.ceil(GRID_PER_OCTAVE * math.log2(q_lo / QSTEP_ONE) - 1e-9)
     k_hi = math.floor(GRID_PER_OCTAVE * math.log2(q_hi / QSTEP_ONE) + 1e-9)
     steps = [round(QSTEP_ONE * 2 ** (k / GRID_PER_OCTAVE)) for k in range(k_lo, k_hi + 1)]
@@ -178,6 +259,7 @@ class Ladder:
             lo, hi = curve.q_range if curve else SOLO_RANGE
             self.rungs = [Rung(usable[0], lo, hi, usable[0].lambda_ or 0.0)]
             self.curves = [curve] if curve else None
+            self.rules: list[HandoverRule | None] = []
             return
         curves = [rate_curve(b) for b in usable]
         missing = [str(b.path) for b, c in zip(usable, curves, strict=True) if c is None]
@@ -199,6 +281,10 @@ class Ladder:
                 hi = max(QSTEP_ONE, min(hi, round(curve.q_at_bpp(handovers[i]))))
             rungs.append(Rung(info, lo, hi, info.lambda_ or 0.0))
         self.rungs = rungs
+        own = [image_rates(b) for b in usable]
+        self.rules = [
+            HandoverRule.fit(a, b) if a and b else None for a, b in itertools.pairwise(own)
+        ]  # per image, where rung i hands over to rung i + 1 (None: at handovers[i])
 
     @classmethod
     def solo(cls, model: object) -> Ladder:
@@ -208,6 +294,7 @@ class Ladder:
         ladder = cls.__new__(cls)
         ladder.curves = None
         ladder.rungs = [Rung(None, *SOLO_RANGE, float(getattr(model, "lambda_", 0.0) or 0.0))]
+        ladder.rules = []
         return ladder
 
     # ---------------------------------------------------------------- lambda axis
@@ -270,7 +357,7 @@ class Ladder:
 
 
 def _handover(finer: RateCurve, coarser: RateCurve) -> float:
-    """The bpp below which the coarser bundle's pictures beat the finer one's (mean PSNR).
+    """The bpp below which the coarser bundle's pictures beat the finer one's.
 
     Scanned from the finer bundle's step-256 rate down on a fine log grid; where the two
     curves do not overlap, the handover sits at the coarser bundle's highest rate.
@@ -330,15 +417,18 @@ def fit_budget(
     pixels: int,
     encode: Callable[[int, int], bytes],
     ratio: float = 1.0,
+    probe: Callable[[int], float] | None = None,
 ) -> Fit:
     """The finest step of one bundle whose file has at most ``budget`` bytes.
 
-    The bundle is the rung whose calibrated rates hold the budget's rate over ``ratio``
-    (``rate_ratio`` of the image), chosen before any g_a; ``encode(rung, qstep)`` returns
-    the file of a setting (the caller runs g_a once per bundle and only the entropy coding
-    per step). The search covers the bundle's whole measured step range, beyond its rung,
-    so it stays in that bundle unless the budget lies outside the range: when even the
-    finest step fits it moves to the bundle before (the better pictures), and when not
+    ``encode(rung, qstep)`` returns the file of a setting (the caller runs g_a once per
+    bundle and only the entropy coding per step); ``probe(rung)`` the image's rate probe
+    with a bundle (``ImageRate.probe``; without it, handovers sit at the mean curves'
+    crossings). The bundle is chosen by ``_choose_rung`` from the budget's rate, the
+    image's expected rate (``ratio``, from ``rate_ratio``) and, near a handover with a
+    rule, its probe. The search covers the bundle's whole measured step range, beyond its
+    rung, so it stays in that bundle unless the budget lies outside the range: when even
+    the finest step fits it moves to the bundle before (the better pictures), and when not
     even the coarsest does to the bundle after. A larger budget therefore never chooses a
     later bundle or a coarser step. Raises RateError naming the smallest file when
     nothing fits.
@@ -351,8 +441,8 @@ def fit_budget(
             files[r, q] = encode(r, q)
         return files[r, q]
 
+    r = _choose_rung(ladder, 8 * budget / pixels, ratio, probe)
     bpp = 8 * budget / pixels / ratio
-    r = ladder.start_rung(bpp)
     last = len(ladder.rungs) - 1
     found = _search_rung(ladder, r, budget, bpp, file, r > 0)
     if found == _FINER:
@@ -372,6 +462,35 @@ def fit_budget(
         )
     q = _grid(ladder, r)[found]
     return Fit(r, q, files[r, q], len(files))
+
+
+def _choose_rung(
+    ladder: Ladder, bpp: float, ratio: float, probe: Callable[[int], float] | None
+) -> int:
+    """The rung a budget of ``bpp`` starts in.
+
+    Rung by rung from the finest: a handover without a rule (or without ``probe``) sits
+    at the mean curves' crossing, scaled by ``ratio``; with a rule (``HandoverRule``) at
+    the image's own crossing, which needs its probe with the finer bundle (its g_a, h_s
+    and one context step). The probe runs only when the crossing could lie on either side
+    of the budget for probes within RATIO_SPREAD of the expected one; the crossing found
+    is clamped to that range, so the choice stays a threshold on the budget and a larger
+    budget never starts in a later rung.
+    """
+    if ladder.curves is None:
+        return 0
+    for k, (rule, curve) in enumerate(zip(ladder.rules, ladder.curves, strict=False)):
+        if rule is None or probe is None:
+            if bpp / ratio >= curve.bpp_at(ladder.rungs[k].q_hi):
+                return k
+            continue
+        expected = rule.typical * ratio
+        lo, hi = rule.bpp(expected / RATIO_SPREAD), rule.bpp(expected * RATIO_SPREAD)
+        if bpp >= hi:
+            return k
+        if bpp >= lo and bpp >= min(max(rule.bpp(probe(k)), lo), hi):
+            return k
+    return len(ladder.rungs) - 1
 
 
 def _grid(ladder: Ladder, r: int) -> list[int]:
@@ -500,23 +619,31 @@ def resolve_rate(
 def set_rate_curve(
     path: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    curve: list[list[float]],
+    images: dict[str, dict[str, Any]],
     provenance: dict[str, Any] | None = None,
 ) -> str:
-    """Write a copy of a bundle carrying a measured rate curve ; returns its identity.
+    """Write a copy of a bundle carrying measured rate curves; returns its identity.
 
-    The curve is metadata for the encoder's rate control: tensors and identity stay as
-    they were, so the copy decodes every file the original made.
+    ``images`` holds each calibration image's probe and [qstep, bpp, PSNR] rows
+    (``api.measure_rate_curve``); the copy carries their mean (``rate_curve``) and the
+    images' own (``rate_images``, for the handover rules). The curves are metadata for the
+    encoder's rate control: tensors and identity stay as they were, so the copy decodes
+    every file the original made.
     """
     from safetensors.torch import load_file, save_file
 
+    curve = mean_curve(images)
     RateCurve.from_list(curve)  # refuse what a ladder could not use
+    for entry in images.values():
+        RateCurve.from_list(entry["curve"])
+        if not entry["probe"] > 0:
+            raise ValueError("an image's rate probe must be above 0")
     info = read_info(path)
     try:
         tensors = load_file(str(info.path))
     except Exception as exc:  # safetensors raises its own error types for bad files
         raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
-    meta = dict(info.metadata, rate_curve=json.dumps(curve))
+    meta = dict(info.metadata, rate_curve=json.dumps(curve), rate_images=json.dumps(images))
     meta["provenance"] = json.dumps(
         dict(info.provenance, rate_curve=provenance or {}), sort_keys=True
     )

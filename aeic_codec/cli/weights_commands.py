@@ -279,7 +279,7 @@ def weights_calibrate_rate(
     """
     from aeic_codec import api
     from aeic_codec.bundles.bundle import load_bundle
-    from aeic_codec.bundles.rate import set_rate_curve
+    from aeic_codec.bundles.rate import mean_curve, set_rate_curve
     from aeic_codec.tools.integerize import image_files, read_rgb
 
     check_output(output, force)
@@ -289,13 +289,16 @@ def weights_calibrate_rate(
         bar = BatchProgress(1, sys.stderr) if on_terminal() else None
         if bar:
             bar.begin(f"calibrating {Path(bundle).name} on {len(files)} images")
-        curve = api.measure_rate_curve(
-            model, [read_rgb(p) for p in files], progress=bar.tiles if bar else None
+        rows = api.measure_rate_curve(
+            model,
+            {p.relative_to(images).as_posix(): read_rgb(p) for p in files},
+            progress=bar.tiles if bar else None,
         )
         if bar:
             bar.clear()
         source = {"images": Path(images).name, "count": len(files)}
-        identity = set_rate_curve(bundle, output, curve, source)
+        identity = set_rate_curve(bundle, output, rows, source)
+        curve = mean_curve(rows)
         points = ", ".join(f"{q / 256:g}: {b:.4f} bpp {p:.2f} dB" for q, b, p in curve)
         click.echo(f"aeic: wrote {output} (identity {identity}); step: {points}", err=True)
     except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors

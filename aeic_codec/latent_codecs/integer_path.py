@@ -39,26 +39,53 @@ class IntegerLatentCodec(LatentCodec):
         start: Start | None = None,
     ) -> Compressed:
         ie = self.model
-        med = ie.median_real().view(1, -1, 1, 1)
-        z_sym = torch.round(z.double() - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT).long()
+        z_sym = self._z_symbols(z)
         z_stream, z_bits = self.encode_z(z_sym)
         streams, bits = [z_stream], [z_bits]
         y64 = y.double()
-        step = qstep / QSTEP_ONE
 
         def code_step(k: int, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            coded, tables = ie.coded_and_tables(scale, qstep)
-            sym = torch.round((step_values(y64, k) - ie.mean_real(mean)) / step)
-            sym = torch.where(coded, sym.clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT), 0.0).long()
-            enc = StreamEncoder()
-            enc.encode(sym[coded].numpy(), tables.numpy(), self.y_tables)
-            streams.append(enc.finish())
-            bits.append(enc.bits)
+            sym, stream, step_bits = self._code(y64, k, mean, scale, qstep)
+            streams.append(stream)
+            bits.append(step_bits)
             return sym
 
         start = start if start is not None else ie.start(z_sym, y.shape[-2:])
         y_hat, digest = ie.run(z_sym, y.shape[-2:], code_step, qstep, start)
         return Compressed(streams, y_hat, bits, digest, start)
+
+    @torch.no_grad()
+    def probe(
+        self, y: torch.Tensor, z: torch.Tensor, qstep: int = QSTEP_ONE
+    ) -> tuple[float, Start]:
+        """The ideal bits of y's first quadtree step at ``qstep``, and the Start for compress.
+
+        That step (a quarter of y, predicted from the hyperprior alone) costs h_s and one
+        context step, a fifth of a whole compress; its bits follow the image's rate
+        closely enough to tell a rate search which bundle an image needs
+        (``rate.HandoverRule``).
+        """
+        ie = self.model
+        start = ie.start(self._z_symbols(z), y.shape[-2:])
+        mean, scale = start.step0
+        return self._code(y.double(), 0, mean, scale, qstep)[2], start
+
+    def _z_symbols(self, z: torch.Tensor) -> torch.Tensor:
+        """z's integer symbols around the integer medians."""
+        med = self.model.median_real().view(1, -1, 1, 1)
+        return torch.round(z.double() - med).clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT).long()
+
+    def _code(
+        self, y64: torch.Tensor, k: int, mean: torch.Tensor, scale: torch.Tensor, qstep: int
+    ) -> tuple[torch.Tensor, bytes, float]:
+        """Step k's symbols (0 where not coded), their stream and its ideal bits."""
+        ie = self.model
+        coded, tables = ie.coded_and_tables(scale, qstep)
+        sym = torch.round((step_values(y64, k) - ie.mean_real(mean)) / (qstep / QSTEP_ONE))
+        sym = torch.where(coded, sym.clamp(-ESCAPE_LIMIT, ESCAPE_LIMIT), 0.0).long()
+        enc = StreamEncoder()
+        enc.encode(sym[coded].numpy(), tables.numpy(), self.y_tables)
+        return sym, enc.finish(), enc.bits
 
     @torch.no_grad()
     def decompress(
