@@ -9,7 +9,8 @@ pictures are the best of the ladder's, found from the rate curve each bundle car
 ``aeic weights calibrate-rate``). A lambda between two bundles' maps to a target rate on
 the log-log line between their rates, and so to one bundle and one step; a byte budget
 is met by the finest fitting step of the bundle best at the budget's rate for the image
-(``fit_budget``).
+(``fit_budget``), which hands over where that image's pictures cross (``HandoverRule``,
+from each calibration image's own curve in ``rate_images``).
 docs/architecture.md, section 11, explains the choices.
 """
 
