@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aeic_codec.bundles.budget import fit_budget, rate_ratio
 from aeic_codec.bundles.bundle import BundleError, find_bundle, load_bundle
-from aeic_codec.bundles.rate import Ladder, RateError, find_ladder, fit_budget, rate_ratio
+from aeic_codec.bundles.rate import Ladder, RateError, find_ladder
 from aeic_codec.bundles.rate import resolve_rate as resolve_rate
 from aeic_codec.codec.synthesis import synthesize as synthesize
 from aeic_codec.format.container import (

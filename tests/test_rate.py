@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from aeic_codec import api
+from aeic_codec.bundles.budget import fit_budget, q_grid
 from aeic_codec.bundles.bundle import BundleError, BundleInfo, load_bundle, read_info
 from aeic_codec.bundles.rate import (
     MIN_RULE_IMAGES,
@@ -23,9 +24,7 @@ from aeic_codec.bundles.rate import (
     RateCurve,
     RateError,
     find_ladder,
-    fit_budget,
     mean_curve,
-    q_grid,
     resolve_rate,
 )
 from aeic_codec.codec.metrics import psnr_u8
