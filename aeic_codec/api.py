@@ -239,7 +239,7 @@ def encode_image(
     ``resolve_rate`` turns a lambda into a bundle and a step). ``size`` (bytes) or ``bpp``
     asks instead for the best file of at most that many bytes (``bpp * width * height /
     8``, rounded down): the finest fitting step of ``model``, or of the bundle of a
-    ``ModelLadder`` that ``rate.fit_budget`` picks (near a handover after probing the
+    ``ModelLadder`` that ``budget.fit_budget`` picks (near a handover after probing the
     image with the finer bundle); g_a runs once per bundle and only the entropy coding
     per step. A budget that nothing fits raises RateError naming the smallest file.
     ``texture`` also sends the source's fine-band power per block (format version 5,
@@ -350,7 +350,7 @@ class _FileCoder:
         probe = getattr(self.codec, "probe", None)
         if probe is None:
             raise ValueError("a probe of the rate needs the integer entropy path")
-        bits, self._start = probe(self.y, self.z)
+        bits, self._start = probe(self.y, self.z, start=self._start)
         return bits / (self.height * self.width)
 
     def encode(self, qstep: int) -> EncodeResult:

@@ -289,7 +289,7 @@ def weights_calibrate_rate(
         bar = BatchProgress(1, sys.stderr) if on_terminal() else None
         if bar:
             bar.begin(f"calibrating {Path(bundle).name} on {len(files)} images")
-        rows = api.measure_rate_curve(
+        measured = api.measure_rate_curve(
             model,
             {p.relative_to(images).as_posix(): read_rgb(p) for p in files},
             progress=bar.tiles if bar else None,
@@ -297,8 +297,8 @@ def weights_calibrate_rate(
         if bar:
             bar.clear()
         source = {"images": Path(images).name, "count": len(files)}
-        identity = set_rate_curve(bundle, output, rows, source)
-        curve = mean_curve(rows)
+        identity = set_rate_curve(bundle, output, measured, source)
+        curve = mean_curve(measured)
         points = ", ".join(f"{q / 256:g}: {b:.4f} bpp {p:.2f} dB" for q, b, p in curve)
         click.echo(f"aeic: wrote {output} (identity {identity}); step: {points}", err=True)
     except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors

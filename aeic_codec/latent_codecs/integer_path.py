@@ -56,17 +56,21 @@ class IntegerLatentCodec(LatentCodec):
 
     @torch.no_grad()
     def probe(
-        self, y: torch.Tensor, z: torch.Tensor, qstep: int = QSTEP_ONE
+        self,
+        y: torch.Tensor,
+        z: torch.Tensor,
+        qstep: int = QSTEP_ONE,
+        start: Start | None = None,
     ) -> tuple[float, Start]:
         """The ideal bits of y's first quadtree step at ``qstep``, and the Start for compress.
 
         That step (a quarter of y, predicted from the hyperprior alone) costs h_s and one
         context step, a fifth of a whole compress; its bits follow the image's rate
         closely enough to tell a rate search which bundle an image needs
-        (``rate.HandoverRule``).
+        (``rate.HandoverRule``). ``start``: an earlier result's, as for compress.
         """
         ie = self.model
-        start = ie.start(self._z_symbols(z), y.shape[-2:])
+        start = start if start is not None else ie.start(self._z_symbols(z), y.shape[-2:])
         mean, scale = start.step0
         return self._code(y.double(), 0, mean, scale, qstep)[2], start
 
