@@ -163,3 +163,24 @@ def test_apply_grid_moves_cell_means_onto_the_levels() -> None:
     assert np.abs(grid_levels(np.round(fixed * 255).astype(np.uint8), 64, 4) - levels).max() <= 1
     with pytest.raises(ValueError, match="shape"):
         apply_grid(decoded, levels[:, :1], 64, 4)
+
+
+def test_colour_fix_and_grid_in_bands_equal_one_pass(monkeypatch) -> None:
+    """A large picture is fixed in bands of rows (no float64 copy of it): the same values,
+    and the statistics are the image's mean and unbiased std."""
+    rng = np.random.default_rng(3)
+    img = rng.random((70, 45, 3)).astype(np.float32)
+    transposed = np.ascontiguousarray(img.transpose(2, 0, 1)).transpose(1, 2, 0)  # a CHW view
+    levels = grid_levels((img * 255).astype(np.uint8), 16, 4)
+    stats = (30000, 31000, 32000, 12000, 13000, 14000)
+    whole = apply_colour_fix(img, stats), apply_grid(img, levels, 16, 4)
+    monkeypatch.setattr(colour, "BAND_PIXELS", 100)  # bands of 2 rows: 35 of them
+    assert len(colour._bands(img)) == 35
+    mean, std = colour._mean_std(transposed)
+    x = img.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std, np.sqrt(x.var(0, ddof=1) + 1e-5), rtol=1e-12)
+    banded = apply_colour_fix(transposed, stats), apply_grid(transposed, levels, 16, 4)
+    for one, many in zip(whole, banded, strict=True):
+        assert many.dtype == np.float32 and many.flags.c_contiguous
+        np.testing.assert_allclose(many, one, rtol=0, atol=1e-6)

@@ -31,16 +31,26 @@ def small_bands(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bands of a few rows and tiny D tiles of 12 output pixels a stage (6 latent pixels in
     the first, 3 in the second), so small latents take many."""
     monkeypatch.setattr(layerwise, "BAND_ELEMENTS", 512)
-    monkeypatch.setattr(layerwise, "LAZY_BYTES", 0)  # every upsampler lazy, every block fused
+    monkeypatch.setattr(layerwise, "LAZY_BYTES", 0)  # every upsampler lazy
+    monkeypatch.setattr(layerwise, "FUSED_BYTES", 0)  # every block that keeps its width fused
     monkeypatch.setattr(layerwise, "TINY_CORE", 12)
 
 
-@pytest.mark.parametrize(("mid_attention", "lazy"), [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize(
+    ("mid_attention", "lazy", "fused"),
+    [(True, True, True), (False, True, True), (True, False, False), (True, False, True)],
+)
 def test_layerwise_sd_decoder_is_the_plain_call(
-    small_bands: None, mid_attention: bool, lazy: bool, monkeypatch: pytest.MonkeyPatch
+    small_bands: None,
+    mid_attention: bool,
+    lazy: bool,
+    fused: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if not lazy:
         monkeypatch.setattr(layerwise, "LAZY_BYTES", 1 << 40)
+    if not fused:
+        monkeypatch.setattr(layerwise, "FUSED_BYTES", 1 << 40)
     torch.manual_seed(0)
     decoder = build_vae(tiny_config(vae_mid_attention=mid_attention)).eval()
     l_0 = torch.randn(1, 8, 21, 13)
@@ -94,26 +104,32 @@ def test_windowed_attention_is_global_attention_when_the_grid_fits() -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 6 * 7, 4) for _ in range(3))
     assert torch.equal(
-        attention.windowed_sdpa(q, k, v, 6, 7, 7), F.scaled_dot_product_attention(q, k, v)
+        attention.windowed_sdpa(q, k, v, 6, 7, 42), F.scaled_dot_product_attention(q, k, v)
     )
 
 
-def test_windowed_attention_is_masked_attention_over_each_blocks_window() -> None:
+@pytest.mark.parametrize(
+    ("height", "width", "area", "window", "block"),
+    [(11, 9, 16, (4, 4), (1, 1)), (5, 40, 50, (5, 10), (1, 2)), (30, 3, 60, (20, 3), (5, 1))],
+)
+def test_windowed_attention_is_masked_attention_over_each_blocks_window(
+    height: int, width: int, area: int, window: tuple[int, int], block: tuple[int, int]
+) -> None:
+    """Square windows, and windows that span a grid's short side, of ``area`` keys at most."""
     torch.manual_seed(0)
-    height, width, window = 11, 9, 4
+    assert attention.window_shape(height, width, area) == window
     q, k, v = (torch.randn(1, 2, height * width, 3) for _ in range(3))
-    block = window // 4
     allowed = torch.zeros(height * width, height * width, dtype=torch.bool)
     for y in range(height):
         for x in range(width):
-            top, left = y // block * block, x // block * block
-            rows = attention._window(height, top, min(top + block, height), window)
-            cols = attention._window(width, left, min(left + block, width), window)
+            top, left = y // block[0] * block[0], x // block[1] * block[1]
+            rows = attention._window(height, top, min(top + block[0], height), window[0])
+            cols = attention._window(width, left, min(left + block[1], width), window[1])
             keys = torch.zeros(height, width, dtype=torch.bool)
             keys[rows, cols] = True
             allowed[y * width + x] = keys.flatten()
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-    out = attention.windowed_sdpa(q, k, v, height, width, window)
+    out = attention.windowed_sdpa(q, k, v, height, width, area)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
@@ -128,7 +144,7 @@ def test_local_attention_leaves_small_pictures_alone_and_restores_processors() -
         plain = eps(l_t), decoder(l_0)
         with attention.local_attention(eps, 8), attention.local_attention(decoder, 8):
             local = eps(l_t), decoder(l_0)
-            big = eps(torch.randn(1, cfg.denoiser_in, 100, 30))  # 800 px: windowed
+            big = eps(torch.randn(1, cfg.denoiser_in, 100, 60))  # 800 x 480 px: windowed
     assert all(torch.equal(a, b) for a, b in zip(plain, local, strict=True))
     assert torch.isfinite(big).all()
     assert before == [m.processor for m in eps.modules() if hasattr(m, "set_processor")]

@@ -319,13 +319,13 @@ def test_the_detail_loses_its_8_px_lattice_and_nothing_else() -> None:
     assert np.array_equal(without_lattice(small, 8), small)  # no whole cell: unchanged
 
 
-@pytest.mark.parametrize("core", [32, 48])
+@pytest.mark.parametrize("core", [32, 48, 1024])
 def test_tiled_encoding_equals_the_plain_call(core: int) -> None:
     from aeic_codec.codec.texture_synthesis import tiled_encode
 
     torch.manual_seed(4)
     encoder = TinyEncoder().eval()
-    x = torch.rand(1, 3, 88, 136)  # 3 x 5 tiles of 32 px, 2 x 3 of 48, partial ones included
+    x = torch.rand(1, 3, 88, 136)  # 3 x 5 tiles of 32 px, 2 x 3 of 48, partial ones; 1 of 1024
     with torch.no_grad():
         whole, tiled = encoder(x), tiled_encode(encoder, x, core)
     assert tiled.shape == whole.shape == (1, 32, 11, 17)

@@ -23,6 +23,7 @@ _EXPORTS = {
     "param_count": "complexity",
     "synthesis_macs_per_pixel": "complexity",
     "BAND_ELEMENTS": "layerwise",
+    "FUSED_BYTES": "layerwise",
     "LAZY_BYTES": "layerwise",
     "Lazy": "layerwise",
     "Source": "layerwise",

@@ -19,18 +19,33 @@ from aeic_codec.format.grid_coder import grid_shape
 
 STD_EPS = 1e-5  # added to the variance, as the reference does
 LEVELS = 65535  # 16-bit quantisation of each transmitted number
+BAND_PIXELS = 1 << 16  # pixels per band of a pass over the image: its temporaries stay in cache
+
+
+def _bands(img: np.ndarray) -> list[slice]:
+    """Row bands of about BAND_PIXELS: no float64 copy of the image, fast temporaries."""
+    height, width = img.shape[:2]
+    rows = max(BAND_PIXELS // max(width, 1), 1)
+    return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
 
 
 def _mean_std(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and sqrt(unbiased variance + 1e-5) of an H x W x 3 float image.
+    """Per-channel mean and sqrt(unbiased variance + 1e-5) of an H x W x C float image.
 
-    A one-pixel image has no unbiased variance; it counts as zero there.
+    Float64 sums over bands of rows, two passes (mean, then squared deviations). A
+    one-pixel image has no unbiased variance; it counts as zero there.
     """
-    pixels = img.reshape(-1, img.shape[-1]).astype(np.float64)
-    mean = pixels.mean(axis=0)
-    dof = max(pixels.shape[0] - 1, 1)
-    var = ((pixels - mean) ** 2).sum(axis=0) / dof
-    return mean, np.sqrt(var + STD_EPS)
+    channels = img.shape[-1]
+    count = img.size // channels
+    total = np.zeros(channels)
+    for rows in _bands(img):
+        total = total + img[rows].reshape(-1, channels).astype(np.float64).sum(axis=0)
+    mean = total / count
+    squares = np.zeros(channels)
+    for rows in _bands(img):
+        band = img[rows].reshape(-1, channels).astype(np.float64)
+        squares = squares + ((band - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(squares / max(count - 1, 1) + STD_EPS)
 
 
 def source_stats(img_uint8_hwc: np.ndarray) -> tuple[int, ...]:
@@ -79,8 +94,11 @@ def apply_colour_fix(img_float01_hwc: np.ndarray, stats: tuple[int, ...]) -> np.
         raise ValueError(f"expected six colour statistics, got {len(stats)}")
     target = np.asarray(stats, dtype=np.float64) / LEVELS
     mean, std = _mean_std(img_float01_hwc)
-    out = (img_float01_hwc.astype(np.float64) - mean) / std * target[3:] + target[:3]
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    out = np.empty(img_float01_hwc.shape, dtype=np.float32)
+    for rows in _bands(img_float01_hwc):
+        band = (img_float01_hwc[rows].astype(np.float64) - mean) / std * target[3:] + target[:3]
+        out[rows] = np.clip(band, 0.0, 1.0)
+    return out
 
 
 # --------------------------------------------------------------------------- local grid
@@ -171,11 +189,12 @@ def apply_grid(img_float01_hwc: np.ndarray, levels: np.ndarray, cell: int, step:
     shift = np.einsum("ij,jhw->ihw", np.linalg.inv(YCC), levels * step - current) / 255.0
     row_lo, row_hi, row_f = _interpolation(h, cell, gh)
     col_lo, col_hi, col_f = _interpolation(w, cell, gw)
+    shift = np.ascontiguousarray(shift.transpose(1, 2, 0))  # gh x gw x 3, as the image
+    col_f = col_f[:, None]
     out = np.empty((h, w, 3), dtype=np.float32)
-    for top in range(0, h, 256):
-        rows = slice(top, min(top + 256, h))
-        f = row_f[rows][None, :, None]
-        band = shift[:, row_lo[rows]] * (1 - f) + shift[:, row_hi[rows]] * f
-        field = band[:, :, col_lo] * (1 - col_f) + band[:, :, col_hi] * col_f
-        out[rows] = np.clip(img_float01_hwc[rows] + field.transpose(1, 2, 0), 0.0, 1.0)
+    for rows in _bands(img_float01_hwc):
+        f = row_f[rows][:, None, None]
+        band = shift[row_lo[rows]] * (1 - f) + shift[row_hi[rows]] * f
+        field = band[:, col_lo] * (1 - col_f) + band[:, col_hi] * col_f
+        out[rows] = np.clip(img_float01_hwc[rows] + field, 0.0, 1.0)
     return out

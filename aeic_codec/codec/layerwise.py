@@ -9,10 +9,11 @@ approximated it. Here:
   over the whole picture: each residual block, upsampler and convolution in row bands
   that read one row of halo per 3x3 convolution, every GroupNorm with the exact
   statistics of its whole input, gathered before the layer runs. On a large picture an
-  upsampler's output is never stored (``Lazy``: recomputed by rows where read) and a
-  residual block that keeps its width runs fused over x, so at most one activation of
-  the full size is held at a time: a 4000 x 3000 decode of the shipped D peaks at
-  2.6 GB in float32 (the whole process), where a plain call needs several times that.
+  upsampler's output above LAZY_BYTES is never stored (``Lazy``: recomputed by rows where
+  read) and a residual block that keeps its width runs fused over an input above
+  FUSED_BYTES, so at most one activation of the full size is held at a time: a
+  4000 x 3000 decode of the shipped D peaks under 2.5 GB in float32 (the whole process),
+  where a plain call needs several times that.
   Its mid-block attention sees the whole latent, windowed by
   ``attention.local_attention``.
 - The tiny D (``tiny_vae.TinyDecoder``) has GroupNorms only in its first, latent-sized
@@ -20,11 +21,13 @@ approximated it. Here:
   (its first upsampled level, whose output is stored at a quarter of the picture's size,
   then the rest) on tiles whose halo covers the stage's receptive field, of which only
   the cores are kept. Two stages, not one: the halo of the whole rest cost a third more
-  of the full-size convolutions at 12 megapixels, a stage's own halo a tenth.
+  of the full-size convolutions at 12 megapixels. Tiles of TINY_CORE output pixels keep a
+  stage's activations in the CPU's cache: 1.5 to 1.8 times as fast as tiles of 1,024,
+  halos included, at 768 x 512 as at 12 megapixels.
 
 Both are the untiled decode up to float rounding (the convolutions add in another
 order; a GroupNorm over several bands is a batch norm with the group statistics); the
-recomputations cost the shipped D about a quarter more work at 4000 x 3000 in float32.
+recomputations cost the shipped D a quarter more multiply-adds at 4000 x 3000 in float32.
 One band (up to 4 M elements a layer: 768 x 512 and smaller) is the plain module calls.
 """
 
@@ -40,15 +43,18 @@ from torch import nn
 from .tiling import Progress, Ticker
 
 BAND_ELEMENTS = 1 << 22  # of a band's input (times the upsampling): 16 MB in float32
-TINY_CORE = 1024  # side of a tiny D tile's kept core, in its stage's output pixels
-# Activations above this are never held whole (``Lazy``, fused blocks); smaller ones are,
-# as recomputing them costs time: at 4000 x 3000 in float32 that leaves the shipped D's
-# last two upsamplers and its full-size blocks, +25 % of its work instead of +80 %.
-LAZY_BYTES = 512 << 20
+TINY_CORE = 256  # side of a tiny D tile's kept core, in its stage's output pixels: in cache
+# An upsampler's output above LAZY_BYTES is never held whole (``Lazy``: recomputed where
+# read, three times by the block after it); a residual block's input above FUSED_BYTES runs
+# fused (its inner activation recomputed once). At 4000 x 3000 in float32 that leaves the
+# shipped D's last upsampler lazy and its last block fused: +25 % of its multiply-adds;
+# with 512 MB for both, +47 %.
+LAZY_BYTES = 1 << 30
+FUSED_BYTES = 512 << 20
 
 
-def _big(x: Source, dtype: torch.dtype) -> bool:
-    return math.prod(x.shape) * dtype.itemsize > LAZY_BYTES
+def _big(x: Source, dtype: torch.dtype, limit: int) -> bool:
+    return math.prod(x.shape) * dtype.itemsize > limit
 
 
 class Lazy:
@@ -193,7 +199,7 @@ def _normed(
 def _resnet(block: nn.Module, x: Source) -> torch.Tensor:
     """diffusers' ResnetBlock2D (no time embedding, no resampling), band by band.
 
-    A block that keeps its width, on a tensor above LAZY_BYTES, runs fused: its
+    A block that keeps its width, on a tensor above FUSED_BYTES, runs fused: its
     inner activation's statistics first (its first half by rows, not stored), then
     both halves per band with two rows of halo, the result overwriting x. Otherwise
     the inner activation is stored, and the result overwrites x or it.
@@ -206,7 +212,7 @@ def _resnet(block: nn.Module, x: Source) -> torch.Tensor:
     def first(t: torch.Tensor) -> torch.Tensor:
         return block.conv1(norm1(t))
 
-    fused = isinstance(x, torch.Tensor) and shortcut is None and _big(x, x.dtype)
+    fused = isinstance(x, torch.Tensor) and shortcut is None and _big(x, x.dtype, FUSED_BYTES)
     channels = block.conv1.out_channels
     h = Lazy(first, x, channels) if fused else banded(lambda t, _: first(t), x, 1)
     norm2 = _normed(block.norm2, block.nonlinearity, h)
@@ -258,7 +264,7 @@ def _sd_decode(decoder: nn.Module, l_0: torch.Tensor, tick: Ticker) -> torch.Ten
             tick()
         for upsampler in up.upsamplers or ():
             x = Lazy(upsampler, x, upsampler.out_channels, scale=2)
-            if not _big(x, x.source.dtype):  # held whole, computed once
+            if not _big(x, x.source.dtype, LAZY_BYTES):  # held whole, computed once
                 x = banded(lambda t, _, u=upsampler: u(t), x.source, 1, scale=2)
             tick()
     norm = _normed(decoder.conv_norm_out, decoder.conv_act, x)

@@ -18,6 +18,7 @@ section 12.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from .texture_match import matched_detail, upsample
 
 FORMAT = "2"  # the texture file's layout (metadata ``aeic_texture``)
 SCALE = 8  # TAEF2's latent is 1/8 of the picture
-ENCODE_CORE = 1024  # px: side of the kept core of a tile of TAEF2's encoder
+ENCODE_CORE = 256  # px: side of the kept core of a tile of TAEF2's encoder, per stage
 PROBES = 2  # clusters of the book searched per position
 
 
@@ -185,34 +186,49 @@ class TextureSynthesis:
 
 def tiled_encode(encoder: TinyEncoder, x: torch.Tensor, core: int = ENCODE_CORE) -> torch.Tensor:
     """``encoder(x)`` for a (1, 3, H, W) picture, H and W multiples of SCALE, in bounded
-    memory: its convolutions before the first GroupNorm run on tiles whose halo covers
-    their receptive field (cores of ``core`` px kept, aligned to SCALE so that every
-    stride sees the same phase), the latent-sized rest on the whole. Equal to the plain
-    call up to float rounding; one tile (a picture up to ``core`` px) is the plain call."""
-    height, width = x.shape[-2:]
-    if height <= core and width <= core:
-        return encoder(x)
+    memory and in cache: its convolutions before the first GroupNorm run in two stages on
+    tiles whose halo covers each stage's receptive field (the full-resolution layers up
+    to the first stride, then the rest; cores of ``core`` of each stage's input pixels,
+    aligned to its stride so that every stride sees the same phase), the latent-sized
+    rest on the whole. A tile's activations then stay in the CPU's cache: at 768 x 512 in
+    bf16 0.61 s per megapixel against 0.90 for the plain call (one run, 2-core Xeon), the
+    same values on Kodak; in general equal to it up to float rounding."""
     layers = list(encoder)
     split = next(
         i
         for i, layer in enumerate(layers)
         if any(isinstance(m, nn.GroupNorm) for m in layer.modules())
     )
-    front, rest = nn.Sequential(*layers[:split]), nn.Sequential(*layers[split:])
-    halo = -(-_encoder_reach(layers[:split]) // SCALE) * SCALE
-    parts = []
+    strided = next(
+        i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d) and layer.stride[0] > 1
+    )
+    for stage in (layers[: strided + 1], layers[strided + 1 : split]):
+        x = _tiled_down(nn.Sequential(*stage), x, core)
+    return nn.Sequential(*layers[split:])(x)
+
+
+def _tiled_down(stage: nn.Sequential, x: torch.Tensor, core: int) -> torch.Tensor:
+    """``stage(x)`` on tiles of x with a halo of its reach, their cores kept; channels-last."""
+    layers = list(stage)
+    stride = math.prod(m.stride[0] for m in stage.modules() if isinstance(m, nn.Conv2d))
+    halo = -(-_encoder_reach(layers) // stride) * stride
+    core = max(core // stride, 1) * stride
+    height, width = x.shape[-2:]  # multiples of the stride
+    out = None
     for top in range(0, height, core):
-        row = []
         for left in range(0, width, core):
             bottom, right = min(top + core, height), min(left + core, width)
             y0, x0 = max(top - halo, 0), max(left - halo, 0)
-            piece = front(x[..., y0 : min(bottom + halo, height), x0 : min(right + halo, width)])
-            dy, dx = (top - y0) // SCALE, (left - x0) // SCALE
-            row.append(
-                piece[..., dy : dy + (bottom - top) // SCALE, dx : dx + (right - left) // SCALE]
-            )
-        parts.append(torch.cat(row, dim=-1))
-    return rest(torch.cat(parts, dim=-2))
+            piece = stage(x[..., y0 : min(bottom + halo, height), x0 : min(right + halo, width)])
+            if out is None:
+                shape = (*piece.shape[:2], height // stride, width // stride)
+                out = piece.new_empty(shape).contiguous(memory_format=torch.channels_last)
+            oy, ox = top // stride, left // stride  # y0, x0, halo: multiples of the stride
+            rows, cols = (bottom - top) // stride, (right - left) // stride
+            kept = piece[..., oy - y0 // stride :, ox - x0 // stride :][..., :rows, :cols]
+            out[..., oy : oy + rows, ox : ox + cols] = kept
+    assert out is not None
+    return out
 
 
 def _encoder_reach(layers: list[nn.Module]) -> int:

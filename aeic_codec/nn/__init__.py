@@ -9,7 +9,7 @@ from aeic_codec.runtime.lazy import lazy_exports
 
 _EXPORTS = {
     "LocalAttnProcessor": "attention",
-    "WINDOW_PX": "attention",
+    "WINDOW_AREA": "attention",
     "local_attention": "attention",
     "windowed_sdpa": "attention",
     "Adapter": "blocks",

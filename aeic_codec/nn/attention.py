@@ -5,25 +5,27 @@ given, so the work per position grows with the picture: for the shipped D, one
 256 x 256 latent (2048 x 2048 px) spent 14 of 25 CPU-seconds in its one attention
 (6 % at 512 x 512), and a 4000 x 3000 decode 31 s per megapixel against 4 at 768 x 512.
 While a decode runs, ``local_attention`` gives every such layer a processor that lets each
-block of queries attend to the keys of a window of WINDOW_PX image pixels (at that
-layer's scale) centred on the block, moved inwards at the borders. A picture whose
-layer fits in one window (every Kodak image, 768 x 768 px and below in both dimensions)
-attends globally as before, bit for bit the same call; beyond, each position sees as
-much context as a 768 x 512 image gives all of its positions. Neighbouring query blocks
-share two thirds of their keys or more (the block is a quarter of the window), so the
-output has no seams to speak of.
+block of queries attend to the keys of a window of WINDOW_AREA image pixels (at that
+layer's scale; square where the grid allows) centred on the block, moved inwards at the
+borders. A picture whose layer has no more positions than the window (every Kodak image:
+768 x 512 px and below in area) attends globally as before, bit for bit the same call;
+beyond, each query sees as many keys as a 768 x 512 image gives all of its positions, so
+attention costs the same per pixel at any size. Neighbouring query blocks share three
+quarters of their keys (the block is a quarter of the window's side), so the output has
+no seams to speak of.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-WINDOW_PX = 768  # the side of the window in image pixels: a Kodak image fits whole
+WINDOW_AREA = 768 * 512  # the window's area in image pixels: a Kodak image fits whole
 
 
 def _window(size: int, start: int, stop: int, window: int) -> slice:
@@ -34,30 +36,43 @@ def _window(size: int, start: int, stop: int, window: int) -> slice:
     return slice(first, first + window)
 
 
+def window_shape(height: int, width: int, area: int) -> tuple[int, int]:
+    """The window's sides on a height x width grid: square, unless one side of the grid is
+    shorter than the square's, which then spans that side (at most ``area`` positions)."""
+    side = max(math.isqrt(area), 1)
+    if height <= side:
+        return height, min(width, max(area // height, 1))
+    if width <= side:
+        return min(height, max(area // width, 1)), width
+    return side, side
+
+
 def windowed_sdpa(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     height: int,
     width: int,
-    window: int,
+    area: int,
 ) -> torch.Tensor:
-    """Attention of (batch, heads, height * width, dim) tensors, keys within a window.
+    """Attention of (batch, heads, height * width, dim) tensors, keys within a window of
+    ``area`` positions.
 
-    One plain ``scaled_dot_product_attention`` when the grid fits in one window.
+    One plain ``scaled_dot_product_attention`` when the grid has no more positions.
     """
-    if height <= window and width <= window:
+    if height * width <= area:
         return F.scaled_dot_product_attention(query, key, value)
-    block = max(window // 4, 1)
+    window_h, window_w = window_shape(height, width, area)
+    block_h, block_w = max(window_h // 4, 1), max(window_w // 4, 1)
     grid = (*query.shape[:2], height, width, -1)
     q, k, v = (t.reshape(grid) for t in (query, key, value))
     out = q.new_empty((*q.shape[:-1], value.shape[-1]))
-    for top in range(0, height, block):
-        rows = slice(top, min(top + block, height))
-        key_rows = _window(height, rows.start, rows.stop, window)
-        for left in range(0, width, block):
-            cols = slice(left, min(left + block, width))
-            key_cols = _window(width, cols.start, cols.stop, window)
+    for top in range(0, height, block_h):
+        rows = slice(top, min(top + block_h, height))
+        key_rows = _window(height, rows.start, rows.stop, window_h)
+        for left in range(0, width, block_w):
+            cols = slice(left, min(left + block_w, width))
+            key_cols = _window(width, cols.start, cols.stop, window_w)
             part = F.scaled_dot_product_attention(
                 q[:, :, rows, cols].flatten(2, 3),
                 k[:, :, key_rows, key_cols].flatten(2, 3),
@@ -74,8 +89,8 @@ class LocalAttnProcessor:
     it from ``grid``, which a hook on the enclosing transformer sets before each call.
     """
 
-    def __init__(self, window: int) -> None:
-        self.window = window
+    def __init__(self, area: int) -> None:
+        self.area = area
         self.grid: tuple[int, int] | None = None
 
     def __call__(
@@ -109,7 +124,7 @@ class LocalAttnProcessor:
         query, key, value = (
             t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value)
         )
-        out = windowed_sdpa(query, key, value, height, width, self.window)
+        out = windowed_sdpa(query, key, value, height, width, self.area)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if residual.ndim == 4:
@@ -135,8 +150,8 @@ def local_attention(network: nn.Module, scale: int) -> Iterator[None]:
     """Window every self-attention of ``network`` (eps or D) while the block runs.
 
     ``scale`` is image pixels per input pixel of the network (8 for a latent); each
-    layer's window follows from its own grid: WINDOW_PX // (scale * input side / grid
-    side). Modules of other kinds (cross-attention, masks) keep their processors.
+    layer's window follows from its own grid: WINDOW_AREA / (scale * input side / grid
+    side)^2 positions. Modules of other kinds (cross-attention, masks) keep their processors.
     """
     from .diffusers_blocks import import_module
 
@@ -152,23 +167,24 @@ def local_attention(network: nn.Module, scale: int) -> Iterator[None]:
     def leave(*_args: object) -> None:
         side.clear()
 
-    def window(height: int) -> int:
-        """The window of a layer whose grid is ``height`` high (the network's input's
-        height when a layer is called on its own, as the layer-wise D does)."""
-        return max(WINDOW_PX * height // (scale * (side[0] if side else height)), 1)
+    def area(height: int) -> int:
+        """The window (positions) of a layer whose grid is ``height`` high (the network's
+        input's height when a layer is called on its own, as the layer-wise D does)."""
+        image_side = scale * (side[0] if side else height)
+        return max(WINDOW_AREA * height * height // (image_side * image_side), 1)
 
     def grid_of(processors: list[LocalAttnProcessor]) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             for p in processors:
                 p.grid = args[0].shape[-2:]
-                p.window = window(p.grid[0])
+                p.area = area(p.grid[0])
 
         return hook
 
     def window_of(processor: LocalAttnProcessor) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             if args[0].ndim == 4:
-                processor.window = window(args[0].shape[-2])
+                processor.area = area(args[0].shape[-2])
 
         return hook
 
@@ -181,14 +197,14 @@ def local_attention(network: nn.Module, scale: int) -> Iterator[None]:
                 processors = []
                 for inner in module.modules():
                     if isinstance(inner, attention) and _supported(inner):
-                        processors.append(LocalAttnProcessor(WINDOW_PX))
+                        processors.append(LocalAttnProcessor(WINDOW_AREA))
                         saved.append((inner, inner.processor))
                         inner.set_processor(processors[-1])
                         covered.add(inner)
                 handles.append(module.register_forward_pre_hook(grid_of(processors)))
         for module in network.modules():
             if isinstance(module, attention) and module not in covered and _supported(module):
-                processor = LocalAttnProcessor(WINDOW_PX)
+                processor = LocalAttnProcessor(WINDOW_AREA)
                 saved.append((module, module.processor))
                 module.set_processor(processor)
                 handles.append(module.register_forward_pre_hook(window_of(processor)))
