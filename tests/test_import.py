@@ -135,7 +135,8 @@ def test_pickled_objects_are_refused(published, tmp_path):
             return (print, ("executed",))
 
     bad = tmp_path / "AEIC_SE_ft2.pkl"
-    bad.write_bytes(pickle.dumps({"state_dict_codec": Evil(), "state_dict_unet": {}}))
+    payload = {"state_dict_codec": Evil(), "state_dict_unet": {}}
+    bad.write_bytes(pickle.dumps(payload, protocol=2))  # torch.save's protocol: no warning
     with pytest.raises(CheckpointError, match="weights-only"):
         build_model(bad, published[1], published[2])
 

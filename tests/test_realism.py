@@ -244,7 +244,7 @@ def test_a_detail_decoder_adds_detail_to_the_fidelity_picture(
     for r in (1.0, 0.5):
         got = api.decode_image(data, decoder, precision="fp32", realism=r)
         expected = fid + r * ((real - fid) - gaussian_blur(real - fid, 2.0))
-        pixels = np.clip(np.round((expected + 1) / 2 * 255), 0, 255).permute(1, 2, 0)
+        pixels = ((expected + 1) / 2 * 255).round().clamp(0, 255).permute(1, 2, 0)
         assert np.abs(got.image.astype(int) - pixels.numpy().astype(int)).max() <= 1
     assert not np.array_equal(
         api.decode(data, decoder, precision="fp32", realism=1),
