@@ -110,7 +110,7 @@ def test_windowed_attention_is_global_attention_when_the_grid_fits() -> None:
 
 @pytest.mark.parametrize(
     ("height", "width", "area", "window", "block"),
-    [(11, 9, 16, (4, 4), (1, 1)), (5, 40, 50, (5, 10), (1, 2)), (30, 3, 60, (20, 3), (5, 1))],
+    [(11, 9, 16, (4, 4), (2, 2)), (5, 40, 50, (5, 10), (2, 5)), (30, 3, 60, (20, 3), (10, 1))],
 )
 def test_windowed_attention_is_masked_attention_over_each_blocks_window(
     height: int, width: int, area: int, window: tuple[int, int], block: tuple[int, int]

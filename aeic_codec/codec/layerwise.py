@@ -12,7 +12,7 @@ approximated it. Here:
   upsampler's output above LAZY_BYTES is never stored (``Lazy``: recomputed by rows where
   read) and a residual block that keeps its width runs fused over an input above
   FUSED_BYTES, so at most one activation of the full size is held at a time: a
-  4000 x 3000 decode of the shipped D peaks under 2.5 GB in float32 (the whole process),
+  4000 x 3000 decode of the shipped D peaks at about 2.5 GB in float32 (the whole process),
   where a plain call needs several times that.
   Its mid-block attention sees the whole latent, windowed by
   ``attention.local_attention``.

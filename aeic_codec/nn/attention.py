@@ -10,9 +10,12 @@ layer's scale; square where the grid allows) centred on the block, moved inwards
 borders. A picture whose layer has no more positions than the window (every Kodak image:
 768 x 512 px and below in area) attends globally as before, bit for bit the same call;
 beyond, each query sees as many keys as a 768 x 512 image gives all of its positions, so
-attention costs the same per pixel at any size. Neighbouring query blocks share three
-quarters of their keys (the block is a quarter of the window's side), so the output has
-no seams to speak of.
+attention costs the same per pixel at any size. A block is half the window's side, so every
+query sees at least a quarter of the window beyond its block on each side and
+neighbouring blocks share half of their keys: on kodim23 upscaled to 2048 x 2048 the
+columns at block edges differ from a global-attention decode no more than the others
+(no seams), and the decode is as far from the source as with blocks of a quarter (which
+cost a quarter more per pixel: sdpa is less efficient on few queries).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def windowed_sdpa(
     if height * width <= area:
         return F.scaled_dot_product_attention(query, key, value)
     window_h, window_w = window_shape(height, width, area)
-    block_h, block_w = max(window_h // 4, 1), max(window_w // 4, 1)
+    block_h, block_w = max(window_h // 2, 1), max(window_w // 2, 1)
     grid = (*query.shape[:2], height, width, -1)
     q, k, v = (t.reshape(grid) for t in (query, key, value))
     out = q.new_empty((*q.shape[:-1], value.shape[-1]))
