@@ -327,33 +327,42 @@ def _tiny_decode(decoder: nn.Sequential, latent: torch.Tensor, tick: Ticker) -> 
         x = layer(x)
     tick()
     for layers in stages:
-        x = _tiled(nn.Sequential(*layers), x, _reach(layers) + 1, tick)
+        core, scale, _ = _stage_tiles(layers, *x.shape[-2:])
+        x = tiled(nn.Sequential(*layers), x, core, _reach(layers) + 1, up=scale, tick=tick)
     return x * 2 - 1
 
 
-def _tiled(stage: nn.Sequential, x: torch.Tensor, halo: int, tick: Ticker) -> torch.Tensor:
-    """``stage(x)`` on tiles of x with ``halo`` pixels of context, their cores kept."""
+def tiled(
+    stage: nn.Module,
+    x: torch.Tensor,
+    core: int,
+    halo: int,
+    up: int = 1,
+    down: int = 1,
+    tick: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """``stage(x)`` on tiles of ``core`` input pixels with ``halo`` pixels of context, of
+    whose outputs only the cores are kept (channels-last). ``stage`` scales by up / down;
+    with ``down`` > 1, x's sides, ``core`` and ``halo`` are multiples of it."""
     height, width = x.shape[-2:]
-    core, scale, _ = _stage_tiles(list(stage), height, width)
     out = None
     for top in range(0, height, core):
         for left in range(0, width, core):
             bottom, right = min(top + core, height), min(left + core, width)
             y0, x0 = max(top - halo, 0), max(left - halo, 0)
             piece = stage(x[..., y0 : min(bottom + halo, height), x0 : min(right + halo, width)])
-            piece = piece[
-                ...,
-                (top - y0) * scale : (bottom - y0) * scale,
-                (left - x0) * scale : (right - x0) * scale,
-            ]
             if out is None:
-                shape = (*piece.shape[:2], height * scale, width * scale)
+                shape = (*piece.shape[:2], height * up // down, width * up // down)
                 layout = torch.channels_last
                 out = torch.empty(
                     shape, dtype=piece.dtype, device=piece.device, memory_format=layout
                 )
-            out[..., top * scale : bottom * scale, left * scale : right * scale] = piece
-            tick()
+            oy, ox = top * up // down, left * up // down
+            rows, cols = (bottom - top) * up // down, (right - left) * up // down
+            kept = piece[..., oy - y0 * up // down :, ox - x0 * up // down :][..., :rows, :cols]
+            out[..., oy : oy + rows, ox : ox + cols] = kept
+            if tick is not None:
+                tick()
     assert out is not None
     return out
 

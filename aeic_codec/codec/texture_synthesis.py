@@ -208,27 +208,11 @@ def tiled_encode(encoder: TinyEncoder, x: torch.Tensor, core: int = ENCODE_CORE)
 
 
 def _tiled_down(stage: nn.Sequential, x: torch.Tensor, core: int) -> torch.Tensor:
-    """``stage(x)`` on tiles of x with a halo of its reach, their cores kept; channels-last."""
-    layers = list(stage)
+    """``stage(x)`` on tiles of x with a halo of its reach (both aligned to its stride)."""
     stride = math.prod(m.stride[0] for m in stage.modules() if isinstance(m, nn.Conv2d))
-    halo = -(-_encoder_reach(layers) // stride) * stride
+    halo = -(-_encoder_reach(list(stage)) // stride) * stride
     core = max(core // stride, 1) * stride
-    height, width = x.shape[-2:]  # multiples of the stride
-    out = None
-    for top in range(0, height, core):
-        for left in range(0, width, core):
-            bottom, right = min(top + core, height), min(left + core, width)
-            y0, x0 = max(top - halo, 0), max(left - halo, 0)
-            piece = stage(x[..., y0 : min(bottom + halo, height), x0 : min(right + halo, width)])
-            if out is None:
-                shape = (*piece.shape[:2], height // stride, width // stride)
-                out = piece.new_empty(shape).contiguous(memory_format=torch.channels_last)
-            oy, ox = top // stride, left // stride  # y0, x0, halo: multiples of the stride
-            rows, cols = (bottom - top) // stride, (right - left) // stride
-            kept = piece[..., oy - y0 // stride :, ox - x0 // stride :][..., :rows, :cols]
-            out[..., oy : oy + rows, ox : ox + cols] = kept
-    assert out is not None
-    return out
+    return layerwise.tiled(stage, x, core, halo, down=stride)
 
 
 def _encoder_reach(layers: list[nn.Module]) -> int:
