@@ -273,19 +273,21 @@ def _sd_decode(decoder: nn.Module, l_0: torch.Tensor, tick: Ticker) -> torch.Ten
     return x
 
 
-def _reach(layers: list[nn.Module]) -> int:
+def reach(layers: list[nn.Module]) -> int:
     """How many input pixels of context these layers use on each side (a bound).
 
-    Counts every convolution's half-width at the scale it runs at; Upsample doubles it.
+    Counts every convolution's half-width at the scale it runs at: an Upsample halves
+    what follows it in input pixels, a strided convolution multiplies it (TAEF2's encoder).
     """
-    reach, scale = 0.0, 1
+    total, step = 0.0, 1.0  # input pixels per pixel of the current layer
     for layer in layers:
         for module in layer.modules():
             if isinstance(module, nn.Upsample):
-                scale *= int(module.scale_factor)
+                step /= float(module.scale_factor)
             elif isinstance(module, nn.Conv2d):
-                reach += (module.kernel_size[0] // 2) * module.dilation[0] / scale
-    return math.ceil(reach)
+                total += (module.kernel_size[0] // 2) * module.dilation[0] * step
+                step *= module.stride[0]
+    return math.ceil(total)
 
 
 def _tiny_stages(decoder: nn.Sequential) -> tuple[list[nn.Module], list[list[nn.Module]]]:
@@ -328,7 +330,7 @@ def _tiny_decode(decoder: nn.Sequential, latent: torch.Tensor, tick: Ticker) -> 
     tick()
     for layers in stages:
         core, scale, _ = _stage_tiles(layers, *x.shape[-2:])
-        x = tiled(nn.Sequential(*layers), x, core, _reach(layers) + 1, up=scale, tick=tick)
+        x = tiled(nn.Sequential(*layers), x, core, reach(layers) + 1, up=scale, tick=tick)
     return x * 2 - 1
 
 

@@ -210,21 +210,9 @@ def tiled_encode(encoder: TinyEncoder, x: torch.Tensor, core: int = ENCODE_CORE)
 def _tiled_down(stage: nn.Sequential, x: torch.Tensor, core: int) -> torch.Tensor:
     """``stage(x)`` on tiles of x with a halo of its reach (both aligned to its stride)."""
     stride = math.prod(m.stride[0] for m in stage.modules() if isinstance(m, nn.Conv2d))
-    halo = -(-_encoder_reach(list(stage)) // stride) * stride
+    halo = -(-layerwise.reach(list(stage)) // stride) * stride
     core = max(core // stride, 1) * stride
     return layerwise.tiled(stage, x, core, halo, down=stride)
-
-
-def _encoder_reach(layers: list[nn.Module]) -> int:
-    """Input pixels of context these layers use on each side (a bound): every
-    convolution's half-width at the stride it runs at."""
-    reach, stride = 0, 1
-    for layer in layers:
-        for module in layer.modules():
-            if isinstance(module, nn.Conv2d):
-                reach += (module.kernel_size[0] // 2) * module.dilation[0] * stride
-                stride *= module.stride[0]
-    return reach
 
 
 def without_lattice(change: np.ndarray, period: int) -> np.ndarray:
