@@ -145,7 +145,7 @@ def measure_rate_curve(
     out: dict[str, dict[str, Any]] = {}
     for n, (name, image) in enumerate(images.items()):
         x, dtype = _padded(image), resolve_precision(precision)
-        coder = _FileCoder(model, image, x, None, None, None, None, "cpu", dtype)
+        coder = _FileCoder(model, image, x, None, None, None, None, "cpu", dtype, False)
         rows = []
         for k, q in enumerate(steps):
             data = coder.encode(q).data
@@ -221,6 +221,7 @@ def encode_image(
     size: int | None = None,
     bpp: float | None = None,
     texture: bool = False,
+    fast: bool = False,
 ) -> EncodeResult:
     """Code an H x W x 3 uint8 image.
 
@@ -244,7 +245,9 @@ def encode_image(
     per step. A budget that nothing fits raises RateError naming the smallest file.
     ``texture`` also sends the source's fine-band power per block (format version 5,
     ``codec/texture.py``; a few dozen bytes, inside a budget too), which a decoder's
-    texture synthesis reads.
+    texture synthesis reads. ``fast`` runs the bundle's fast encoder (``nn/stem.py``:
+    g_a in about half the time; on Kodak 1.5 % fewer bytes and 0.05 dB less PSNR); a
+    bundle without one raises ValueError.
     """
     import torch
 
@@ -266,7 +269,7 @@ def encode_image(
         from aeic_codec.codec.texture import SourceTexture
 
         source = SourceTexture(image)
-    sides = (colour_fix, colour_grid, source, device, dtype)
+    sides = (colour_fix, colour_grid, source, device, dtype, fast)
     if ladder is None:
         coder = _FileCoder(model, image, x, integer, *sides)
         result = coder.encode(qstep)
@@ -328,6 +331,7 @@ class _FileCoder:
         texture: SourceTexture | None,
         device: str,
         dtype: torch.dtype,
+        fast: bool,
     ) -> None:
         if model.identity is None:
             raise BundleError("the model has no identity: load it from a bundle or save it first")
@@ -337,7 +341,7 @@ class _FileCoder:
             colour_fix = self.height * self.width > model.cfg.colorfix_min_pixels
         if colour_grid is None:
             colour_grid = bool(model.cfg.colour_grid)
-        self.y, self.z = model.analyse(x, device, dtype)
+        self.y, self.z = model.analyse(x, device, dtype, fast)
         self.codec = model.latent_codec(integer)
         self.colour, self.grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
         self.texture = texture
@@ -408,6 +412,7 @@ def encode(
     size: int | None = None,
     bpp: float | None = None,
     texture: bool = False,
+    fast: bool = False,
 ) -> bytes:
     """Code an H x W x 3 uint8 image into the bytes of an .aeic file (see encode_image)."""
     return encode_image(
@@ -422,6 +427,7 @@ def encode(
         size=size,
         bpp=bpp,
         texture=texture,
+        fast=fast,
     ).data
 
 

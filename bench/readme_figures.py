@@ -22,6 +22,7 @@ from aeic_codec.bundles.bundle import (
     INTEGER_PREFIX,
     REALISM_PREFIX,
     SHARED_PARTS,
+    STEM_PREFIX,
     SUFFIX,
 )
 from aeic_codec.nn.int8 import SCALE_PREFIX
@@ -47,14 +48,15 @@ def _tensor_shapes(path: Path) -> dict[str, list[int]]:
 
 
 def bundle_figures(path: Path) -> dict[str, str]:
-    """The model's parameters (its realism decoder, int8 scales and integer copies apart),
-    those the decoder needs, the realism decoder's, and the file's size, as written."""
+    """The model's parameters (its realism decoder, fast encoder, int8 scales and integer
+    copies apart), those the decoder needs, the realism decoder's, and the file's size, as
+    written."""
     params = decoder = realism = 0
     for key, shape in _tensor_shapes(path).items():
         n = math.prod(shape)
         if key.startswith(REALISM_PREFIX):
             realism += n
-        elif not key.startswith((SCALE_PREFIX, INTEGER_PREFIX)):
+        elif not key.startswith((SCALE_PREFIX, INTEGER_PREFIX, STEM_PREFIX)):
             params += n
             decoder += n if key.startswith(DECODER_PARTS + SHARED_PARTS) else 0
     return {

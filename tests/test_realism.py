@@ -12,13 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from aeic_codec import api
-from aeic_codec.bundles.bundle import (
-    BundleError,
-    attach_realism,
-    load_bundle,
-    read_info,
-    save_bundle,
-)
+from aeic_codec.bundles.bundle import BundleError, load_bundle, read_info, save_bundle
+from aeic_codec.bundles.copies import attach_realism
 from aeic_codec.cli import main
 from aeic_codec.codec.model import AEIC
 from aeic_codec.codec.realism import RealismDecoder

@@ -3,7 +3,8 @@
 A bundle holds the tensors and, in its metadata, the bundle format version, the model
 configuration, variant, lambda, the integer frequency tables, provenance and the model
 identity: the first 4 bytes of a SHA-256 over the configuration and every tensor (but
-an optional realism decoder's, see realism.py), which each .aeic header carries. Each
+an optional realism decoder's, see realism.py, and an optional fast encoder's stem,
+nn/stem.py), which each .aeic header carries. Each
 side (encoder and entropy model; generative decoder) is stored as float32, bfloat16 or
 int8. int8 applies to weight matrices and kernels (one float32 scale per output channel,
 under ``int8_scale.<key>``); biases, norms and the z prior of an int8 side stay
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aeic_codec.nn.config import ModelConfig
+from aeic_codec.nn.config import ModelConfig, StemConfig
 from aeic_codec.nn.int8 import SCALE_PREFIX, dequantize_int8, quantize_int8
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ SHIPPED_WEIGHTS = (
     Path(__file__).resolve().parents[2] / "weights",
     Path(sys.prefix) / "share" / "aeic" / "weights",
 )
-ENCODER_PARTS = ("g_a.", "h_a.")
+STEM_PREFIX = "stem."  # the optional fast encoder's stem (nn/stem.py), outside the identity
+ENCODER_PARTS = ("g_a.", "h_a.", STEM_PREFIX)
 SHARED_PARTS = ("h_s.", "context.", "entropy_bottleneck.")
 REALISM_PREFIX = "realism."  # the optional realism decoder (realism.py), outside the identity
 DECODER_PARTS = ("g_s.", "denoiser.", "vae.", REALISM_PREFIX)
@@ -70,6 +72,7 @@ class BundleInfo:
     size: int
     metadata: dict[str, str]
     realism: ModelConfig | None = None  # the realism decoder's configuration, if it has one
+    stem: StemConfig | None = None  # the fast encoder's stem, if it has one
 
     @property
     def variant(self) -> str:
@@ -98,6 +101,7 @@ class BundleInfo:
             "lambda": self.lambda_,
             "size_bytes": self.size,
             "realism": self.realism is not None,
+            "fast_encoder": self.stem is not None,
             "provenance": self.provenance,
         }
 
@@ -130,6 +134,7 @@ def read_info(path: str | os.PathLike[str]) -> BundleInfo:
     try:
         config = ModelConfig.from_json(meta["config"])
         realism = meta.get("realism_config")
+        stem = meta.get("stem_config")
         lam = meta.get("lambda")
         return BundleInfo(
             path=path,
@@ -140,6 +145,7 @@ def read_info(path: str | os.PathLike[str]) -> BundleInfo:
             size=size,
             metadata=meta,
             realism=ModelConfig.from_json(realism) if realism else None,
+            stem=StemConfig.from_json(stem) if stem else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise BundleError(f"{path}: malformed aeic bundle metadata ({exc})") from exc
@@ -150,16 +156,26 @@ def is_realism_key(key: str) -> bool:
     return key.removeprefix(SCALE_PREFIX).startswith(REALISM_PREFIX)
 
 
+def is_stem_key(key: str) -> bool:
+    """A tensor of the fast encoder's stem (or the int8 scale of one)."""
+    return key.removeprefix(SCALE_PREFIX).startswith(STEM_PREFIX)
+
+
 def identity_of(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
     """First 4 bytes (8 hex digits) of SHA-256 over the config and every tensor.
 
     A realism decoder's tensors are left out: files never depend on it, so adding or
-    retraining one keeps every file of the bundle decodable. So are the integer entropy
-    path's (``integer.`` keys): adding them keeps the identity, so files of the float path
-    still find their bundle (integer-path files name ``integer_identity_of``).
+    retraining one keeps every file of the bundle decodable; likewise a fast encoder's
+    stem, which only the encoder runs. So are the integer entropy path's (``integer.``
+    keys): adding them keeps the identity, so files of the float path still find their
+    bundle (integer-path files name ``integer_identity_of``).
     """
     h = hashlib.sha256(config_json.encode())
-    kept = {k: v for k, v in tensors.items() if not is_realism_key(k) and not is_integer_key(k)}
+    kept = {
+        k: v
+        for k, v in tensors.items()
+        if not is_realism_key(k) and not is_integer_key(k) and not is_stem_key(k)
+    }
     _hash_tensors(h, kept)
     return h.hexdigest()[:8]
 
@@ -196,7 +212,7 @@ def _storage_of(key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype
     return side
 
 
-def _stored(
+def stored_tensors(
     key: str, value: torch.Tensor, encoder_dtype: str, decoder_dtype: str
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The tensors a bundle writes for ``value``, and the value loading gives back."""
@@ -215,7 +231,7 @@ def stored_value(
     key: str, value: torch.Tensor, encoder_dtype: str = "fp32", decoder_dtype: str = "bf16"
 ) -> torch.Tensor:
     """The tensor a bundle gives back for ``value`` (float32 if floating): what loading sees."""
-    return _stored(key, value, encoder_dtype, decoder_dtype)[1]
+    return stored_tensors(key, value, encoder_dtype, decoder_dtype)[1]
 
 
 def save_bundle(
@@ -249,7 +265,7 @@ def save_bundle(
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for key, value in model.state_dict().items():
-            written, restored = _stored(key, value, encoder_dtype, decoder_dtype)
+            written, restored = stored_tensors(key, value, encoder_dtype, decoder_dtype)
             tensors.update(written)
             if value.is_floating_point() and not key.startswith(DECODER_PARTS):
                 value.copy_(restored)
@@ -268,84 +284,11 @@ def save_bundle(
     }
     if model.realism is not None:
         metadata["realism_config"] = model.realism.cfg.to_json()
+    if model.stem is not None:
+        metadata["stem_config"] = model.stem.config.to_json()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     model.identity = identity
-    return identity
-
-
-def attach_realism(
-    path: str | os.PathLike[str],
-    decoder: torch.nn.Module,
-    output: str | os.PathLike[str],
-    decoder_dtype: str = "int8",
-    provenance: dict[str, Any] | None = None,
-) -> str:
-    """Write a copy of a bundle carrying ``decoder`` (a RealismDecoder) as its realism decoder.
-
-    Every other tensor and the identity stay as they were (a realism decoder already in
-    the bundle is replaced), so the copy decodes every file the original made.
-    """
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from aeic_codec.runtime.files import atomic_path
-
-    info = read_info(path)
-    try:
-        tensors = {k: v for k, v in load_file(str(info.path)).items() if not is_realism_key(k)}
-    except Exception as exc:  # safetensors raises its own error types for bad files
-        raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
-    for key, value in decoder.state_dict().items():
-        tensors.update(_stored(REALISM_PREFIX + key, value, "fp32", decoder_dtype)[0])
-    identity = identity_of(info.config.identity_json(), tensors)
-    if identity != info.identity:
-        raise BundleError(f"{info.path}: its tensors do not give its identity {info.identity}")
-    meta = dict(info.metadata, realism_config=decoder.cfg.to_json())
-    meta["provenance"] = json.dumps(dict(info.provenance, realism=provenance or {}), sort_keys=True)
-    if any(t.dtype == torch.int8 for t in tensors.values()):
-        meta["aeic_bundle"] = BUNDLE_FORMATS[1]
-    with atomic_path(output) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return identity
-
-
-def set_colour_grid(
-    path: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    cell: int,
-    step: int | None = None,
-) -> str:
-    """Write a copy of a bundle whose encoder sends another colour grid; returns its identity.
-
-    The grid is the encoder's choice and every file carries its own cell and step, so the
-    tensors, tables and identity stay as they were and the copy decodes the original's
-    files. ``cell`` 0 turns the grid off; ``step`` None keeps the bundle's.
-    """
-    from safetensors.torch import load_file, save_file
-
-    from aeic_codec.runtime.files import atomic_path
-
-    info = read_info(path)
-    old = info.config
-    step = old.colour_grid_step if step is None else step
-    # Without a grid the step is not stored: an unused --step is not checked.
-    config = old.replace(colour_grid=cell, colour_grid_step=step if cell else old.colour_grid_step)
-    try:
-        tensors = load_file(str(info.path))
-    except Exception as exc:  # safetensors raises its own error types for bad files
-        raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
-    identity = identity_of(config.identity_json(), tensors)
-    provenance = dict(info.provenance)
-    provenance.setdefault("trained_colour_grid", [old.colour_grid, old.colour_grid_step])
-    metadata = dict(
-        info.metadata,
-        config=config.to_json(),
-        identity=identity,
-        provenance=json.dumps(provenance, sort_keys=True),
-    )
-    with atomic_path(output) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
     return identity
 
 
@@ -377,6 +320,10 @@ def load_bundle(
             from aeic_codec.codec.realism import RealismDecoder
 
             model.realism = RealismDecoder(info.realism)
+        if encoder and info.stem is not None:
+            from aeic_codec.nn.stem import AnalysisStem
+
+            model.stem = AnalysisStem(info.config, info.stem)
     # Filled in place: the parameters' own memory is written once, with no temporaries.
     targets = model.state_dict()
     try:

@@ -196,6 +196,7 @@ class EncodeWork(_Work):
     size: int | None = None
     bpp: float | None = None
     texture: bool = False
+    fast: bool = False
     debug: bool = False
     _model: Any = None
 
@@ -223,6 +224,7 @@ class EncodeWork(_Work):
             size=self.size,
             texture=self.texture,
             bpp=self.bpp,
+            fast=self.fast,
         )
         outcome.data = result.data
         h, w = image.shape[:2]

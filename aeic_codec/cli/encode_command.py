@@ -75,6 +75,13 @@ ENCODING = Direction(".aeic", IMAGE_SUFFIXES, "compressed data", "encoded")
     "when the bundle has the integer one; such files decode reliably only on a like machine.",
 )
 @click.option(
+    "--fast",
+    is_flag=True,
+    help="Use the bundle's fast encoder: a distilled stem in place of g_a's finest levels, "
+    "about half the analysis work; on Kodak, files 1.5 % smaller and 0.05 dB lower in PSNR "
+    "(aeic weights list shows which bundles have one).",
+)
+@click.option(
     "--verify",
     is_flag=True,
     help="Decode each file's latents again before writing it and fail unless they (and the "
@@ -93,6 +100,7 @@ def encode(
     device: str,
     precision: str,
     float_entropy: bool,
+    fast: bool,
     verify: bool,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF; files or directories) to .aeic."""
@@ -116,6 +124,10 @@ def encode(
             raise click.UsageError(
                 f"lambda {lambda_:g} is no bundle's own: it needs the integer entropy path"
             )
+        chosen = [r.info for r in ladder.rungs] if ladder is not None else [info]
+        slow = [str(b.path) for b in chosen if b is not None and b.stem is None]
+        if fast and slow:
+            raise BundleError(f"{slow[0]}: no fast encoder (aeic weights fast-encoder adds one)")
     except (BundleError, ValueError, click.UsageError) as exc:
         refuse(exc, options.debug)
     work = batch.EncodeWork(
@@ -133,5 +145,6 @@ def encode(
         size=size,
         bpp=bpp,
         texture=texture,
+        fast=fast,
     )
     coding.run(work, device, precision)

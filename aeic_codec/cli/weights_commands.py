@@ -52,8 +52,9 @@ def weights_list(as_json: bool, where: str | None) -> None:
         else:
             lam = f"{b.lambda_:g}" if b.lambda_ is not None else "-"
             realism = "realism" if b.realism is not None else "-"
+            fast = "fast" if b.stem is not None else "-"
             click.echo(
-                f"{b.file_identity}  {b.variant:<12} lambda {lam:<6} {realism:<7} "
+                f"{b.file_identity}  {b.variant:<12} lambda {lam:<6} {realism:<7} {fast:<4} "
                 f"{b.size / 1e6:8.1f} MB  {b.path}"
             )
 
@@ -186,7 +187,7 @@ def weights_set_grid(
 
     The weights and the identity are kept: the copy decodes the original's files too.
     """
-    from aeic_codec.bundles.bundle import set_colour_grid
+    from aeic_codec.bundles.copies import set_colour_grid
 
     check_output(output, force)
     try:
@@ -362,4 +363,79 @@ def weights_texture_book(
         save_texture(output, made, source)
         click.echo(f"aeic: wrote {output} ({len(made.book.keys)} exemplars)", err=True)
     except (OSError, ValueError) as exc:
+        fail_hard(exc, debug)
+
+
+@weights.command("fast-encoder")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_bundle_output
+@click.option(
+    "--photos",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Training photographs (never the images you evaluate on).",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True)
+@click.option(
+    "--level",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="How many of g_a's levels (from the image side) the stem stands in for.",
+)
+@click.option(
+    "--blocks", type=click.IntRange(min=0), default=1, show_default=True, help="StarBlocks in it."
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    help="Training state, written every 2 minutes; a run given the same file goes on from it.",
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
+@debug_option
+def weights_fast_encoder(
+    bundle: str,
+    output: str,
+    photos: str,
+    steps: int,
+    level: int,
+    blocks: int,
+    checkpoint: str | None,
+    force: bool,
+    debug: bool,
+) -> None:
+    """Copy a bundle with a fast encoder: a stem distilled from its g_a (aeic encode --fast).
+
+    The stem stands in for g_a's finest levels; the copy keeps the identity and decodes
+    every file the bundle made (docs/architecture.md, section 3).
+    """
+    from aeic_codec.bundles.bundle import load_bundle
+    from aeic_codec.bundles.copies import attach_stem
+    from aeic_codec.nn.config import StemConfig
+    from aeic_codec.tools.stem import distil_stem
+    from aeic_codec.tools.texture_book import photo_files
+
+    check_output(output, force)
+    try:
+        config = StemConfig(level=level, blocks=blocks)
+        model = load_bundle(bundle, decoder=False)
+        config.check(model.cfg)
+        bar = BatchProgress(1, sys.stderr) if on_terminal() else None
+        if bar:
+            bar.begin(f"distilling a stem from {Path(bundle).name}")
+        files = photo_files(photos)
+        stem = distil_stem(
+            model,
+            files,
+            config,
+            steps,
+            checkpoint=checkpoint,
+            progress=(lambda done, total, _loss: bar.tiles(done, total)) if bar else None,
+        )
+        if bar:
+            bar.clear()
+        source = {"photos": len(files), "steps": steps}
+        identity = attach_stem(bundle, stem, output, provenance=source)
+        click.echo(f"aeic: wrote {output} (identity {identity}, with a fast encoder)", err=True)
+    except (OSError, ValueError) as exc:  # BundleError is a ValueError
         fail_hard(exc, debug)

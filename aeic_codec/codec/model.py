@@ -96,6 +96,7 @@ class AEIC(nn.Module):
             self.denoiser = Denoiser(cfg)
             self.vae = build_vae(cfg)
         self.realism: nn.Module | None = None  # an optional RealismDecoder (realism.py)
+        self.stem: nn.Module | None = None  # the fast encoder's front (nn/stem.py), optional
         self.z_tables: FreqTables | None = None
         self.y_tables: FreqTables | None = None
         self.integer: IntegerEntropy | None = None  # the integer entropy path, if converted
@@ -151,22 +152,32 @@ class AEIC(nn.Module):
 
     @torch.no_grad()
     def analyse(
-        self, x: torch.Tensor, device: str = "cpu", dtype: torch.dtype = torch.float32
+        self,
+        x: torch.Tensor,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        fast: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """y and z (float32, on the CPU) of a padded image, g_a and h_a run on ``device``.
 
         A ``dtype`` other than float32 runs g_a's convolutions and products in it
         (autocast): y moves by a fraction of a quantisation step, which changes a few
         symbols and no decoder's arithmetic (the entropy path takes y as it comes).
+        ``fast`` puts the bundle's stem (``nn/stem.py``) in place of g_a's first levels.
         """
         if self.g_a is None or self.h_a is None:
             raise RuntimeError("this model was loaded without its encoder")
+        stem = self.stem
+        if fast and stem is None:
+            raise ValueError("this bundle has no fast encoder (aeic weights fast-encoder adds one)")
+        parts = [self.g_a, self.h_a, *([stem] if fast else [])]
         if device != "cpu":
-            self.g_a.to(device)
-            self.h_a.to(device)
+            for part in parts:
+                part.to(device)
         kind = torch.device(device).type
+        x = x.to(device)
         with torch.autocast(kind, dtype=dtype, enabled=dtype != torch.float32):
-            y = self.g_a(x.to(device)).float()
+            y = (self.g_a(stem(x), stem.level) if fast else self.g_a(x)).float()
         z = self.h_a(y).float()
         return y.cpu(), z.cpu()
 

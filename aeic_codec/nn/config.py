@@ -154,6 +154,34 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class StemConfig:
+    """The fast encoder's front (``nn/stem.py``): it stands in for g_a's first ``level``
+    levels (each a Down and its StarBlocks) with one 3x3 convolution over pixel patches of
+    2**level and ``blocks`` StarBlocks at g_a's width of that level. A bundle stores it
+    beside its configuration (``stem_config``) when it carries a fast encoder."""
+
+    level: int = 2
+    blocks: int = 1
+
+    def check(self, cfg: ModelConfig) -> None:
+        """Raise ValueError unless this front fits g_a of ``cfg``."""
+        if not 1 <= self.level < len(cfg.ga_dims):
+            raise ValueError(f"stem level must be 1..{len(cfg.ga_dims) - 1}, got {self.level}")
+        if self.blocks < 0:
+            raise ValueError(f"stem blocks must be 0 or more, got {self.blocks}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> StemConfig:
+        data = json.loads(text)
+        if not isinstance(data, dict) or set(data) - {"level", "blocks"}:
+            raise ValueError(f"not a stem configuration: {text[:60]}")
+        return cls(**data)
+
+
 VAE_KINDS = ("sd", "tiny")
 # Fields added after bundles were first written: left out of the JSON at these values.
 _LATER_DEFAULTS: dict[str, Any] = {

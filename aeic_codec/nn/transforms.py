@@ -56,15 +56,19 @@ class AnalysisTransform(nn.Module):
             layers.extend(StarBlock(dim) for _ in range(cfg.ga_blocks))
             cin = dim
         self.analysis_transform = nn.Sequential(*layers)
+        self.level_size = 1 + cfg.ga_blocks  # layers per level: a Down and its StarBlocks
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """y of an image; with ``level`` > 0, of the features g_a's first ``level``
+        levels would give (the fast encoder's stem gives them, ``stem.py``)."""
+        layers = self.analysis_transform[level * self.level_size :]
         if torch.is_grad_enabled() or x.shape[0] != 1 or x.device.type != "cpu":
-            return self.analysis_transform(x)
+            return layers(x)
         # Encoding on the CPU: StarBlocks in bands of rows (their memory traffic, not
         # their arithmetic, is most of g_a's time at full resolution), every tensor
         # channels-last, so that bands, depthwise convolutions and Downs move whole pixels.
         x = x.contiguous(memory_format=torch.channels_last)
-        for layer in self.analysis_transform:
+        for layer in layers:
             x = layer.forward_banded(x) if isinstance(layer, StarBlock) else layer(x)
         return x.contiguous()  # y as the entropy path and callers take it
 

@@ -466,7 +466,7 @@ def shipped_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def export(cfg: RealismConfig, checkpoint: Path, output: Path, config_name: str) -> str:
     """Write the base bundle with the checkpoint's realism decoder attached (int8)."""
-    from aeic_codec.bundles.bundle import attach_realism
+    from aeic_codec.bundles.copies import attach_realism
     from aeic_codec.nn.config import ModelConfig
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -1,0 +1,119 @@
+"""Distil the fast encoder's stem (``nn/stem.py``) from a bundle's own g_a.
+
+The stem learns to give what g_a's first levels give, on random crops of training
+photographs (long side at most 768 pixels, Kodak's scale of detail): the loss is the
+squared error of y (g_a's remaining levels run on the stem's output, frozen) plus a tenth
+of that of the features themselves, each relative to the teacher's variance. g_a stays
+as it is, so the bundle keeps its identity and decodes every file it made; only the
+encoder of ``--fast`` changes. Resumable: with a checkpoint path, the state is written
+there every CHECKPOINT_SECONDS and a run with the same path goes on from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aeic_codec.codec.model import AEIC
+from aeic_codec.nn.config import StemConfig
+from aeic_codec.nn.stem import AnalysisStem
+from aeic_codec.nn.transforms import from_pixels
+
+from .texture_book import photo
+
+FEATURE_WEIGHT = 0.1  # of the features' relative error, beside y's
+CHECKPOINT_SECONDS = 120.0
+
+
+def distil_stem(
+    model: AEIC,
+    photos: Sequence[Path],
+    config: StemConfig,
+    steps: int,
+    *,
+    batch: int = 8,
+    crop: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    checkpoint: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> AnalysisStem:
+    """A stem for ``model`` distilled on crops of ``photos`` in ``steps`` Adam steps (cosine
+    learning rate from ``lr``); ``progress(step, steps, loss)`` after every step."""
+    if model.g_a is None:
+        raise ValueError("the bundle was loaded without its encoder")
+    if crop % 2 ** len(model.cfg.ga_dims):
+        raise ValueError(f"crop must be a multiple of {2 ** len(model.cfg.ga_dims)}, got {crop}")
+    images = [p for p in (photo(path) for path in photos) if min(p.shape[:2]) >= crop]
+    if not images:
+        raise ValueError(f"no photograph of at least {crop}x{crop} pixels")
+    g_a = model.g_a.requires_grad_(False).eval()
+    start = config.level * g_a.level_size
+    front, rest = g_a.analysis_transform[:start], g_a.analysis_transform[start:]
+    torch.manual_seed(seed)
+    stem = AnalysisStem(model.cfg, config)
+    optimiser = torch.optim.Adam(stem.parameters(), lr=lr)
+    done = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    made_for = {"identity": model.identity, "config": config.to_json(), "steps": steps}
+    if path is not None and path.exists():
+        state = torch.load(path, weights_only=True)
+        if state.get("made_for") != made_for:
+            raise ValueError(f"{path}: a checkpoint of another bundle, stem or number of steps")
+        stem.load_state_dict(state["stem"])
+        optimiser.load_state_dict(state["optimiser"])
+        done = int(state["step"])
+    with torch.no_grad():  # the teacher's spread, to weigh both errors alike
+        x = _crops(images, batch, crop, random.Random(seed - 1))
+        features = front(x)
+        spread = (features.var().item(), rest(features).var().item())
+    saved = time.monotonic()
+    for step in range(done, steps):
+        for group in optimiser.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        x = _crops(images, batch, crop, random.Random(seed * 1_000_003 + step))
+        with torch.no_grad():
+            target = front(x)
+            y_target = rest(target)
+        out = stem(x)
+        loss = F.mse_loss(rest(out), y_target) / spread[1]
+        loss = loss + FEATURE_WEIGHT * F.mse_loss(out, target) / spread[0]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if progress is not None:
+            progress(step + 1, steps, float(loss.detach()))
+        due = time.monotonic() - saved > CHECKPOINT_SECONDS or step + 1 == steps
+        if path is not None and due:
+            _save(path, {"stem": stem, "optimiser": optimiser, "made_for": made_for}, step + 1)
+            saved = time.monotonic()
+    return stem.eval().requires_grad_(False)
+
+
+def _crops(images: list[np.ndarray], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
+    """``batch`` random crops (the same for the same ``rng``), as the networks take them."""
+    out = []
+    for _ in range(batch):
+        image = images[rng.randrange(len(images))]
+        top = rng.randrange(image.shape[0] - crop + 1)
+        left = rng.randrange(image.shape[1] - crop + 1)
+        out.append(torch.from_numpy(image[top : top + crop, left : left + crop].copy()))
+    return from_pixels(torch.stack(out).permute(0, 3, 1, 2))
+
+
+def _save(path: Path, parts: dict[str, Any], step: int) -> None:
+    """The training state (state dicts of the modules and the optimiser), atomically."""
+    from aeic_codec.runtime.files import atomic_path
+
+    state = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in parts.items()}
+    with atomic_path(path) as tmp:
+        torch.save(dict(state, step=step), tmp)

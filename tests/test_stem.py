@@ -1,0 +1,132 @@
+"""The fast encoder: a stem distilled in place of g_a's finest levels (nn/stem.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from aeic_codec import api
+from aeic_codec.bundles.bundle import load_bundle, read_info
+from aeic_codec.bundles.copies import attach_stem
+from aeic_codec.cli.app import main
+from aeic_codec.nn.config import StemConfig, tiny_config
+from aeic_codec.nn.stem import AnalysisStem
+from aeic_codec.tools.stem import distil_stem
+
+from .conftest import make_image
+
+
+def _photos(folder, count=3, size=(96, 128)):
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(make_image(*size, seed=i)).save(folder / f"p{i}.png")
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def fast_bundle(tiny_bundle, tmp_path_factory):
+    torch.manual_seed(3)
+    out = tmp_path_factory.mktemp("fast") / "tiny-l16.safetensors"
+    attach_stem(tiny_bundle, AnalysisStem(tiny_config(), StemConfig()), out)
+    return out
+
+
+def test_stem_gives_the_features_of_g_a_at_its_level():
+    cfg = tiny_config()
+    for level in (1, 2, 3):
+        stem = AnalysisStem(cfg, StemConfig(level=level, blocks=1)).eval()
+        x = torch.rand(1, 3, 64, 96)
+        with torch.no_grad():
+            out = stem(x)
+        assert out.shape == (1, cfg.ga_dims[level - 1], 64 >> level, 96 >> level)
+
+
+def test_stem_config_is_checked_and_round_trips():
+    with pytest.raises(ValueError, match=r"level must be 1\.\.4"):
+        StemConfig(level=5).check(tiny_config())
+    with pytest.raises(ValueError, match="not a stem configuration"):
+        StemConfig.from_json('{"level": 2, "width": 3}')
+    assert StemConfig.from_json(StemConfig(3, 0).to_json()) == StemConfig(3, 0)
+
+
+def test_attaching_a_stem_keeps_the_identity_and_the_files(tiny_bundle, fast_bundle):
+    before, after = read_info(tiny_bundle), read_info(fast_bundle)
+    assert after.identity == before.identity and after.stem == StemConfig()
+    assert before.stem is None
+    image = make_image(64, 96)
+    plain = load_bundle(tiny_bundle, decoder=False)
+    with_stem = load_bundle(fast_bundle, decoder=False)
+    # The same g_a: the default encoder makes the same file with either bundle.
+    assert api.encode(image, plain) == api.encode(image, with_stem)
+    # A decoder-only load skips the stem; it decodes the fast encoder's files.
+    decoder = load_bundle(fast_bundle, encoder=False)
+    assert decoder.stem is None
+    fast = api.encode(image, with_stem, fast=True)
+    assert fast != api.encode(image, with_stem)
+    assert api.decode(fast, decoder).shape == image.shape
+
+
+def test_fast_needs_a_bundle_with_a_stem(tiny_bundle, fast_bundle, tmp_path):
+    model = load_bundle(tiny_bundle, decoder=False)
+    with pytest.raises(ValueError, match="no fast encoder"):
+        api.encode(make_image(32, 32), model, fast=True)
+    png = tmp_path / "a.png"
+    Image.fromarray(make_image(40, 48)).save(png)
+    runner = CliRunner()
+    result = runner.invoke(main, ["encode", str(png), "--fast", "--weights", str(tiny_bundle)])
+    assert result.exit_code == 2
+    assert "no fast encoder" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "a.aeic").exists()
+    result = runner.invoke(main, ["encode", str(png), "--fast", "--weights", str(fast_bundle)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a.aeic").stat().st_size > 0
+
+
+def test_weights_list_shows_the_fast_encoder(fast_bundle):
+    result = CliRunner().invoke(main, ["weights", "list", "--weights", str(fast_bundle), "--json"])
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    mine = [r for r in rows if r["path"] == str(fast_bundle)]
+    assert mine and mine[0]["fast_encoder"] is True
+
+
+def test_distillation_learns_and_resumes(tiny_bundle, tmp_path):
+    photos = _photos(tmp_path / "photos")
+    model = load_bundle(tiny_bundle, decoder=False)
+    losses: list[float] = []
+    ck = tmp_path / "state.pt"
+    cfg = StemConfig(level=2, blocks=1)
+    kw = {"batch": 2, "crop": 64, "checkpoint": ck}
+    stem = distil_stem(model, photos, cfg, 40, progress=lambda s, n, v: losses.append(v), **kw)
+    assert len(losses) == 40 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    # The finished state resumes to the same stem without another step.
+    again = distil_stem(model, photos, cfg, 40, progress=lambda *a: losses.append(0), **kw)
+    assert len(losses) == 40
+    for a, b in zip(stem.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="another bundle, stem or number of steps"):
+        distil_stem(model, photos, cfg, 41, **kw)
+
+
+def test_distillation_refuses_photos_smaller_than_a_crop(tiny_bundle, tmp_path):
+    photos = _photos(tmp_path / "small", size=(40, 48))
+    with pytest.raises(ValueError, match="no photograph of at least 64x64"):
+        distil_stem(load_bundle(tiny_bundle, decoder=False), photos, StemConfig(), 2, crop=64)
+
+
+def test_fast_encoder_command_writes_a_bundle_with_a_stem(tiny_bundle, tmp_path):
+    _photos(tmp_path / "photos", size=(256, 288))
+    out = tmp_path / "out.safetensors"
+    args = ["weights", "fast-encoder", str(tiny_bundle), "-o", str(out)]
+    args += ["--photos", str(tmp_path / "photos"), "--steps", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    info = read_info(out)
+    assert info.stem == StemConfig() and info.identity == read_info(tiny_bundle).identity
+    assert json.loads(info.metadata["provenance"])["stem"] == {"photos": 3, "steps": 3}
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "exists" in again.output
