@@ -24,6 +24,13 @@ _bundle_output = click.option(
     help="The bundle to write (.safetensors).",
 )
 
+_photos_option = click.option(
+    "--photos",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Training photographs (never the images you evaluate on).",
+)
+
 
 @click.group()
 def weights() -> None:
@@ -308,12 +315,7 @@ def weights_calibrate_rate(
 
 @weights.command("texture-book")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--photos",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Training photographs (never the images you evaluate on).",
-)
+@_photos_option
 @click.option(
     "--taef2",
     required=True,
@@ -369,13 +371,14 @@ def weights_texture_book(
 @weights.command("fast-encoder")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @_bundle_output
+@_photos_option
 @click.option(
-    "--photos",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Training photographs (never the images you evaluate on).",
+    "--steps",
+    type=click.IntRange(min=1),
+    default=4000,
+    show_default=True,
+    help="Training steps, each on 8 random 256 px crops (about 0.33 s on 2 cores).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=4000, show_default=True)
 @click.option(
     "--level",
     type=click.IntRange(min=1),
