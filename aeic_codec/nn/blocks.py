@@ -11,6 +11,8 @@ without renaming: ``dwconv``/``depthconv``, ``norm``, ``fc1``, ``fc2``, ``conv``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -140,6 +142,19 @@ class StarBlock(nn.Module):
             res = F.linear(gated, w2, self.fc2.bias)
             torch.add(x[0, :, band], res.permute(2, 0, 1), out=out[0, :, band])
         return out
+
+
+def run_layers(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The layers one after another; encoding one image on the CPU, channels-last with
+    StarBlocks in bands of rows (their memory traffic, not their arithmetic, is most of
+    g_a's time at full resolution), so that bands, depthwise convolutions and Downs move
+    whole pixels."""
+    banded = not torch.is_grad_enabled() and x.shape[0] == 1 and x.device.type == "cpu"
+    if banded:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for layer in layers:
+        x = layer.forward_banded(x) if banded and isinstance(layer, StarBlock) else layer(x)
+    return x
 
 
 class InceptionNeXt(nn.Module):

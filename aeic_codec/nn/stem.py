@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import StarBlock
+from .blocks import StarBlock, run_layers
 from .config import ModelConfig, StemConfig
 
 
@@ -33,14 +33,4 @@ class AnalysisStem(nn.Module):
         self.blocks = nn.ModuleList(StarBlock(width) for _ in range(stem.blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pixel_unshuffle(x, self.patch)
-        if torch.is_grad_enabled() or x.shape[0] != 1 or x.device.type != "cpu":
-            x = self.conv(x)
-            for block in self.blocks:
-                x = block(x)
-            return x
-        # Encoding on the CPU: channels-last, StarBlocks in bands (as g_a runs them).
-        x = self.conv(x.contiguous(memory_format=torch.channels_last))
-        for block in self.blocks:
-            x = block.forward_banded(x)
-        return x
+        return run_layers([self.conv, *self.blocks], F.pixel_unshuffle(x, self.patch))

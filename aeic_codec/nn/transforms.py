@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Adapter, Down, StarBlock, Up
+from .blocks import Adapter, Down, StarBlock, Up, run_layers
 from .config import ModelConfig
 
 
@@ -61,16 +61,8 @@ class AnalysisTransform(nn.Module):
     def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
         """y of an image; with ``level`` > 0, of the features g_a's first ``level``
         levels would give (the fast encoder's stem gives them, ``stem.py``)."""
-        layers = self.analysis_transform[level * self.level_size :]
-        if torch.is_grad_enabled() or x.shape[0] != 1 or x.device.type != "cpu":
-            return layers(x)
-        # Encoding on the CPU: StarBlocks in bands of rows (their memory traffic, not
-        # their arithmetic, is most of g_a's time at full resolution), every tensor
-        # channels-last, so that bands, depthwise convolutions and Downs move whole pixels.
-        x = x.contiguous(memory_format=torch.channels_last)
-        for layer in layers:
-            x = layer.forward_banded(x) if isinstance(layer, StarBlock) else layer(x)
-        return x.contiguous()  # y as the entropy path and callers take it
+        # contiguous: y as the entropy path and callers take it (a no-op in training)
+        return run_layers(self.analysis_transform[level * self.level_size :], x).contiguous()
 
 
 class HyperAnalysis(nn.Module):
