@@ -144,12 +144,17 @@ class StarBlock(nn.Module):
         return out
 
 
+def encoding_one_image(x: torch.Tensor) -> bool:
+    """Inference on one image on the CPU: where StarBlocks run in bands (``run_layers``)."""
+    return not torch.is_grad_enabled() and x.shape[0] == 1 and x.device.type == "cpu"
+
+
 def run_layers(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """The layers one after another; encoding one image on the CPU, channels-last with
     StarBlocks in bands of rows (their memory traffic, not their arithmetic, is most of
     g_a's time at full resolution), so that bands, depthwise convolutions and Downs move
     whole pixels."""
-    banded = not torch.is_grad_enabled() and x.shape[0] == 1 and x.device.type == "cpu"
+    banded = encoding_one_image(x)
     if banded:
         x = x.contiguous(memory_format=torch.channels_last)
     for layer in layers:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Adapter, Down, StarBlock, Up, run_layers
+from .blocks import Adapter, Down, StarBlock, Up, encoding_one_image, run_layers
 from .config import ModelConfig
 
 
@@ -61,8 +61,8 @@ class AnalysisTransform(nn.Module):
     def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
         """y of an image; with ``level`` > 0, of the features g_a's first ``level``
         levels would give (the fast encoder's stem gives them, ``stem.py``)."""
-        # contiguous: y as the entropy path and callers take it (a no-op in training)
-        return run_layers(self.analysis_transform[level * self.level_size :], x).contiguous()
+        y = run_layers(self.analysis_transform[level * self.level_size :], x)
+        return y.contiguous() if encoding_one_image(x) else y  # y as the entropy path takes it
 
 
 class HyperAnalysis(nn.Module):
