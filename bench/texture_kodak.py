@@ -8,9 +8,11 @@ PSNR, MS-SSIM, the luma power kept in the two finest octave bands (dB), issue 29
 band error and coherence excess (``codec/metrics.py``), and the seconds of a decode.
 
 Usage:
-    python -m bench.texture_kodak [--lambdas 12 64 500] [--limit N] [--json OUT]
+    python -m bench.texture_kodak [--lambdas 12 64 500] [--limit N] [--names kodim23]
+        [--json OUT]
         [--save DIR]   # decoded pictures, for looking at them beside the originals
         [--crops PNG]  # original / realism 0 / texture / x2+AVIF at 1:1, lambda 12
+        [--texture FILE]  # another texture file than the shipped one
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from aeic_codec.codec.metrics import (
     ms_ssim_u8,
     psnr_u8,
 )
+from aeic_codec.codec.texture_synthesis import load_texture
 from aeic_codec.format.container import unpack
 from bench import ROOT
 from bench._machine import machine_line
@@ -44,10 +47,12 @@ CROP_IMAGES = ("kodim04", "kodim08", "kodim13", "kodim15", "kodim23")
 CROP_SIDE = 256
 
 
-def measure(lam: float, images: list[Path], save: Path | None) -> list[dict[str, float]]:
+def measure(
+    lam: float, images: list[Path], save: Path | None, texture_file: Path | None = None
+) -> list[dict[str, float]]:
     """Rows of one bundle: realism 0 and 1 for every image."""
     model = api.load_model(lambda_=lam)
-    texture = api.load_texture()
+    texture = load_texture(texture_file) if texture_file else api.load_texture()
     rows = []
     for path in images:
         src, _ = api.read_image(path)
@@ -103,13 +108,15 @@ def summary(rows: list[dict[str, float]]) -> str:
     return md_table(head, lines)
 
 
-def crop_sheet(images: list[Path], out: Path, lam: float = 12.0) -> None:
+def crop_sheet(
+    images: list[Path], out: Path, lam: float = 12.0, texture_file: Path | None = None
+) -> None:
     """Per image a row at 1:1: original, realism 0, realism 1 (texture), and x2 + AVIF at
     the lowest quality whose file is at least as large as aeic's."""
     from PIL import Image, ImageDraw
 
     model = api.load_model(lambda_=lam)
-    texture = api.load_texture()
+    texture = load_texture(texture_file) if texture_file else api.load_texture()
     rows = []
     for path in images:
         src, _ = api.read_image(path)
@@ -144,23 +151,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lambdas", type=float, nargs="+", default=[12.0, 64.0, 500.0])
     p.add_argument("--kodak", type=Path, default=KODAK)
     p.add_argument("--limit", type=int)
+    p.add_argument("--names", nargs="+", help="only these images (e.g. kodim23)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
     p.add_argument("--save", type=Path)
     p.add_argument("--crops", type=Path, help="write the crop sheet (PNG) here")
+    p.add_argument("--texture", type=Path, help="the texture file (default: the shipped one)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    images = sorted(args.kodak.glob("*.png"))[: args.limit]
+    images = sorted(args.kodak.glob("*.png"))
+    images = [p for p in images if args.names is None or p.stem in args.names][: args.limit]
     if not images:
         raise SystemExit(f"no PNG images in {args.kodak}")
     print(machine_line(), flush=True)
-    rows = [row for lam in args.lambdas for row in measure(lam, images, args.save)]
+    rows = [row for lam in args.lambdas for row in measure(lam, images, args.save, args.texture)]
     print(summary(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_line(), "rows": rows}))
     if args.crops:
         chosen = [args.kodak / f"{n}.png" for n in CROP_IMAGES]
-        crop_sheet([c for c in chosen if c.exists()] or images[:1], args.crops)
+        crop_sheet(
+            [c for c in chosen if c.exists()] or images[:1], args.crops, texture_file=args.texture
+        )
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def test_a_texture_file_round_trips_and_bad_ones_are_refused(
 
     old = tmp_path / "old.safetensors"
     save_file({"book.keys": torch.zeros(2, 2)}, str(old), metadata={"aeic_texture": "1"})
-    with pytest.raises(TextureFileError, match="format 1, this aeic reads format 2; make a new"):
+    with pytest.raises(TextureFileError, match="format 1, this aeic reads formats 2 and 3; make"):
         load_texture(old)
 
 

@@ -28,7 +28,10 @@ PASSES = 2  # corrections of the gains against the bands they give
 ACTIVITY_BAND = (1 / 16, 1 / 8)  # cycles per pixel: the picture's structure that places detail
 ACTIVITY_CELL = 16  # px: the activity's resolution (then interpolated)
 SPREAD_CAP = 4.0  # the most a place may weigh against its block's mean amplitude
-ACTIVITY_FLOOR = 1.0  # luma^2 added to both powers: a block flat at that band spreads evenly
+# luma^2 added to both powers: a block flat at that band spreads evenly, and weak structure
+# moves detail less (16 against 1: local band error 2.93 against 3.21 dB on Kodak at lambda
+# 12 with the distilled renderer, the pictures alike at 1:1)
+ACTIVITY_FLOOR = 16.0
 
 
 def _interpolation(n: int, cells: int, block: int) -> np.ndarray:

@@ -28,14 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeic_codec.format.texture_coder import TextureLevels
-from aeic_codec.nn.config import ModelConfig
+from aeic_codec.nn.config import ModelConfig, TinyEncoderConfig
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 
 from . import layerwise
 from .texture import LUMA, luma
 from .texture_match import matched_detail, upsample
 
-FORMAT = "2"  # the texture file's layout (metadata ``aeic_texture``)
+FORMAT = "3"  # the texture file's layout (metadata ``aeic_texture``)
+# Format 2 files are read too: they are format 3 with TAEF2's encoder, whose shape they
+# do not store (``encoder_config``).
+READABLE = ("2", FORMAT)
 SCALE = 8  # TAEF2's latent is 1/8 of the picture
 ENCODE_CORE = 256  # px: side of the kept core of a tile of TAEF2's encoder, per stage
 PROBES = 2  # clusters of the book searched per position
@@ -252,11 +255,27 @@ def save_texture(
     meta = {
         "aeic_texture": FORMAT,
         "decoder_config": synthesis.config.to_json(),
+        "encoder_config": synthesis.encoder.config.to_json(),
         "level_weight": repr(float(b.level_weight)),
         "provenance": json.dumps(provenance or {}, sort_keys=True),
     }
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def texture_provenance(path: str | os.PathLike[str]) -> dict[str, object]:
+    """What made a texture file (its ``provenance`` metadata); TextureFileError if unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        found = json.loads(meta.get("provenance", "{}"))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise TextureFileError(f"{path}: cannot read texture file ({exc})") from exc
+    if not isinstance(found, dict):
+        raise TextureFileError(f"{path}: malformed provenance")
+    return found
 
 
 def load_texture(path: str | os.PathLike[str]) -> TextureSynthesis:
@@ -272,13 +291,22 @@ def load_texture(path: str | os.PathLike[str]) -> TextureSynthesis:
     found = meta.get("aeic_texture")
     if found is None:
         raise TextureFileError(f"{path}: not an aeic texture file")
-    if found != FORMAT:
+    if found not in READABLE:
         raise TextureFileError(
-            f"{path}: texture file format {found}, this aeic reads format {FORMAT}; "
-            "make a new one with aeic weights texture-book"
+            f"{path}: texture file format {found}, this aeic reads formats "
+            f"{' and '.join(READABLE)}; make a new one with aeic weights texture-book"
         )
-    config = ModelConfig.from_json(meta["decoder_config"])
-    encoder, decoder = TinyEncoder(latent=config.decoder_latent), TinyDecoder(config)
+    try:
+        config = ModelConfig.from_json(meta["decoder_config"])
+        shape = meta.get("encoder_config")
+        encoder_cfg = (
+            TinyEncoderConfig(latent=config.decoder_latent)
+            if shape is None
+            else TinyEncoderConfig.from_json(shape)
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TextureFileError(f"{path}: malformed network shapes ({exc})") from exc
+    encoder, decoder = TinyEncoder(encoder_cfg), TinyDecoder(config)
     for name, net in (("encoder", encoder), ("decoder", decoder)):
         prefix = name + "."
         state = {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}

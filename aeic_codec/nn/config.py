@@ -46,10 +46,11 @@ class ModelConfig:
     vae_norm_groups: int = 32
     vae_mid_attention: bool = True
     # D's family: "sd" (the diffusers Decoder above) or "tiny" (tiny_vae.TinyDecoder, the
-    # TAEF2 layout: every level vae_widths[0] wide, vae_blocks residual blocks per level
-    # from the latent side, the first vae_pooled levels with a GroupNorm side branch of
-    # vae_norm_groups groups). The three fields are left out of the stored JSON while they
-    # hold their defaults, so bundles written before they existed keep their identities.
+    # TAEF2 layout: vae_widths and vae_blocks residual blocks per level listed from the
+    # latent side (TAEF2's own are all 64 wide), the first vae_pooled levels with a
+    # GroupNorm side branch of vae_norm_groups groups). The three fields are left out of
+    # the stored JSON while they hold their defaults, so bundles written before they
+    # existed keep their identities.
     vae_kind: str = "sd"
     vae_blocks: tuple[int, ...] = ()
     vae_pooled: int = 0
@@ -88,10 +89,10 @@ class ModelConfig:
         if self.vae_kind not in VAE_KINDS:
             raise ValueError(f"vae_kind must be one of {', '.join(VAE_KINDS)}, got {self.vae_kind}")
         if self.vae_kind == "tiny" and (
-            len(self.vae_blocks) != 4 or len(set(self.vae_widths)) != 1 or self.vae_pooled > 4
+            len(self.vae_blocks) != 4 or min(self.vae_widths) < 1 or self.vae_pooled > 4
         ):
             raise ValueError(
-                "a tiny D needs 4 vae_blocks, equal vae_widths and at most 4 pooled levels"
+                "a tiny D needs 4 vae_blocks, positive vae_widths and at most 4 pooled levels"
             )
         (cell_lo, cell_hi), (step_lo, step_hi) = GRID_CELLS, GRID_STEPS  # what files can hold
         if self.colour_grid and not cell_lo <= self.colour_grid <= cell_hi:
@@ -181,6 +182,44 @@ class StemConfig:
             raise ValueError(f"not a stem configuration: {text[:60]}")
         return cls(**data)
 
+
+@dataclass(frozen=True)
+class TinyEncoderConfig:
+    """The shape of a tiny encoder (``tiny_vae.TinyEncoder``): per level from the image
+    side, its width and residual blocks (each level after the first starts with a stride-2
+    convolution), the last ``pooled`` levels with the GroupNorm side branch of ``groups``
+    groups, and the latent's channels. The default is TAEF2's encoder; a texture file
+    stores its encoder's (``encoder_config``)."""
+
+    widths: tuple[int, ...] = (64, 64, 64, 64)
+    blocks: tuple[int, ...] = (1, 3, 3, 3)
+    pooled: int = 1
+    groups: int = 4
+    latent: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        if len(self.widths) != 4 or len(self.blocks) != 4:
+            raise ValueError("a tiny encoder needs 4 levels (its latent is 1/8 of the picture)")
+        if min(self.widths) < 1 or min(self.blocks) < 0 or not 0 <= self.pooled <= 4:
+            raise ValueError("tiny encoder widths must be positive, blocks 0 or more, pooled 0..4")
+        if self.latent < 1 or any(4 * w % self.groups for w in self.widths[4 - self.pooled :]):
+            raise ValueError("tiny encoder: positive latent, groups dividing 4x each pooled width")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> TinyEncoderConfig:
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) - names:
+            raise ValueError(f"not a tiny encoder configuration: {text[:60]}")
+        return cls(**data)
+
+
+TAEF2_ENCODER = TinyEncoderConfig()
 
 VAE_KINDS = ("sd", "tiny")
 # Fields added after bundles were first written: left out of the JSON at these values.

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import TAEF2_ENCODER, ModelConfig, TinyEncoderConfig
 from .diffusers_blocks import import_module
 
 AutoencoderTinyBlock = import_module("diffusers.models.unets.unet_2d_blocks").AutoencoderTinyBlock
@@ -61,28 +61,28 @@ def _blocks(width: int, count: int, pooled: bool, groups: int) -> list[nn.Module
 class TinyDecoder(nn.Sequential):
     """D of kind "tiny": latent (cfg.decoder_latent channels, 1/8 size) -> RGB in [-1, 1].
 
-    ``cfg.vae_blocks`` lists the residual blocks per level from the latent side, the
-    first ``cfg.vae_pooled`` levels with the pooled branch; every level is
-    ``cfg.vae_widths[0]`` wide and each but the last ends in a nearest 2x upsampling and
-    a bias-free 3x3 convolution. The network itself outputs [0, 1].
+    ``cfg.vae_widths`` and ``cfg.vae_blocks`` list each level's width and residual blocks
+    from the latent side (TAEF2: 64 wide throughout), the first ``cfg.vae_pooled`` levels
+    with the pooled branch; each level but the last ends in a nearest 2x upsampling and a
+    bias-free 3x3 convolution to the next level's width. The network itself outputs [0, 1].
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
-        width = cfg.vae_widths[0]
+        widths = cfg.vae_widths
         layers: list[nn.Module] = [
             SoftClamp(),
-            nn.Conv2d(cfg.decoder_latent, width, 3, padding=1),
+            nn.Conv2d(cfg.decoder_latent, widths[0], 3, padding=1),
             nn.ReLU(),
         ]
         last = len(cfg.vae_blocks) - 1
         for level, count in enumerate(cfg.vae_blocks):
-            layers += _blocks(width, count, level < cfg.vae_pooled, cfg.vae_norm_groups)
+            layers += _blocks(widths[level], count, level < cfg.vae_pooled, cfg.vae_norm_groups)
             if level < last:
                 layers += [
                     nn.Upsample(scale_factor=2),
-                    nn.Conv2d(width, width, 3, padding=1, bias=False),
+                    nn.Conv2d(widths[level], widths[level + 1], 3, padding=1, bias=False),
                 ]
-        layers.append(nn.Conv2d(width, 3, 3, padding=1))
+        layers.append(nn.Conv2d(widths[last], 3, 3, padding=1))
         super().__init__(*layers)
         self.scale = 2**last
 
@@ -91,31 +91,27 @@ class TinyDecoder(nn.Sequential):
 
 
 class TinyEncoder(nn.Sequential):
-    """TAEF2's encoder: RGB in [0, 1] -> 32-channel latent at 1/8 size (training only).
+    """A tiny encoder: RGB in [0, 1] -> latent at 1/8 size; by default TAEF2's (shape:
+    ``TinyEncoderConfig``). Training takes TAEF2's features for the perceptual loss;
+    texture synthesis maps the fidelity picture to the latent its book is keyed in.
 
-    ``features`` returns the output of each of its four levels as well, for the
-    perceptual loss.
+    ``features`` returns the output of each of its four levels as well.
     """
 
-    def __init__(
-        self,
-        width: int = 64,
-        latent: int = 32,
-        blocks: tuple[int, ...] = (1, 3, 3, 3),
-        pooled: int = 1,
-        groups: int = 4,
-    ) -> None:
+    def __init__(self, cfg: TinyEncoderConfig = TAEF2_ENCODER) -> None:
         layers: list[nn.Module] = []
         self.taps: list[int] = []
-        for level, count in enumerate(blocks):
+        self.config = cfg
+        for level, (width, count) in enumerate(zip(cfg.widths, cfg.blocks, strict=True)):
             if level == 0:
                 layers.append(nn.Conv2d(3, width, 3, padding=1))
             else:
-                layers.append(nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False))
-            pooled_level = level >= len(blocks) - pooled
-            layers += _blocks(width, count, pooled_level, groups)
+                previous = cfg.widths[level - 1]
+                layers.append(nn.Conv2d(previous, width, 3, stride=2, padding=1, bias=False))
+            pooled_level = level >= len(cfg.widths) - cfg.pooled
+            layers += _blocks(width, count, pooled_level, cfg.groups)
             self.taps.append(len(layers) - 1)
-        layers.append(nn.Conv2d(width, latent, 3, padding=1))
+        layers.append(nn.Conv2d(cfg.widths[-1], cfg.latent, 3, padding=1))
         super().__init__(*layers)
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -94,7 +94,7 @@ def distil_stem(
             progress(step + 1, steps, float(loss.detach()))
         due = time.monotonic() - saved > CHECKPOINT_SECONDS or step + 1 == steps
         if path is not None and due:
-            _save(path, {"stem": stem, "optimiser": optimiser, "made_for": made_for}, step + 1)
+            save_state(path, {"stem": stem, "optimiser": optimiser, "made_for": made_for}, step + 1)
             saved = time.monotonic()
     return stem.eval().requires_grad_(False)
 
@@ -110,7 +110,7 @@ def _crops(images: list[np.ndarray], batch: int, crop: int, rng: random.Random) 
     return from_pixels(torch.stack(out).permute(0, 3, 1, 2))
 
 
-def _save(path: Path, parts: dict[str, Any], step: int) -> None:
+def save_state(path: Path, parts: dict[str, Any], step: int) -> None:
     """The training state (state dicts of the modules and the optimiser), atomically."""
     from aeic_codec.runtime.files import atomic_path
 
