@@ -30,6 +30,14 @@ def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def photo_folder(folder: Path, count: int = 3, size: tuple[int, int] = (96, 128)) -> list[Path]:
+    """``count`` PNG photographs of ``size`` (make_image) in a new folder, in name order."""
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(make_image(*size, seed=i)).save(folder / f"p{i}.png")
+    return sorted(folder.iterdir())
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(1)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -23,15 +22,8 @@ from aeic_codec.nn.config import AEIC_SMALL_TAEF2, TinyEncoderConfig
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 from aeic_codec.tools.renderer import STUDENT_ENCODER, distil_renderer, student_decoder
 
-from .conftest import make_image
+from .conftest import make_image, photo_folder
 from .test_texture import small_synthesis
-
-
-def _photos(folder, count=3, size=(96, 128)):
-    folder.mkdir()
-    for i in range(count):
-        Image.fromarray(make_image(*size, seed=i)).save(folder / f"p{i}.png")
-    return sorted(folder.iterdir())
 
 
 def test_the_student_networks_keep_the_latent_and_picture_sizes():
@@ -94,7 +86,7 @@ def test_a_student_texture_file_round_trips_and_a_format_2_file_still_loads(tmp_
 
 
 def test_distillation_learns_and_resumes(tmp_path):
-    photos = _photos(tmp_path / "photos")
+    photos = photo_folder(tmp_path / "photos")
     teacher = small_synthesis()
     losses: list[float] = []
     ck = tmp_path / "state.pt"
@@ -115,7 +107,7 @@ def test_distillation_learns_and_resumes(tmp_path):
 
 
 def test_texture_renderer_command_writes_a_lighter_copy_with_the_same_book(tmp_path):
-    _photos(tmp_path / "photos", size=(160, 192))
+    photo_folder(tmp_path / "photos", size=(160, 192))
     source = tmp_path / "taef2.safetensors"
     save_texture(source, small_synthesis(), {"photos": 186})
     out = tmp_path / "out.safetensors"

@@ -18,14 +18,7 @@ from aeic_codec.nn.config import StemConfig, tiny_config
 from aeic_codec.nn.stem import AnalysisStem
 from aeic_codec.tools.stem import distil_stem
 
-from .conftest import make_image
-
-
-def _photos(folder, count=3, size=(96, 128)):
-    folder.mkdir()
-    for i in range(count):
-        Image.fromarray(make_image(*size, seed=i)).save(folder / f"p{i}.png")
-    return sorted(folder.iterdir())
+from .conftest import make_image, photo_folder
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +88,7 @@ def test_weights_list_shows_the_fast_encoder(fast_bundle):
 
 
 def test_distillation_learns_and_resumes(tiny_bundle, tmp_path):
-    photos = _photos(tmp_path / "photos")
+    photos = photo_folder(tmp_path / "photos")
     model = load_bundle(tiny_bundle, decoder=False)
     losses: list[float] = []
     ck = tmp_path / "state.pt"
@@ -113,13 +106,13 @@ def test_distillation_learns_and_resumes(tiny_bundle, tmp_path):
 
 
 def test_distillation_refuses_photos_smaller_than_a_crop(tiny_bundle, tmp_path):
-    photos = _photos(tmp_path / "small", size=(40, 48))
+    photos = photo_folder(tmp_path / "small", size=(40, 48))
     with pytest.raises(ValueError, match="no photograph of at least 64x64"):
         distil_stem(load_bundle(tiny_bundle, decoder=False), photos, StemConfig(), 2, crop=64)
 
 
 def test_fast_encoder_command_writes_a_bundle_with_a_stem(tiny_bundle, tmp_path):
-    _photos(tmp_path / "photos", size=(256, 288))
+    photo_folder(tmp_path / "photos", size=(256, 288))
     out = tmp_path / "out.safetensors"
     args = ["weights", "fast-encoder", str(tiny_bundle), "-o", str(out)]
     args += ["--photos", str(tmp_path / "photos"), "--steps", "3"]

@@ -15,7 +15,7 @@ float32 on a CPU without bf16. The students here are narrower where the picture 
   book's values are such differences, and sharp ones): mean absolute error of the pixels
   plus twice that of their 3x3 Laplacians, the fine bands being what synthesis keeps.
 
-Resumable like the fast encoder's distillation (``stem.py``).
+Resumable (``checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from aeic_codec.codec.texture_synthesis import TextureSynthesis
 from aeic_codec.nn.config import ModelConfig, TinyEncoderConfig
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 
-from .stem import CHECKPOINT_SECONDS, save_state
+from .checkpoint import Checkpoint
 from .texture_book import photo
 
 STUDENT_ENCODER = TinyEncoderConfig(widths=(16, 32, 48, 64), blocks=(1, 1, 2, 2), pooled=1)
@@ -88,8 +87,6 @@ def distil_renderer(
     torch.manual_seed(seed)
     students = (TinyEncoder(encoder), TinyDecoder(decoder_cfg))
     optimiser = torch.optim.Adam([p for s in students for p in s.parameters()], lr=lr)
-    done = 0
-    path = Path(checkpoint) if checkpoint is not None else None
     made_for = {
         "encoder": encoder.to_json(),
         "decoder": decoder_cfg.to_json(),
@@ -97,16 +94,10 @@ def distil_renderer(
         "batch": batch,
         "crop": crop,
     }
-    if path is not None and path.exists():
-        state = torch.load(path, weights_only=True)
-        if state.get("made_for") != made_for:
-            raise ValueError(f"{path}: a checkpoint of other networks or another number of steps")
-        for name, net in zip(("encoder", "decoder"), students, strict=True):
-            net.load_state_dict(state[name])
-        optimiser.load_state_dict(state["optimiser"])
-        done = int(state["step"])
+    parts = {"encoder": students[0], "decoder": students[1], "optimiser": optimiser}
+    state = Checkpoint(checkpoint, made_for, parts, "other networks or another number of steps")
+    done = state.resume()
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
-    saved = time.monotonic()
     for step in range(done, steps):
         for group in optimiser.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -131,11 +122,7 @@ def distil_renderer(
         optimiser.step()
         if progress is not None:
             progress(step + 1, steps, float(loss.detach()))
-        due = time.monotonic() - saved > CHECKPOINT_SECONDS or step + 1 == steps
-        if path is not None and due:
-            parts = {"encoder": students[0], "decoder": students[1], "optimiser": optimiser}
-            save_state(path, dict(parts, made_for=made_for), step + 1)
-            saved = time.monotonic()
+        state.done(step + 1, steps)
     for net in students:
         net.eval().requires_grad_(False)
     return TextureSynthesis(students[0], students[1], synthesis.book, decoder_cfg)

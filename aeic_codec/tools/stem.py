@@ -5,8 +5,7 @@ photographs (long side at most 768 pixels, Kodak's scale of detail): the loss is
 squared error of y (g_a's remaining levels run on the stem's output, frozen) plus a tenth
 of that of the features themselves, each relative to the teacher's variance. g_a stays
 as it is, so the bundle keeps its identity and decodes every file it made; only the
-encoder of ``--fast`` changes. Resumable: with a checkpoint path, the state is written
-there every CHECKPOINT_SECONDS and a run with the same path goes on from it.
+encoder of ``--fast`` changes. Resumable (``checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ from __future__ import annotations
 import math
 import os
 import random
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +25,10 @@ from aeic_codec.nn.config import StemConfig
 from aeic_codec.nn.stem import AnalysisStem
 from aeic_codec.nn.transforms import from_pixels
 
+from .checkpoint import Checkpoint
 from .texture_book import photo
 
 FEATURE_WEIGHT = 0.1  # of the features' relative error, beside y's
-CHECKPOINT_SECONDS = 120.0
 
 
 def distil_stem(
@@ -62,21 +59,14 @@ def distil_stem(
     torch.manual_seed(seed)
     stem = AnalysisStem(model.cfg, config)
     optimiser = torch.optim.Adam(stem.parameters(), lr=lr)
-    done = 0
-    path = Path(checkpoint) if checkpoint is not None else None
     made_for = {"identity": model.identity, "config": config.to_json(), "steps": steps}
-    if path is not None and path.exists():
-        state = torch.load(path, weights_only=True)
-        if state.get("made_for") != made_for:
-            raise ValueError(f"{path}: a checkpoint of another bundle, stem or number of steps")
-        stem.load_state_dict(state["stem"])
-        optimiser.load_state_dict(state["optimiser"])
-        done = int(state["step"])
+    parts = {"stem": stem, "optimiser": optimiser}
+    state = Checkpoint(checkpoint, made_for, parts, "another bundle, stem or number of steps")
+    done = state.resume()
     with torch.no_grad():  # the teacher's spread, to weigh both errors alike
         x = _crops(images, batch, crop, random.Random(seed - 1))
         features = front(x)
         spread = (features.var().item(), rest(features).var().item())
-    saved = time.monotonic()
     for step in range(done, steps):
         for group in optimiser.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -92,10 +82,7 @@ def distil_stem(
         optimiser.step()
         if progress is not None:
             progress(step + 1, steps, float(loss.detach()))
-        due = time.monotonic() - saved > CHECKPOINT_SECONDS or step + 1 == steps
-        if path is not None and due:
-            save_state(path, {"stem": stem, "optimiser": optimiser, "made_for": made_for}, step + 1)
-            saved = time.monotonic()
+        state.done(step + 1, steps)
     return stem.eval().requires_grad_(False)
 
 
@@ -108,12 +95,3 @@ def _crops(images: list[np.ndarray], batch: int, crop: int, rng: random.Random) 
         left = rng.randrange(image.shape[1] - crop + 1)
         out.append(torch.from_numpy(image[top : top + crop, left : left + crop].copy()))
     return from_pixels(torch.stack(out).permute(0, 3, 1, 2))
-
-
-def save_state(path: Path, parts: dict[str, Any], step: int) -> None:
-    """The training state (state dicts of the modules and the optimiser), atomically."""
-    from aeic_codec.runtime.files import atomic_path
-
-    state = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in parts.items()}
-    with atomic_path(path) as tmp:
-        torch.save(dict(state, step=step), tmp)
