@@ -3,9 +3,10 @@ entropy path or a rate curve added."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,34 @@ _photos_option = click.option(
     type=click.Path(exists=True, file_okay=False),
     help="Training photographs (never the images you evaluate on).",
 )
+
+_checkpoint_option = click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    help="Training state, written every 2 minutes; a run given the same file goes on from it.",
+)
+
+
+@contextlib.contextmanager
+def _terminal_progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """One long piece of work's progress bar on a terminal (its ``tiles`` callback; None
+    elsewhere), cleared when the work ends."""
+    bar = BatchProgress(1, sys.stderr) if on_terminal() else None
+    if bar is None:
+        yield None
+        return
+    bar.begin(label)
+    try:
+        yield bar.tiles
+    finally:
+        bar.clear()
+
+
+def _without_loss(tick: Callable[[int, int], None] | None) -> Callable[..., None] | None:
+    """A distillation's ``progress(step, steps, loss)`` that moves the bar ``tick``."""
+    if tick is None:
+        return None
+    return lambda done, total, _loss: tick(done, total)
 
 
 @click.group()
@@ -294,16 +323,12 @@ def weights_calibrate_rate(
     try:
         files = image_files(images, count)
         model = load_bundle(bundle, encoder=True, decoder=True)
-        bar = BatchProgress(1, sys.stderr) if on_terminal() else None
-        if bar:
-            bar.begin(f"calibrating {Path(bundle).name} on {len(files)} images")
-        measured = api.measure_rate_curve(
-            model,
-            {p.relative_to(images).as_posix(): read_rgb(p) for p in files},
-            progress=bar.tiles if bar else None,
-        )
-        if bar:
-            bar.clear()
+        with _terminal_progress(f"calibrating {Path(bundle).name} on {len(files)} images") as tick:
+            measured = api.measure_rate_curve(
+                model,
+                {p.relative_to(images).as_posix(): read_rgb(p) for p in files},
+                progress=tick,
+            )
         source = {"images": Path(images).name, "count": len(files)}
         identity = set_rate_curve(bundle, output, measured, source)
         curve = mean_curve(measured)
@@ -354,12 +379,8 @@ def weights_texture_book(
     try:
         files = photo_files(photos)
         models = [load_bundle(b, encoder=True, decoder=True) for b in bundles]
-        bar = BatchProgress(1, sys.stderr) if on_terminal() else None
-        if bar:
-            bar.begin(f"exemplars from {len(files)} photographs")
-        made = build_book(files, models, taef2, size, progress=bar.tiles if bar else None)
-        if bar:
-            bar.clear()
+        with _terminal_progress(f"exemplars from {len(files)} photographs") as tick:
+            made = build_book(files, models, taef2, size, progress=tick)
         names = [Path(b).name for b in bundles]
         source = {"bundles": names, "photos": len(files), "size": size}
         save_texture(output, made, source)
@@ -385,11 +406,7 @@ def weights_texture_book(
     show_default=True,
     help="Training steps, each on 8 random 128 px crops (about 0.8 s on 2 cores with bf16).",
 )
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False),
-    help="Training state, written every 2 minutes; a run given the same file goes on from it.",
-)
+@_checkpoint_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be TEXTURE).")
 @debug_option
 def weights_texture_renderer(
@@ -415,19 +432,15 @@ def weights_texture_renderer(
     try:
         teacher = load_texture(texture)
         files = photo_files(photos)
-        bar = BatchProgress(1, sys.stderr) if on_terminal() else None
-        if bar:
-            bar.begin(f"distilling a renderer from {Path(texture).name}")
-        made = distil_renderer(
-            teacher,
-            files,
-            steps,
-            dtype=resolve_precision("auto"),
-            checkpoint=checkpoint,
-            progress=(lambda done, total, _loss: bar.tiles(done, total)) if bar else None,
-        )
-        if bar:
-            bar.clear()
+        with _terminal_progress(f"distilling a renderer from {Path(texture).name}") as tick:
+            made = distil_renderer(
+                teacher,
+                files,
+                steps,
+                dtype=resolve_precision("auto"),
+                checkpoint=checkpoint,
+                progress=_without_loss(tick),
+            )
         renderer = {"from": Path(texture).name, "photos": len(files), "steps": steps}
         save_texture(output, made, dict(texture_provenance(texture), renderer=renderer))
         click.echo(f"aeic: wrote {output} (a distilled renderer, the same book)", err=True)
@@ -456,11 +469,7 @@ def weights_texture_renderer(
 @click.option(
     "--blocks", type=click.IntRange(min=0), default=1, show_default=True, help="StarBlocks in it."
 )
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False),
-    help="Training state, written every 2 minutes; a run given the same file goes on from it.",
-)
+@_checkpoint_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
 @debug_option
 def weights_fast_encoder(
@@ -490,20 +499,11 @@ def weights_fast_encoder(
         config = StemConfig(level=level, blocks=blocks)
         model = load_bundle(bundle, decoder=False)
         config.check(model.cfg)
-        bar = BatchProgress(1, sys.stderr) if on_terminal() else None
-        if bar:
-            bar.begin(f"distilling a stem from {Path(bundle).name}")
         files = photo_files(photos)
-        stem = distil_stem(
-            model,
-            files,
-            config,
-            steps,
-            checkpoint=checkpoint,
-            progress=(lambda done, total, _loss: bar.tiles(done, total)) if bar else None,
-        )
-        if bar:
-            bar.clear()
+        with _terminal_progress(f"distilling a stem from {Path(bundle).name}") as tick:
+            stem = distil_stem(
+                model, files, config, steps, checkpoint=checkpoint, progress=_without_loss(tick)
+            )
         source = {"photos": len(files), "steps": steps}
         identity = attach_stem(bundle, stem, output, provenance=source)
         click.echo(f"aeic: wrote {output} (identity {identity}, with a fast encoder)", err=True)
