@@ -217,12 +217,11 @@ def test_a_texture_file_round_trips_and_bad_ones_are_refused(
     levels = TextureLevels(64, 3, np.arange(4, dtype=np.int16).reshape(2, 1, 2))
     assert np.allclose(loaded.detail(picture, levels), made.detail(picture, levels), atol=0.5)
     assert api.load_texture(texture_folder / "whatever.safetensors") is not None  # its folder
-    from aeic_codec.bundles import bundle
-
-    monkeypatch.setattr(bundle, "SHIPPED_WEIGHTS", (tmp_path,))  # no shipped texture file
-    monkeypatch.delenv("AEIC_WEIGHTS", raising=False)
-    with pytest.raises(BundleError, match="no texture file"):
+    # Named weights are the only place searched: no fallback to $AEIC_WEIGHTS or weights/.
+    monkeypatch.setenv("AEIC_WEIGHTS", str(texture_folder))
+    with pytest.raises(BundleError, match=r"no texture file .*searched: .*texture[/\\]texture"):
         api.load_texture(texture_folder / "texture")  # a folder without texture/ inside
+    assert api.load_texture() is not None  # unnamed: $AEIC_WEIGHTS is searched
     with pytest.raises(TextureFileError, match="not an aeic texture file"):
         load_texture(next(texture_folder.glob("*.safetensors")))  # a bundle
     from safetensors.torch import save_file
@@ -266,6 +265,12 @@ def test_realism_on_a_file_with_statistics_uses_the_texture(texture_folder: Path
     result = CliRunner().invoke(main, [*args, "--realism", "1", "-f"])
     assert result.exit_code == 0, result.stderr
     assert np.array_equal(api.read_image(str(out))[0], textured)
+    alone = texture_folder / "alone"  # the bundle without a texture file beside it
+    alone.mkdir()
+    (alone / bundle.name).write_bytes(bundle.read_bytes())
+    missing = CliRunner().invoke(main, [*args[:-1], str(alone), "--realism", "1", "-f"])
+    assert missing.exit_code == 1
+    assert missing.stderr.count("\n") == 1 and "no texture file" in missing.stderr
 
 
 def test_texture_book_command_makes_a_texture_file_from_photographs(

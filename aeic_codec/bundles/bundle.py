@@ -407,16 +407,22 @@ TEXTURE_FOLDER = "texture"  # beside the bundles: the texture synthesis' file
 
 def find_texture(weights: str | os.PathLike[str] | None = None) -> Path:
     """The texture synthesis' file (codec/texture_synthesis.py): the first
-    ``texture/*.safetensors`` beside the bundles of the search path (a bundle file given
-    as ``weights`` counts as its folder)."""
-    for p in search_paths(weights):
+    ``texture/*.safetensors`` beside the bundles.
+
+    As for bundles (``find_bundle``), ``weights`` (a folder of bundles, or a bundle file
+    for its folder) is the only place searched when given; otherwise $AEIC_WEIGHTS and
+    the shipped weights/. No fallback: named weights without a texture file are an error.
+    """
+    paths = [Path(weights)] if weights else search_paths()
+    for p in paths:
         folder = (p if p.is_dir() else p.parent) / TEXTURE_FOLDER
         found = sorted(folder.glob(f"*{SUFFIX}"))
         if found:
             return found[0]
+    searched = ", ".join(str((p if p.is_dir() else p.parent) / TEXTURE_FOLDER) for p in paths)
     raise BundleError(
         f"no texture file ({TEXTURE_FOLDER}/*{SUFFIX} beside the bundles) for texture "
-        "synthesis; make one with aeic weights texture-book"
+        f"synthesis; searched: {searched}; make one with aeic weights texture-book"
     )
 
 
