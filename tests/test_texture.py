@@ -324,6 +324,32 @@ def test_the_detail_loses_its_8_px_lattice_and_nothing_else() -> None:
     assert np.array_equal(without_lattice(small, 8), small)  # no whole cell: unchanged
 
 
+def test_horizontal_and_vertical_strokes_of_the_detail_are_weakened_diagonal_ones_kept() -> None:
+    from aeic_codec.codec.texture_match import matched_detail
+    from aeic_codec.codec.texture_synthesis import AXIS_DEPTH, axis_weight
+
+    n = 128
+    weight = axis_weight(n, n)
+    assert weight.shape == (n, n // 2 + 1) and weight.dtype == np.float32
+    assert weight[0, 24] == weight[24, 0] == pytest.approx(1 - AXIS_DEPTH)  # on the axes
+    assert weight[17, 17] == pytest.approx(1.0) and weight[-17, 17] == pytest.approx(1.0)
+    # Stripes of one amplitude and one band (radius 24/128 and 17 * 2**0.5 / 128 cycles per
+    # pixel), one along an axis, one diagonal, under statistics asking for detail everywhere.
+    yy, xx = np.mgrid[:n, :n] * (2 * np.pi / n)
+    axial, diagonal = np.sin(24 * yy), np.sin(17 * (yy + xx))
+    picture = np.full((n, n, 3), 128.0, np.float32)
+    levels = TextureLevels(64, 3, np.full((2, 2, 2), level_range(3)[1], np.int16))
+
+    def amplitudes(change: np.ndarray) -> tuple[float, float]:
+        spectrum = np.abs(np.fft.rfft2(change))
+        return spectrum[24, 0], spectrum[17, 17]
+
+    plain = amplitudes(matched_detail(picture, axial + diagonal, levels))
+    weighted = amplitudes(matched_detail(picture, axial + diagonal, levels, weight))
+    assert plain[0] / plain[1] == pytest.approx(1.0, rel=0.02)
+    assert weighted[0] / weighted[1] == pytest.approx(1 - AXIS_DEPTH, rel=0.02)
+
+
 @pytest.mark.parametrize("core", [32, 48, 1024])
 def test_tiled_encoding_equals_the_plain_call(core: int) -> None:
     from aeic_codec.codec.texture_synthesis import tiled_encode

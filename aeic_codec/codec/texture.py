@@ -68,12 +68,17 @@ class Bands:
             for lo, hi in bands
         ]
 
-    def __call__(self, y: np.ndarray, count: int | None = None) -> list[np.ndarray]:
-        """The first ``count`` bands (all by default) of ``y`` (H x W), float32."""
+    def __call__(
+        self, y: np.ndarray, count: int | None = None, weight: np.ndarray | None = None
+    ) -> list[np.ndarray]:
+        """The first ``count`` bands (all by default) of ``y`` (H x W), float32; with
+        ``weight`` (float32, H x (W // 2 + 1): the rFFT grid) the spectrum is weighted first."""
         import torch
 
         t = torch.from_numpy(np.ascontiguousarray(y, np.float32))
         spectrum = torch.fft.rfft2(t - t.mean())
+        if weight is not None:
+            spectrum *= torch.from_numpy(weight)
         return [torch.fft.irfft2(spectrum * m, s=self.shape).numpy() for m in self.masks[:count]]
 
 

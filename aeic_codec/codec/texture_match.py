@@ -78,16 +78,22 @@ def structure_weight(mid: np.ndarray, block: int) -> np.ndarray:
     return np.minimum(np.sqrt(ratio), SPREAD_CAP).astype(np.float32)
 
 
-def matched_detail(picture: np.ndarray, detail: np.ndarray, levels: TextureLevels) -> np.ndarray:
+def matched_detail(
+    picture: np.ndarray,
+    detail: np.ndarray,
+    levels: TextureLevels,
+    spectral_weight: np.ndarray | None = None,
+) -> np.ndarray:
     """The luma change that brings ``detail`` (luma, H x W, any scale) into ``picture`` (H x
     W x 3 on 0-255) where and as much as ``levels`` say the source had more fine-band
-    power."""
+    power. ``spectral_weight`` (on the rFFT grid, see ``Bands``) corrects a bias of the
+    detail's source before its bands are taken (``texture_synthesis.axis_weight``)."""
     h, w = picture.shape[:2]
     bands, block = Bands(h, w, (*FINE_BANDS, ACTIVITY_BAND)), levels.block
     y = luma(picture)
     *own, mid = bands(y)
     weight = structure_weight(mid, block)
-    source = [band * weight for band in bands(detail, 2)]
+    source = [band * weight for band in bands(detail, 2, spectral_weight)]
     target = 10 ** ((levels.db() + LEVEL_OFFSET_DB) / 10)
     gains = []
     for k in range(2):
