@@ -195,7 +195,8 @@ def load_decoder(
 
 def load_texture(weights: str | os.PathLike[str] | None = None) -> TextureSynthesis:
     """The texture synthesis for files with texture statistics: the first
-    ``texture/*.safetensors`` beside the bundles (``bundle.find_texture``)."""
+    ``texture/*.safetensors`` beside the bundles (``bundle.find_texture``; with ``weights``,
+    beside those bundles only)."""
     from aeic_codec.bundles.bundle import find_texture
     from aeic_codec.codec.texture_synthesis import load_texture as read
 

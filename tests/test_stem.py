@@ -105,6 +105,34 @@ def test_distillation_learns_and_resumes(tiny_bundle, tmp_path):
         distil_stem(model, photos, cfg, 41, **kw)
 
 
+def test_an_interrupted_distillation_resumes_to_the_uninterrupted_stem(
+    tiny_bundle, tmp_path, monkeypatch
+):
+    from aeic_codec.tools import checkpoint
+
+    photos = photo_folder(tmp_path / "photos")
+    model = load_bundle(tiny_bundle, decoder=False)
+    cfg, kw = StemConfig(level=2, blocks=1), {"batch": 2, "crop": 64}
+    whole = distil_stem(model, photos, cfg, 12, **kw)
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_SECONDS", 0.0)  # write after every step
+    ck = tmp_path / "state.pt"
+
+    def stop_after_7(step: int, steps: int, loss: float) -> None:
+        if step == 8:  # before step 8 is written: the file holds 7 steps
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distil_stem(model, photos, cfg, 12, checkpoint=ck, progress=stop_after_7, **kw)
+    assert torch.load(ck, weights_only=True)["step"] == 7
+    steps: list[int] = []
+    resumed = distil_stem(
+        model, photos, cfg, 12, checkpoint=ck, progress=lambda s, n, v: steps.append(s), **kw
+    )
+    assert steps == list(range(8, 13))
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # Adam's state came back too
+
+
 def test_distillation_refuses_photos_smaller_than_a_crop(tiny_bundle, tmp_path):
     photos = photo_folder(tmp_path / "small", size=(40, 48))
     with pytest.raises(ValueError, match="no photograph of at least 64x64"):

@@ -1,6 +1,7 @@
-"""The resumable state of a distillation (``stem.py``, ``renderer.py``).
+"""The resumable state of a distillation (``stem.py``, ``renderer.py``), and its steps.
 
-A run given a checkpoint path writes the state of its networks and optimiser there every
+Both distillations take Adam steps on a cosine learning rate (``run_steps``). A run given
+a checkpoint path writes the state of its networks and optimiser there every
 CHECKPOINT_SECONDS and after its last step; a run given the same path goes on from it,
 and a finished one returns its networks without another step. The state names what it
 was made for (bundle, shapes, step count), so that another run's file is refused instead
@@ -9,8 +10,10 @@ of continued.
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +62,26 @@ class Checkpoint:
         with atomic_path(self.path) as tmp:
             torch.save(dict(state, made_for=self.made_for, step=step), tmp)
         self._saved = time.monotonic()
+
+
+def run_steps(
+    state: Checkpoint,
+    loss_at: Callable[[int], torch.Tensor],
+    optimiser: torch.optim.Optimizer,
+    lr: float,
+    steps: int,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> None:
+    """Steps ``state`` has not done yet, up to ``steps``: the learning rate on a cosine
+    from ``lr`` to 0, ``loss_at(step)``, one optimiser step on it, ``progress(step, steps,
+    loss)``, the state written when due (so a resumed run continues the same schedule)."""
+    for step in range(state.resume(), steps):
+        for group in optimiser.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = loss_at(step)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if progress is not None:
+            progress(step + 1, steps, float(loss.detach()))
+        state.done(step + 1, steps)

@@ -34,7 +34,7 @@ from aeic_codec.codec.texture_synthesis import TextureSynthesis
 from aeic_codec.nn.config import ModelConfig, TinyEncoderConfig
 from aeic_codec.nn.tiny_vae import TinyDecoder, TinyEncoder
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, run_steps
 from .texture_book import photo
 
 STUDENT_ENCODER = TinyEncoderConfig(widths=(16, 32, 48, 64), blocks=(1, 1, 2, 2), pooled=1)
@@ -96,11 +96,9 @@ def distil_renderer(
     }
     parts = {"encoder": students[0], "decoder": students[1], "optimiser": optimiser}
     state = Checkpoint(checkpoint, made_for, parts, "other networks or another number of steps")
-    done = state.resume()
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
-    for step in range(done, steps):
-        for group in optimiser.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+    def loss_at(step: int) -> torch.Tensor:
         rng = random.Random(seed * 1_000_003 + step)
         sharp = _crops(images, batch, crop, rng)
         x = torch.cat([sharp, _blurred(sharp, rng)])
@@ -116,13 +114,9 @@ def distil_renderer(
             rendered = students[1](z).float()
         loss = F.mse_loss(got_latent, latent) / latent.var().clamp(min=1e-6)
         loss = loss + (rendered - target).abs().mean()
-        loss = loss + LAPLACE_WEIGHT * (_laplace(rendered) - _laplace(target)).abs().mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        if progress is not None:
-            progress(step + 1, steps, float(loss.detach()))
-        state.done(step + 1, steps)
+        return loss + LAPLACE_WEIGHT * (_laplace(rendered) - _laplace(target)).abs().mean()
+
+    run_steps(state, loss_at, optimiser, lr, steps, progress)
     for net in students:
         net.eval().requires_grad_(False)
     return TextureSynthesis(students[0], students[1], synthesis.book, decoder_cfg)

@@ -10,7 +10,6 @@ encoder of ``--fast`` changes. Resumable (``checkpoint.py``).
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from aeic_codec.nn.config import StemConfig
 from aeic_codec.nn.stem import AnalysisStem
 from aeic_codec.nn.transforms import from_pixels
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, run_steps
 from .texture_book import photo
 
 FEATURE_WEIGHT = 0.1  # of the features' relative error, beside y's
@@ -62,27 +61,21 @@ def distil_stem(
     made_for = {"identity": model.identity, "config": config.to_json(), "steps": steps}
     parts = {"stem": stem, "optimiser": optimiser}
     state = Checkpoint(checkpoint, made_for, parts, "another bundle, stem or number of steps")
-    done = state.resume()
     with torch.no_grad():  # the teacher's spread, to weigh both errors alike
         x = _crops(images, batch, crop, random.Random(seed - 1))
         features = front(x)
         spread = (features.var().item(), rest(features).var().item())
-    for step in range(done, steps):
-        for group in optimiser.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+    def loss_at(step: int) -> torch.Tensor:
         x = _crops(images, batch, crop, random.Random(seed * 1_000_003 + step))
         with torch.no_grad():
             target = front(x)
             y_target = rest(target)
         out = stem(x)
         loss = F.mse_loss(rest(out), y_target) / spread[1]
-        loss = loss + FEATURE_WEIGHT * F.mse_loss(out, target) / spread[0]
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        if progress is not None:
-            progress(step + 1, steps, float(loss.detach()))
-        state.done(step + 1, steps)
+        return loss + FEATURE_WEIGHT * F.mse_loss(out, target) / spread[0]
+
+    run_steps(state, loss_at, optimiser, lr, steps, progress)
     return stem.eval().requires_grad_(False)
 
 
