@@ -48,7 +48,7 @@ PROBES = 2  # clusters of the book searched per position
 # of the axes (the photographs: 31 %, more on facades, less on fur; isotropic: 18 %).
 # ``axis_weight`` dips there before the detail is matched to the statistics.
 AXIS_DEPTH = 0.8  # the amplitude weight on the axes is 1 - AXIS_DEPTH
-AXIS_SHARPNESS = 16  # the dip is cos(2 angle) ** AXIS_SHARPNESS: half depth at 8.4 degrees
+AXIS_SQUARINGS = 4  # the dip is cos(2 angle) ** (2 ** AXIS_SQUARINGS): half depth at 8.4 degrees
 
 
 class TextureFileError(ValueError):
@@ -232,8 +232,15 @@ def axis_weight(height: int, width: int) -> np.ndarray:
     horizontal and vertical frequency axes, rising to 1 on the diagonals (float32)."""
     fy = np.fft.fftfreq(height).astype(np.float32)[:, None] ** 2
     fx = np.fft.rfftfreq(width).astype(np.float32)[None, :] ** 2
-    cos2 = (fx - fy) / np.maximum(fx + fy, np.float32(1e-12))  # cos(2 angle)
-    return 1 - np.float32(AXIS_DEPTH) * cos2**AXIS_SHARPNESS
+    radius = fx + fy
+    radius[0, 0] = 1.0  # the mean has no angle
+    weight = np.subtract(fx, fy)
+    weight /= radius  # cos(2 angle); in place, by squarings: 0.02 s instead of 0.3 at 12 MP
+    for _ in range(AXIS_SQUARINGS):
+        weight *= weight
+    weight *= -AXIS_DEPTH
+    weight += 1
+    return weight
 
 
 def without_lattice(change: np.ndarray, period: int) -> np.ndarray:
