@@ -33,7 +33,7 @@ from aeic_codec.codec.metrics import (
     ms_ssim_u8,
     psnr_u8,
 )
-from aeic_codec.codec.texture_synthesis import load_texture
+from aeic_codec.codec.texture_synthesis import TextureSynthesis, load_texture
 from aeic_codec.format.container import unpack
 from bench import ROOT
 from bench._machine import machine_line
@@ -48,11 +48,10 @@ CROP_SIDE = 256
 
 
 def measure(
-    lam: float, images: list[Path], save: Path | None, texture_file: Path | None = None
+    lam: float, images: list[Path], save: Path | None, texture: TextureSynthesis
 ) -> list[dict[str, float]]:
     """Rows of one bundle: realism 0 and 1 for every image."""
     model = api.load_model(lambda_=lam)
-    texture = load_texture(texture_file) if texture_file else api.load_texture()
     rows = []
     for path in images:
         src, _ = api.read_image(path)
@@ -108,15 +107,12 @@ def summary(rows: list[dict[str, float]]) -> str:
     return md_table(head, lines)
 
 
-def crop_sheet(
-    images: list[Path], out: Path, lam: float = 12.0, texture_file: Path | None = None
-) -> None:
+def crop_sheet(images: list[Path], out: Path, texture: TextureSynthesis, lam: float = 12.0) -> None:
     """Per image a row at 1:1: original, realism 0, realism 1 (texture), and x2 + AVIF at
     the lowest quality whose file is at least as large as aeic's."""
     from PIL import Image, ImageDraw
 
     model = api.load_model(lambda_=lam)
-    texture = load_texture(texture_file) if texture_file else api.load_texture()
     rows = []
     for path in images:
         src, _ = api.read_image(path)
@@ -164,15 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     if not images:
         raise SystemExit(f"no PNG images in {args.kodak}")
     print(machine_line(), flush=True)
-    rows = [row for lam in args.lambdas for row in measure(lam, images, args.save, args.texture)]
+    texture = load_texture(args.texture) if args.texture else api.load_texture()
+    rows = [row for lam in args.lambdas for row in measure(lam, images, args.save, texture)]
     print(summary(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_line(), "rows": rows}))
     if args.crops:
         chosen = [args.kodak / f"{n}.png" for n in CROP_IMAGES]
-        crop_sheet(
-            [c for c in chosen if c.exists()] or images[:1], args.crops, texture_file=args.texture
-        )
+        crop_sheet([c for c in chosen if c.exists()] or images[:1], args.crops, texture)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,13 @@ _bundle_output = click.option(
     type=click.Path(dir_okay=False),
     help="The bundle to write (.safetensors).",
 )
+_texture_output = click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The texture file to write (.safetensors).",
+)
 
 _photos_option = click.option(
     "--photos",
@@ -354,7 +361,7 @@ def weights_calibrate_rate(
     show_default=True,
     help="Exemplars in the book.",
 )
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@_texture_output
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
 @debug_option
 def weights_texture_book(
@@ -391,13 +398,7 @@ def weights_texture_book(
 
 @weights.command("texture-renderer")
 @click.argument("texture", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="The texture file to write (.safetensors).",
-)
+@_texture_output
 @_photos_option
 @click.option(
     "--steps",
