@@ -236,6 +236,25 @@ def test_weights_set_grid_copies_the_weights(tmp_path, png_file, tiny_bundle):
     assert info.provenance["trained_colour_grid"] == [0, 4]
 
 
+def test_weights_set_window_keeps_the_identity_its_files_carry(tmp_path):
+    from aeic_codec.bundles.bundle import read_info
+
+    shipped = Path(__file__).resolve().parents[1] / "weights" / "aeic-small-l500.safetensors"
+    out = tmp_path / "window.safetensors"
+    code, _, err = run("weights", "set-window", str(shipped), "-o", str(out), "--pixels", "4096")
+    assert code == 0, err
+    old, new = read_info(shipped), read_info(out)
+    assert (new.config.attention_window, new.realism.attention_window) == (4096, 4096)
+    assert (new.identity, new.integer_identity) == (old.identity, old.integer_identity)
+    # Reported as aeic info and aeic weights list show it: the integer path's identity.
+    assert err.strip() == f"aeic: wrote {out} (model {old.integer_identity})"
+    assert new.provenance["trained_attention_window"] == old.provenance.get(
+        "trained_attention_window", old.config.attention_window
+    )
+    code, _, err = run("weights", "set-window", str(shipped), "-o", str(out), "--pixels", "0")
+    assert code == 2 and "0 is not in the range x>=1" in err
+
+
 def test_weights_set_grid_refuses_bad_settings(tmp_path, tiny_bundle):
     out = tmp_path / "bad.safetensors"
     args = ("weights", "set-grid", str(tiny_bundle), "-o", str(out))

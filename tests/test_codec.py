@@ -204,6 +204,16 @@ def test_configs_without_a_grid_hash_as_before():
     assert gridded.identity_json() == AEIC_SE.identity_json() == AEIC_SE.to_json()
 
 
+def test_the_attention_window_is_stored_when_set_and_outside_the_identity():
+    assert "attention_window" not in AEIC_SE.to_json()  # bundles before it: as they were
+    local = AEIC_SE.replace(attention_window=256 * 256)
+    assert '"attention_window":65536' in local.to_json()
+    assert type(AEIC_SE).from_json(local.to_json()) == local
+    assert local.identity_json() == AEIC_SE.identity_json() == AEIC_SE.to_json()
+    with pytest.raises(ValueError, match="attention_window must be positive, got 0"):
+        AEIC_SE.replace(attention_window=0)
+
+
 def test_pad_reflect_matches_torch_reflect_when_legal():
     x = torch.arange(2 * 3 * 70 * 90, dtype=torch.float32).view(2, 3, 70, 90)
     ref = torch.nn.functional.pad(x, (0, 38, 0, 58), mode="reflect")

@@ -142,13 +142,38 @@ def test_local_attention_leaves_small_pictures_alone_and_restores_processors() -
     l_0 = torch.randn(1, cfg.decoder_latent, 12, 10)
     with torch.no_grad():
         plain = eps(l_t), decoder(l_0)
-        with attention.local_attention(eps, 8), attention.local_attention(decoder, 8):
+        window = cfg.attention_window
+        with (
+            attention.local_attention(eps, 8, window),
+            attention.local_attention(decoder, 8, window),
+        ):
             local = eps(l_t), decoder(l_0)
             big = eps(torch.randn(1, cfg.denoiser_in, 100, 60))  # 800 x 480 px: windowed
     assert all(torch.equal(a, b) for a, b in zip(plain, local, strict=True))
     assert torch.isfinite(big).all()
     assert before == [m.processor for m in eps.modules() if hasattr(m, "set_processor")]
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in eps.modules())
+
+
+def test_a_bundles_attention_window_decides_where_its_decoder_attends_locally(
+    tiny_bundle, tmp_path
+) -> None:
+    """Decoding attends over the bundle's window: a copy with a window as large as the
+    picture decodes as the original, one with a smaller window otherwise."""
+    from aeic_codec.bundles.bundle import read_info
+    from aeic_codec.bundles.copies import set_attention_window
+
+    data = api.encode(make_image(96, 128), load_bundle(tiny_bundle))
+    pictures = {}
+    for pixels in (128 * 128, 32 * 32):  # the padded picture, and less
+        copy = tmp_path / f"window-{pixels}.safetensors"
+        identity = set_attention_window(tiny_bundle, copy, pixels)
+        assert identity == read_info(tiny_bundle).identity
+        assert load_bundle(copy).cfg.attention_window == pixels
+        pictures[pixels] = np.asarray(api.decode(data, load_bundle(copy), precision="fp32"))
+    original = np.asarray(api.decode(data, load_bundle(tiny_bundle), precision="fp32"))
+    assert np.array_equal(pictures[128 * 128], original)
+    assert not np.array_equal(pictures[32 * 32], original)
 
 
 def test_decode_progress_moves_within_one_image(tiny_bundle) -> None:

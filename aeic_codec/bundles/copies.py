@@ -1,8 +1,9 @@
 """Copies of a bundle with a part added or a setting changed, under the same identity.
 
 A realism decoder (``realism.``) and a fast encoder's stem (``stem.``) sit outside the
-identity (``bundle.identity_of``), and the colour grid is each file's own: a copy with
-one of them added, replaced or changed decodes every file the original made.
+identity (``bundle.identity_of``), the colour grid is each file's own and the attention
+window a way of rendering: a copy with one of them added, replaced or changed decodes
+every file the original made.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .bundle import (
     REALISM_PREFIX,
     STEM_PREFIX,
     BundleError,
+    BundleInfo,
     identity_of,
     read_info,
     stored_tensors,
@@ -25,6 +27,8 @@ from .bundle import (
 
 if TYPE_CHECKING:
     import torch
+
+    from aeic_codec.nn.config import ModelConfig
 
 
 def attach_realism(
@@ -114,28 +118,57 @@ def set_colour_grid(
     tensors, tables and identity stay as they were and the copy decodes the original's
     files. ``cell`` 0 turns the grid off; ``step`` None keeps the bundle's.
     """
-    from safetensors.torch import load_file, save_file
-
-    from aeic_codec.runtime.files import atomic_path
-
     info = read_info(path)
     old = info.config
     step = old.colour_grid_step if step is None else step
     # Without a grid the step is not stored: an unused --step is not checked.
     config = old.replace(colour_grid=cell, colour_grid_step=step if cell else old.colour_grid_step)
+    trained = ("trained_colour_grid", [old.colour_grid, old.colour_grid_step])
+    return _with_configs(info, output, {"config": config}, trained)
+
+
+def set_attention_window(
+    path: str | os.PathLike[str], output: str | os.PathLike[str], pixels: int
+) -> str:
+    """Write a copy of a bundle whose decoders attend over windows of ``pixels`` image
+    pixels (``ModelConfig.attention_window``, its realism decoder's too); returns its
+    identity.
+
+    The window changes how the decoder renders, not what a file says: tensors and identity
+    stay, and the copy decodes the original's files (differently only where a picture's
+    attention grid is larger than the window).
+    """
+    info = read_info(path)
+    configs = {"config": info.config.replace(attention_window=pixels)}
+    if info.realism is not None:
+        configs["realism_config"] = info.realism.replace(attention_window=pixels)
+    trained = ("trained_attention_window", info.config.attention_window)
+    return _with_configs(info, output, configs, trained)
+
+
+def _with_configs(
+    info: BundleInfo,
+    output: str | os.PathLike[str],
+    configs: dict[str, ModelConfig],
+    first: tuple[str, Any],
+) -> str:
+    """A copy of a bundle with other configurations (metadata key -> config) that keep its
+    identity; ``first`` is recorded in the provenance unless an earlier copy did."""
+    from safetensors.torch import load_file, save_file
+
+    from aeic_codec.runtime.files import atomic_path
+
     try:
         tensors = load_file(str(info.path))
     except Exception as exc:  # safetensors raises its own error types for bad files
         raise BundleError(f"{info.path}: cannot load bundle ({exc})") from exc
-    identity = identity_of(config.identity_json(), tensors)
+    identity = identity_of(configs["config"].identity_json(), tensors)
+    if identity != info.identity:
+        raise BundleError(f"{info.path}: its tensors do not give its identity {info.identity}")
     provenance = dict(info.provenance)
-    provenance.setdefault("trained_colour_grid", [old.colour_grid, old.colour_grid_step])
-    metadata = dict(
-        info.metadata,
-        config=config.to_json(),
-        identity=identity,
-        provenance=json.dumps(provenance, sort_keys=True),
-    )
+    provenance.setdefault(*first)
+    metadata = dict(info.metadata, provenance=json.dumps(provenance, sort_keys=True))
+    metadata.update({key: config.to_json() for key, config in configs.items()})
     with atomic_path(output) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return identity

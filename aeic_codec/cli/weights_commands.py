@@ -46,6 +46,14 @@ _checkpoint_option = click.option(
 )
 
 
+def _wrote(output: str, after: str = "") -> None:
+    """Report a written bundle by the identity its files carry (as aeic info and aeic
+    weights list show it: the integer path's where the bundle has one)."""
+    from aeic_codec.bundles.bundle import read_info
+
+    click.echo(f"aeic: wrote {output} (model {read_info(output).file_identity}){after}", err=True)
+
+
 @contextlib.contextmanager
 def _terminal_progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
     """One long piece of work's progress bar on a terminal (its ``tiles`` callback; None
@@ -187,10 +195,8 @@ def weights_import(
         click.echo(f"[{step['n']}/6] {message}", err=True)
 
     try:
-        identity = import_published(
-            aeic_pkl, sd_turbo, vae_decoder, output, lambda_, progress, decoder_dtype
-        )
-        click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+        import_published(aeic_pkl, sd_turbo, vae_decoder, output, lambda_, progress, decoder_dtype)
+        _wrote(output)
         if calibration:
             from aeic_codec.tools.integerize import (
                 PLAN_WORDS,
@@ -234,10 +240,38 @@ def weights_set_grid(
 
     check_output(output, force)
     try:
-        identity = set_colour_grid(bundle, output, cell, step)
+        set_colour_grid(bundle, output, cell, step)
+        _wrote(output)
     except (OSError, ValueError) as exc:  # BundleError is a ValueError
         fail_hard(exc, debug)
-    click.echo(f"aeic: wrote {output} (identity {identity})", err=True)
+
+
+@weights.command("set-window")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@_bundle_output
+@click.option(
+    "--pixels",
+    required=True,
+    type=click.IntRange(min=1),
+    help="Area in image pixels that each query of eps's and D's self-attention sees "
+    "(e.g. 65536 for 256 x 256: the shipped bundles' training crops).",
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite the output.")
+@debug_option
+def weights_set_window(bundle: str, output: str, pixels: int, force: bool, debug: bool) -> None:
+    """Copy a bundle with another attention window for its decoders.
+
+    The weights and the identity are kept: the copy decodes the original's files, the
+    same wherever a picture fits the window and with local attention beyond it.
+    """
+    from aeic_codec.bundles.copies import set_attention_window
+
+    check_output(output, force)
+    try:
+        set_attention_window(bundle, output, pixels)
+        _wrote(output)
+    except (OSError, ValueError) as exc:  # BundleError is a ValueError
+        fail_hard(exc, debug)
 
 
 def _images_options(what: str, count: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -337,10 +371,10 @@ def weights_calibrate_rate(
                 progress=tick,
             )
         source = {"images": Path(images).name, "count": len(files)}
-        identity = set_rate_curve(bundle, output, measured, source)
+        set_rate_curve(bundle, output, measured, source)
         curve = mean_curve(measured)
         points = ", ".join(f"{q / 256:g}: {b:.4f} bpp {p:.2f} dB" for q, b, p in curve)
-        click.echo(f"aeic: wrote {output} (identity {identity}); step: {points}", err=True)
+        _wrote(output, f"; step: {points}")
     except (OSError, ValueError) as exc:  # BundleError and ImageError are ValueErrors
         fail_hard(exc, debug)
 
@@ -506,7 +540,7 @@ def weights_fast_encoder(
                 model, files, config, steps, checkpoint=checkpoint, progress=_without_loss(tick)
             )
         source = {"photos": len(files), "steps": steps}
-        identity = attach_stem(bundle, stem, output, provenance=source)
-        click.echo(f"aeic: wrote {output} (identity {identity}, with a fast encoder)", err=True)
+        attach_stem(bundle, stem, output, provenance=source)
+        _wrote(output, ", with a fast encoder")
     except (OSError, ValueError) as exc:  # BundleError is a ValueError
         fail_hard(exc, debug)

@@ -49,7 +49,12 @@ def synthesize(
     layout = torch.channels_last
     for part in (model.g_s, model.denoiser, model.vae):
         part.to(device=device, dtype=dtype, memory_format=layout)
-    with torch.no_grad(), local_attention(model.denoiser, 8), local_attention(model.vae, 8):
+    window = cfg.attention_window
+    with (
+        torch.no_grad(),
+        local_attention(model.denoiser, 8, window),
+        local_attention(model.vae, 8, window),
+    ):
         y = y_hat.to(device=device, dtype=dtype).contiguous(memory_format=layout)
         l_t, l_res = model.g_s(y)
         l_t = model.denoiser.with_noise(l_t)  # whole l_T before tiling: the tiles agree

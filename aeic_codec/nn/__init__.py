@@ -9,7 +9,6 @@ from aeic_codec.runtime.lazy import lazy_exports
 
 _EXPORTS = {
     "LocalAttnProcessor": "attention",
-    "WINDOW_AREA": "attention",
     "local_attention": "attention",
     "windowed_sdpa": "attention",
     "Adapter": "blocks",
@@ -31,6 +30,7 @@ _EXPORTS = {
     "AEIC_SMALL": "config",
     "AEIC_SMALL_TAEF2": "config",
     "AEIC_SMALL_TAEF2_NOISE": "config",
+    "DEFAULT_ATTENTION_WINDOW": "config",
     "ModelConfig": "config",
     "PRESETS": "config",
     "StemConfig": "config",

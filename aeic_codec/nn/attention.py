@@ -1,21 +1,20 @@
-"""Local self-attention for large images: attention whose cost grows with the pixels.
+"""Local self-attention: attention whose cost grows with the pixels, not faster.
 
 eps's transformer blocks and D's mid block attend over every position of what they are
 given, so the work per position grows with the picture: for the shipped D, one
 256 x 256 latent (2048 x 2048 px) spent 14 of 25 CPU-seconds in its one attention
 (6 % at 512 x 512), and a 4000 x 3000 decode 31 s per megapixel against 4 at 768 x 512.
 While a decode runs, ``local_attention`` gives every such layer a processor that lets each
-block of queries attend to the keys of a window of WINDOW_AREA image pixels (at that
-layer's scale; square where the grid allows) centred on the block, moved inwards at the
-borders. A picture whose layer has no more positions than the window (every Kodak image:
-768 x 512 px and below in area) attends globally as before, bit for bit the same call;
-beyond, each query sees as many keys as a 768 x 512 image gives all of its positions, so
-attention costs the same per pixel at any size. A block is half the window's side, so every
-query sees at least a quarter of the window beyond its block on each side and
-neighbouring blocks share half of their keys: on kodim23 upscaled to 2048 x 2048 the
-columns at block edges differ from a global-attention decode no more than the others
-(no seams), and the decode is as far from the source as with blocks of a quarter (which
-cost a quarter more per pixel: sdpa is less efficient on few queries).
+block of queries attend to the keys of a window of ``area`` image pixels (the model's
+``attention_window``, at that layer's scale; square where the grid allows) centred on the
+block, moved inwards at the borders. A picture whose layer has no more positions than the
+window attends globally, bit for bit the same call; beyond, each query sees a window's
+keys, so attention costs the same per pixel at any size. A block is half the window's
+side, so every query sees at least a quarter of the window beyond its block on each side
+and neighbouring blocks share half of their keys: on kodim23 upscaled to 2048 x 2048 the
+columns at block edges differ from a global-attention decode no more than the others (no
+seams), and the decode is as far from the source as with blocks of a quarter (which cost a
+quarter more per pixel: sdpa is less efficient on few queries).
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-WINDOW_AREA = 768 * 512  # the window's area in image pixels: a Kodak image fits whole
 
 
 def _window(size: int, start: int, stop: int, window: int) -> slice:
@@ -149,12 +146,13 @@ def _supported(attn: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def local_attention(network: nn.Module, scale: int) -> Iterator[None]:
+def local_attention(network: nn.Module, scale: int, window: int) -> Iterator[None]:
     """Window every self-attention of ``network`` (eps or D) while the block runs.
 
-    ``scale`` is image pixels per input pixel of the network (8 for a latent); each
-    layer's window follows from its own grid: WINDOW_AREA / (scale * input side / grid
-    side)^2 positions. Modules of other kinds (cross-attention, masks) keep their processors.
+    ``window`` is the area in image pixels, ``scale`` image pixels per input pixel of
+    the network (8 for a latent); each layer's window follows from its own grid:
+    window / (scale * input side / grid side)^2 positions. Modules of other kinds
+    (cross-attention, masks) keep their processors.
     """
     from .diffusers_blocks import import_module
 
@@ -174,7 +172,7 @@ def local_attention(network: nn.Module, scale: int) -> Iterator[None]:
         """The window (positions) of a layer whose grid is ``height`` high (the network's
         input's height when a layer is called on its own, as the layer-wise D does)."""
         image_side = scale * (side[0] if side else height)
-        return max(WINDOW_AREA * height * height // (image_side * image_side), 1)
+        return max(window * height * height // (image_side * image_side), 1)
 
     def grid_of(processors: list[LocalAttnProcessor]) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -200,14 +198,14 @@ def local_attention(network: nn.Module, scale: int) -> Iterator[None]:
                 processors = []
                 for inner in module.modules():
                     if isinstance(inner, attention) and _supported(inner):
-                        processors.append(LocalAttnProcessor(WINDOW_AREA))
+                        processors.append(LocalAttnProcessor(window))
                         saved.append((inner, inner.processor))
                         inner.set_processor(processors[-1])
                         covered.add(inner)
                 handles.append(module.register_forward_pre_hook(grid_of(processors)))
         for module in network.modules():
             if isinstance(module, attention) and module not in covered and _supported(module):
-                processor = LocalAttnProcessor(WINDOW_AREA)
+                processor = LocalAttnProcessor(window)
                 saved.append((module, module.processor))
                 module.set_processor(processor)
                 handles.append(module.register_forward_pre_hook(window_of(processor)))
