@@ -73,7 +73,7 @@ class ModelConfig:
     # (nn/attention.py): a decode-time setting, outside the identity like the colour grid.
     # Best near the crops the networks were trained on: the shipped aeic-small bundles
     # (256 px crops) set 256 * 256, which gives Kodak 0.01-0.04 dB more than attention
-    # over the whole 768 x 512 picture, at a fifth of the attention's cost.
+    # over the whole 768 x 512 picture, with a sixth of the keys per query.
     attention_window: int = DEFAULT_ATTENTION_WINDOW
     # Colour grid (colour.py): cell size in pixels (0: none) and quantization step of the
     # cell means the encoder sends.
