@@ -163,7 +163,8 @@ def test_weights_import_and_list_commands(published, tmp_path):
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.stderr
-    assert "[6/6]" in result.stderr and "identity" in result.stderr
+    assert "[6/6]" in result.stderr
+    assert f"aeic: wrote {out} (model {read_info(out).file_identity})" in result.stderr
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "exists" in again.stderr
     listed = CliRunner().invoke(main, ["weights", "list", "--json", "--weights", str(out.parent)])

@@ -286,6 +286,7 @@ AEIC_SMALL = AEIC_SE.replace(
     # Its pictures come out desaturated; six colour statistics (12 bytes) gave +0.57 dB on
     # Kodak for 0.00024 bpp, so they go into every file.
     colorfix_min_pixels=0,
+    attention_window=256 * 256,  # its configs train on 256 px crops (the field's comment)
 )
 
 # The realism decoder of the shipped models: aeic-small's g_s and eps feeding TAEF2's
