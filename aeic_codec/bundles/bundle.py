@@ -414,12 +414,12 @@ def find_texture(weights: str | os.PathLike[str] | None = None) -> Path:
     the shipped weights/. No fallback: named weights without a texture file are an error.
     """
     paths = [Path(weights)] if weights else search_paths()
-    for p in paths:
-        folder = (p if p.is_dir() else p.parent) / TEXTURE_FOLDER
+    folders = [(p if p.is_dir() else p.parent) / TEXTURE_FOLDER for p in paths]
+    for folder in folders:
         found = sorted(folder.glob(f"*{SUFFIX}"))
         if found:
             return found[0]
-    searched = ", ".join(str((p if p.is_dir() else p.parent) / TEXTURE_FOLDER) for p in paths)
+    searched = ", ".join(str(folder) for folder in folders)
     raise BundleError(
         f"no texture file ({TEXTURE_FOLDER}/*{SUFFIX} beside the bundles) for texture "
         f"synthesis; searched: {searched}; make one with aeic weights texture-book"

@@ -17,20 +17,20 @@ from aeic_codec.runtime.progress import BatchProgress
 
 from .common import check_output, debug_option, fail_hard, on_terminal
 
-_bundle_output = click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="The bundle to write (.safetensors).",
-)
-_texture_output = click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="The texture file to write (.safetensors).",
-)
+
+def _output_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """-o/--output FILE: the file a weights command writes."""
+    return click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help=f"The {what} to write (.safetensors).",
+    )
+
+
+_bundle_output = _output_option("bundle")
+_texture_output = _output_option("texture file")
 
 _photos_option = click.option(
     "--photos",
