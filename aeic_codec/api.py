@@ -34,6 +34,7 @@ from aeic_codec.format.texture_coder import read_texture as read_texture
 from aeic_codec.runtime.devices import PRECISIONS as PRECISIONS
 from aeic_codec.runtime.devices import check_device as check_device
 from aeic_codec.runtime.devices import cpu_has_native_bf16 as cpu_has_native_bf16
+from aeic_codec.runtime.devices import resolve_fast as resolve_fast
 from aeic_codec.runtime.devices import resolve_precision
 from aeic_codec.runtime.imageio import DEFAULT_MAX_PIXELS
 from aeic_codec.runtime.imageio import read_image as read_image  # for callers of the API
@@ -222,7 +223,7 @@ def encode_image(
     size: int | None = None,
     bpp: float | None = None,
     texture: bool = False,
-    fast: bool = False,
+    fast: bool | None = None,
 ) -> EncodeResult:
     """Code an H x W x 3 uint8 image.
 
@@ -248,7 +249,8 @@ def encode_image(
     ``codec/texture.py``; a few dozen bytes, inside a budget too), which a decoder's
     texture synthesis reads. ``fast`` runs the bundle's fast encoder (``nn/stem.py``:
     g_a in about half the time; on Kodak 1.5 % fewer bytes and 0.05 dB less PSNR); a
-    bundle without one raises ValueError.
+    bundle without one raises ValueError. None (the default) runs it where
+    ``resolve_fast`` says: on a CPU without native bf16, if the bundle has one.
     """
     import torch
 
@@ -332,7 +334,7 @@ class _FileCoder:
         texture: SourceTexture | None,
         device: str,
         dtype: torch.dtype,
-        fast: bool,
+        fast: bool | None,
     ) -> None:
         if model.identity is None:
             raise BundleError("the model has no identity: load it from a bundle or save it first")
@@ -342,6 +344,7 @@ class _FileCoder:
             colour_fix = self.height * self.width > model.cfg.colorfix_min_pixels
         if colour_grid is None:
             colour_grid = bool(model.cfg.colour_grid)
+        fast = resolve_fast(fast, model.stem is not None, device)
         self.y, self.z = model.analyse(x, device, dtype, fast)
         self.codec = model.latent_codec(integer)
         self.colour, self.grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
@@ -413,7 +416,7 @@ def encode(
     size: int | None = None,
     bpp: float | None = None,
     texture: bool = False,
-    fast: bool = False,
+    fast: bool | None = None,
 ) -> bytes:
     """Code an H x W x 3 uint8 image into the bytes of an .aeic file (see encode_image)."""
     return encode_image(

@@ -18,6 +18,8 @@ bundle with a realism decoder gives two points, decoded with realism 0 (its fide
 decoder) and 1 (the same files). An anchor point does the same with Pillow's encoder at
 its lowest quality setting (JPEG 1, WebP 0, AVIF 0) or with "downscale by k, AVIF, upscale
 bicubic", swept over a few AVIF qualities so that it forms a curve over the ultra-low rates.
+aeic encodes with the bundle's own g_a on every CPU (``bench.fast_encoder`` measures the
+fast encoder that ``aeic encode`` runs by default on a CPU without native bf16).
 
 Usage:
     python -m bench.rd_kodak                        # shipped bundles, all 24 images
@@ -140,7 +142,7 @@ def measure_bundle(
     for image in images:
         src = load_rgb(image)
         t0 = time.perf_counter()
-        data = api.encode(src, model)
+        data = api.encode(src, model, fast=False)
         t1 = time.perf_counter()
         out = api.decode(data, model, precision=precision, realism=realism)
         t2 = time.perf_counter()
@@ -309,7 +311,7 @@ def crops(
     tiles = [("original", src)]
     for path in bundles:
         model = load_bundle(path)
-        data = api.encode(src, model)
+        data = api.encode(src, model, fast=False)
         bpp = len(data) * 8 / (h * w)
         tiles.append((f"{model_label(path)}: {bpp:.4f} bpp", api.decode(data, model)))
     cw, ch = box[2] - box[0], box[3] - box[1]
@@ -338,7 +340,7 @@ def realism_crops(bundle: Path, images: list[Path], out: Path, side: int = 256) 
     for image in images:
         src = load_rgb(image)
         h, w = src.shape[:2]
-        data = api.encode(src, model)
+        data = api.encode(src, model, fast=False)
         bpp = len(data) * 8 / (h * w)
         tiles = [("original", src)]
         for r in (0.0, 1.0):

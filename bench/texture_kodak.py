@@ -6,6 +6,7 @@ unused) and 1 (plus the detail the texture file synthesises). Reported per setti
 means over the images: bpp of the whole file, the statistics' bytes and share of it,
 PSNR, MS-SSIM, the luma power kept in the two finest octave bands (dB), issue 29's local
 band error and coherence excess (``codec/metrics.py``), and the seconds of a decode.
+Files are encoded with the bundle's own g_a on every CPU, as in ``bench.rd_kodak``.
 
 Usage:
     python -m bench.texture_kodak [--lambdas 12 64 500] [--limit N] [--names kodim23]
@@ -55,7 +56,7 @@ def measure(
     rows = []
     for path in images:
         src, _ = api.read_image(path)
-        data = api.encode(src, model, texture=True)
+        data = api.encode(src, model, texture=True, fast=False)
         f = unpack(data)
         for r in (0.0, 1.0):
             t0 = time.perf_counter()
@@ -117,7 +118,7 @@ def crop_sheet(images: list[Path], out: Path, texture: TextureSynthesis, lam: fl
     for path in images:
         src, _ = api.read_image(path)
         h, w = src.shape[:2]
-        data = api.encode(src, model, texture=True)
+        data = api.encode(src, model, texture=True, fast=False)
         bpp = len(data) * 8 / (h * w)
         tiles = [("original", src)]
         for r in (0.0, 1.0):

@@ -16,6 +16,7 @@ from aeic_codec.bundles.copies import attach_stem
 from aeic_codec.cli.app import main
 from aeic_codec.nn.config import StemConfig, tiny_config
 from aeic_codec.nn.stem import AnalysisStem
+from aeic_codec.runtime import devices
 from aeic_codec.tools.stem import distil_stem
 
 from .conftest import make_image, photo_folder
@@ -54,14 +55,35 @@ def test_attaching_a_stem_keeps_the_identity_and_the_files(tiny_bundle, fast_bun
     image = make_image(64, 96)
     plain = load_bundle(tiny_bundle, decoder=False)
     with_stem = load_bundle(fast_bundle, decoder=False)
-    # The same g_a: the default encoder makes the same file with either bundle.
-    assert api.encode(image, plain) == api.encode(image, with_stem)
+    # The same g_a: it makes the same file with either bundle.
+    assert api.encode(image, plain, fast=False) == api.encode(image, with_stem, fast=False)
     # A decoder-only load skips the stem; it decodes the fast encoder's files.
     decoder = load_bundle(fast_bundle, encoder=False)
     assert decoder.stem is None
     fast = api.encode(image, with_stem, fast=True)
-    assert fast != api.encode(image, with_stem)
+    assert fast != api.encode(image, with_stem, fast=False)
     assert api.decode(fast, decoder).shape == image.shape
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_the_default_encoder_is_the_fast_one_without_native_bf16(
+    tiny_bundle, fast_bundle, monkeypatch, native_bf16
+):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native_bf16)
+    assert api.resolve_fast(None, True) is not native_bf16
+    assert api.resolve_fast(None, True, "cuda") is False
+    assert api.resolve_fast(None, False) is False  # no fast encoder: g_a, whatever the CPU
+    assert api.resolve_fast(True, False) is True  # asked for: analyse refuses it
+    assert api.resolve_fast(False, True) is False
+    image = make_image(64, 96)
+    with_stem = load_bundle(fast_bundle, decoder=False)
+    plain = load_bundle(tiny_bundle, decoder=False)
+    # fp32 throughout: the file then depends only on which encoder ran
+    auto = api.encode(image, with_stem, precision="fp32")
+    assert auto == api.encode(image, with_stem, precision="fp32", fast=not native_bf16)
+    assert api.encode(image, plain, precision="fp32") == api.encode(
+        image, plain, precision="fp32", fast=False
+    )
 
 
 def test_fast_needs_a_bundle_with_a_stem(tiny_bundle, fast_bundle, tmp_path):
@@ -78,6 +100,13 @@ def test_fast_needs_a_bundle_with_a_stem(tiny_bundle, fast_bundle, tmp_path):
     result = runner.invoke(main, ["encode", str(png), "--fast", "--weights", str(fast_bundle)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a.aeic").stat().st_size > 0
+    # --no-fast runs g_a: the bundle without a stem makes the same file
+    args = ["encode", str(png), "--no-fast", "--precision", "fp32", "-f", "--weights"]
+    result = runner.invoke(main, [*args, str(fast_bundle), "-o", str(tmp_path / "b.aeic")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, [*args, str(tiny_bundle), "-o", str(tmp_path / "c.aeic")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b.aeic").read_bytes() == (tmp_path / "c.aeic").read_bytes()
 
 
 def test_weights_list_shows_the_fast_encoder(fast_bundle):

@@ -196,7 +196,7 @@ class EncodeWork(_Work):
     size: int | None = None
     bpp: float | None = None
     texture: bool = False
-    fast: bool = False
+    fast: bool | None = None  # None: api.resolve_fast decides
     debug: bool = False
     _model: Any = None
 

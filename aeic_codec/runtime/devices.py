@@ -50,6 +50,19 @@ def resolve_precision(precision: str, device: str = "cpu") -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
+def resolve_fast(fast: bool | None, has_fast_encoder: bool, device: str = "cpu") -> bool:
+    """Whether an encode runs the bundle's fast encoder: ``fast`` when given; when None, on
+    the CPU where it lacks native bf16 and the bundle has one.
+
+    There g_a runs in float32 and takes about half of the encode; the fast encoder cuts a
+    768 x 512 encode by a sixth, for 0.04 to 0.07 dB of PSNR with 1.2 to 1.6 % fewer
+    bytes on Kodak (README, "Usage"). With native bf16, g_a is cheap enough as it is.
+    """
+    if fast is not None:
+        return fast
+    return device == "cpu" and has_fast_encoder and not cpu_has_native_bf16()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX).
 
