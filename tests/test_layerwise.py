@@ -209,3 +209,28 @@ def test_upsampled_rows_are_the_upsamplers_output() -> None:
         assert lazy.shape == full.shape
         for first, last in [(0, 18), (0, 1), (5, 11), (17, 18)]:
             torch.testing.assert_close(lazy.rows(first, last), full[..., first:last, :])
+
+
+def test_polyphase_upsampling_is_the_upsampler() -> None:
+    torch.manual_seed(0)
+    upsampler = build_vae(tiny_config()).up_blocks[0].upsamplers[0]
+    fast = layerwise.polyphase(upsampler)
+    assert fast is not upsampler
+    for shape in [(1, upsampler.channels, 9, 7), (1, upsampler.channels, 1, 1)]:
+        u = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(u), upsampler(u), rtol=0, atol=1e-5)
+            last = u.contiguous(memory_format=torch.channels_last)
+            out = fast(last)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, upsampler(u), rtol=0, atol=1e-5)
+    # bf16 runs the upsampler itself, so that bf16 decodes keep their pixels
+    upsampler.to(torch.bfloat16)
+    u = torch.randn(1, upsampler.channels, 9, 7, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(fast(u), upsampler(u))
+    # one it cannot rewrite (a transposed convolution) runs as it is
+    from diffusers.models.upsampling import Upsample2D
+
+    transposed = Upsample2D(4, use_conv_transpose=True)
+    assert layerwise.polyphase(transposed) is transposed

@@ -263,14 +263,79 @@ def _sd_decode(decoder: nn.Module, l_0: torch.Tensor, tick: Ticker) -> torch.Ten
             x = _resnet(resnet, x)
             tick()
         for upsampler in up.upsamplers or ():
-            x = Lazy(upsampler, x, upsampler.out_channels, scale=2)
+            upsample = polyphase(upsampler)
+            x = Lazy(upsample, x, upsampler.out_channels, scale=2)
             if not _big(x, x.source.dtype, LAZY_BYTES):  # held whole, computed once
-                x = banded(lambda t, _, u=upsampler: u(t), x.source, 1, scale=2)
+                x = banded(lambda t, _, u=upsample: u(t), x.source, 1, scale=2)
             tick()
     norm = _normed(decoder.conv_norm_out, decoder.conv_act, x)
     x = banded(lambda t, _: decoder.conv_out(norm(t)), x, 1)
     tick()
     return x
+
+
+def polyphase(upsampler: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """diffusers' Upsample2D (nearest x2, then a 3x3 convolution) as four 2x2 convolutions
+    of its input, one per phase of the output pixels; any other upsampler as it is.
+
+    An output pixel of phase (a, b) sees, through the nearest upsampling, 2 x 2 input
+    pixels, with the 3x3 kernel's taps summed where they land on the same one: the same
+    sums (up to float rounding) with 16 instead of 36 multiply-adds per input pixel and
+    channel pair. The upsamplers then cost 1.4 to 1.8 times less on a CPU with AVX2
+    alone; at 4000 x 3000 the shipped D reads its last one three times (``Lazy``). In
+    float32 only: a bf16 decode (CPUs with native bf16, where it gained 3 %) would round
+    the products otherwise and move pixels by up to 3 levels.
+    """
+    conv = getattr(upsampler, "conv", None)
+    conv = getattr(upsampler, "Conv2d_0", None) if conv is None else conv
+    plain = (
+        isinstance(conv, nn.Conv2d)
+        and getattr(upsampler, "use_conv", False)
+        and getattr(upsampler, "interpolate", False)
+        and not getattr(upsampler, "use_conv_transpose", True)
+        and getattr(upsampler, "norm", None) is None
+        and conv.kernel_size == (3, 3)
+        and conv.padding == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+    if not plain:
+        return upsampler
+    assert isinstance(conv, nn.Conv2d)
+    kernels = _phase_kernels(conv.weight.detach().float())  # sums in float32
+    bias = None if conv.bias is None else conv.bias.detach().float()
+
+    def upsample(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
+            return upsampler(x)  # bf16 decodes stay as they were (see above)
+        height, width = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1))
+        out = None
+        for (a, b), kernel in kernels.items():
+            window = padded[..., a : a + height + 1, b : b + width + 1]
+            y = F.conv2d(window, kernel, bias)
+            if out is None:
+                shape = (*y.shape[:2], 2 * height, 2 * width)
+                out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=_layout(x))
+            out[..., a::2, b::2] = y
+        assert out is not None
+        return out
+
+    return upsample
+
+
+def _phase_kernels(weight: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+    """A 3x3 kernel's four 2x2 kernels over the zero-padded input, by output phase (a, b):
+    rows (and columns) of phase 0 read input i - 1 (tap 0) and i (taps 1 and 2), of phase
+    1 input i (taps 0 and 1) and i + 1 (tap 2)."""
+
+    def fold(w: torch.Tensor, axis: int, phase: int) -> torch.Tensor:
+        t0, t1, t2 = w.unbind(axis)
+        return torch.stack((t0, t1 + t2) if phase == 0 else (t0 + t1, t2), axis)
+
+    return {(a, b): fold(fold(weight, 2, a), 3, b).contiguous() for a in (0, 1) for b in (0, 1)}
 
 
 def reach(layers: list[nn.Module]) -> int:
