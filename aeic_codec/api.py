@@ -72,6 +72,7 @@ class EncodeResult:
     model_id: str = ""  # the identity the file names (the integer one on the integer path)
     qstep: int = QSTEP_ONE  # y's quantisation step in 1/256 (rate control)
     trials: int = 1  # files a budget search made to find this one
+    fast: bool = False  # whether the bundle's fast encoder made y (``resolve_fast``)
 
     @property
     def entropy_digest(self) -> str | None:
@@ -344,8 +345,8 @@ class _FileCoder:
             colour_fix = self.height * self.width > model.cfg.colorfix_min_pixels
         if colour_grid is None:
             colour_grid = bool(model.cfg.colour_grid)
-        fast = resolve_fast(fast, model.stem is not None, device)
-        self.y, self.z = model.analyse(x, device, dtype, fast)
+        self.fast = resolve_fast(fast, model.stem is not None, device)
+        self.y, self.z = model.analyse(x, device, dtype, self.fast)
         self.codec = model.latent_codec(integer)
         self.colour, self.grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
         self.texture = texture
@@ -386,7 +387,8 @@ class _FileCoder:
             data, levels = choose_texture(self.texture, texture_budget(f.size))
             full_digest = texture_digest(full_digest, levels)
             f = replace(f, digest=full_digest[:DIGEST_SIZE], texture=data)
-        return EncodeResult(pack(f), result.stream_bits, result.y_hat, full_digest, model_id, qstep)
+        bits, y_hat = result.stream_bits, result.y_hat
+        return EncodeResult(pack(f), bits, y_hat, full_digest, model_id, qstep, fast=self.fast)
 
 
 def _colour_info(

@@ -97,21 +97,29 @@ def test_fast_needs_a_bundle_with_a_stem(tiny_bundle, fast_bundle, tmp_path):
     assert result.exit_code == 2
     assert "no fast encoder" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "a.aeic").exists()
-    result = runner.invoke(main, ["encode", str(png), "--fast", "--weights", str(fast_bundle)])
+    result = runner.invoke(
+        main, ["encode", str(png), "--fast", "--json", "--weights", str(fast_bundle)]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a.aeic").stat().st_size > 0
+    assert _json_rows(result.output)[0]["encoder"] == "fast"
     # --no-fast runs g_a: the bundle without a stem makes the same file
-    args = ["encode", str(png), "--no-fast", "--precision", "fp32", "-f", "--weights"]
+    args = ["encode", str(png), "--no-fast", "--precision", "fp32", "-f", "--json", "--weights"]
     result = runner.invoke(main, [*args, str(fast_bundle), "-o", str(tmp_path / "b.aeic")])
     assert result.exit_code == 0, result.output
+    assert _json_rows(result.output)[0]["encoder"] == "g_a"
     result = runner.invoke(main, [*args, str(tiny_bundle), "-o", str(tmp_path / "c.aeic")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "b.aeic").read_bytes() == (tmp_path / "c.aeic").read_bytes()
 
 
+def _json_rows(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
 def test_weights_list_shows_the_fast_encoder(fast_bundle):
     result = CliRunner().invoke(main, ["weights", "list", "--weights", str(fast_bundle), "--json"])
-    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    rows = _json_rows(result.output)
     mine = [r for r in rows if r["path"] == str(fast_bundle)]
     assert mine and mine[0]["fast_encoder"] is True
 

@@ -238,6 +238,7 @@ class EncodeWork(_Work):
             "model": result.model_id,
             "qstep": result.qstep / 256,
             "entropy_digest": result.entropy_digest,
+            "encoder": "fast" if result.fast else "g_a",
         }
 
 
