@@ -19,12 +19,12 @@ from aeic_codec.bundles.budget import fit_budget, rate_ratio
 from aeic_codec.bundles.bundle import BundleError, find_bundle, load_bundle
 from aeic_codec.bundles.rate import Ladder, RateError, find_ladder
 from aeic_codec.bundles.rate import resolve_rate as resolve_rate
+from aeic_codec.codec.colour import side_info
 from aeic_codec.codec.synthesis import synthesize as synthesize
 from aeic_codec.format.container import (
     DIGEST_SIZE,
     QSTEP_ONE,
     AeicFile,
-    ColourGrid,
     FormatError,
     pack,
     unpack,
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from aeic_codec.codec.texture_synthesis import TextureSynthesis
     from aeic_codec.codec.tiling import Progress
     from aeic_codec.entropy_models.intnet import Start
-    from aeic_codec.nn.config import ModelConfig
 
 
 class ModelMismatch(BundleError):
@@ -348,7 +347,7 @@ class _FileCoder:
         self.fast = resolve_fast(fast, model.stem is not None, device)
         self.y, self.z = model.analyse(x, device, dtype, self.fast)
         self.codec = model.latent_codec(integer)
-        self.colour, self.grid = _colour_info(image, model.cfg, colour_fix, colour_grid)
+        self.colour, self.grid = side_info(image, model.cfg, colour_fix, colour_grid)
         self.texture = texture
         if texture is not None and not self.codec.integer:
             raise ValueError("texture statistics need the integer entropy path")
@@ -389,20 +388,6 @@ class _FileCoder:
             f = replace(f, digest=full_digest[:DIGEST_SIZE], texture=data)
         bits, y_hat = result.stream_bits, result.y_hat
         return EncodeResult(pack(f), bits, y_hat, full_digest, model_id, qstep, fast=self.fast)
-
-
-def _colour_info(
-    image: np.ndarray, cfg: ModelConfig, colour_fix: bool, colour_grid: bool
-) -> tuple[tuple[int, ...] | None, ColourGrid | None]:
-    """The colour statistics and the coded colour grid a file carries (None: not sent)."""
-    from aeic_codec.codec.colour import DEFAULT_GRID, grid_levels, source_stats
-    from aeic_codec.format.grid_coder import encode_grid
-
-    colour = source_stats(image) if colour_fix else None
-    if not colour_grid:
-        return colour, None
-    cell, step = (cfg.colour_grid, cfg.colour_grid_step) if cfg.colour_grid else DEFAULT_GRID
-    return colour, ColourGrid(cell, step, encode_grid(grid_levels(image, cell, step), step))
 
 
 def encode(

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aeic_codec.format.grid_coder import grid_shape
+from aeic_codec.format.container import ColourGrid
+from aeic_codec.format.grid_coder import encode_grid, grid_shape
+
+if TYPE_CHECKING:
+    from aeic_codec.nn.config import ModelConfig
 
 STD_EPS = 1e-5  # added to the variance, as the reference does
 LEVELS = 65535  # 16-bit quantisation of each transmitted number
@@ -198,3 +203,15 @@ def apply_grid(img_float01_hwc: np.ndarray, levels: np.ndarray, cell: int, step:
         field = band[:, col_lo] * (1 - col_f) + band[:, col_hi] * col_f
         out[rows] = np.clip(img_float01_hwc[rows] + field, 0.0, 1.0)
     return out
+
+
+def side_info(
+    image: np.ndarray, cfg: ModelConfig, colour_fix: bool, colour_grid: bool
+) -> tuple[tuple[int, ...] | None, ColourGrid | None]:
+    """The colour statistics and the coded colour grid a file carries (None: not sent):
+    the grid with the model's cell and step, or DEFAULT_GRID's for a model without one."""
+    colour = source_stats(image) if colour_fix else None
+    if not colour_grid:
+        return colour, None
+    cell, step = (cfg.colour_grid, cfg.colour_grid_step) if cfg.colour_grid else DEFAULT_GRID
+    return colour, ColourGrid(cell, step, encode_grid(grid_levels(image, cell, step), step))
