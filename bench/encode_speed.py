@@ -113,13 +113,18 @@ def aeic_se(rounds: int, height: int = 1088, width: int = 1920) -> dict[str, lis
 
 
 def report(title: str, times: dict[str, list[float]]) -> None:
+    """Median and best seconds of each, and its ratio to the first: of the medians, and
+    the median of the rounds' own ratios (steadier when the machine's load drifts, as
+    the two calls of a round run back to back)."""
     print(title)
     medians = {name: statistics.median(t) for name, t in times.items()}
-    first = next(iter(medians.values()))
+    first_name = next(iter(times))
+    first = medians[first_name]
     for name, t in times.items():
+        rounds = statistics.median(a / b for a, b in zip(t, times[first_name], strict=True))
         print(
             f"  {name:38s} median {medians[name]:8.3f} s  best {min(t):8.3f} s  "
-            f"({medians[name] / first:.2f}x the first)"
+            f"({medians[name] / first:.2f}x the first; {rounds:.2f}x round by round)"
         )
 
 

@@ -80,3 +80,16 @@ def test_empty_stream(tables):
     enc = StreamEncoder()
     enc.encode(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), tables)
     assert enc.finish() == b""
+
+
+def test_symbols_group_by_table_in_order_of_position() -> None:
+    rng = np.random.default_rng(5)
+    for n, top in ((1, 1), (500, 64), (3000, 300), (200, 5)):
+        ids = rng.integers(0, top, n) * (1 + (top == 5) * 20)  # sparse ids too
+        groups = coder._groups(ids)
+        assert [t for t, _ in groups] == sorted(set(ids.tolist()))
+        for t, positions in groups:
+            assert positions.tolist() == np.flatnonzero(ids == t).tolist()
+    assert coder._groups(np.array([], dtype=np.int64)) == []
+    with pytest.raises(ValueError, match="2\\*\\*16"):
+        coder._groups(np.array([3, 1 << 16]))
