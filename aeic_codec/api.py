@@ -386,8 +386,9 @@ class _FileCoder:
             data, levels = choose_texture(self.texture, texture_budget(f.size))
             full_digest = texture_digest(full_digest, levels)
             f = replace(f, digest=full_digest[:DIGEST_SIZE], texture=data)
-        bits, y_hat = result.stream_bits, result.y_hat
-        return EncodeResult(pack(f), bits, y_hat, full_digest, model_id, qstep, fast=self.fast)
+        return EncodeResult(
+            pack(f), result.stream_bits, result.y_hat, full_digest, model_id, qstep, fast=self.fast
+        )
 
 
 def encode(
