@@ -30,14 +30,26 @@ def fast_bundle(tiny_bundle, tmp_path_factory):
     return out
 
 
-def test_stem_gives_the_features_of_g_a_at_its_level():
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_stem_gives_the_features_of_g_a_at_its_level(kernel):
     cfg = tiny_config()
     for level in (1, 2, 3):
-        stem = AnalysisStem(cfg, StemConfig(level=level, blocks=1)).eval()
+        stem = AnalysisStem(cfg, StemConfig(level=level, blocks=1, kernel=kernel)).eval()
+        assert stem.conv.weight.shape == (cfg.ga_dims[level - 1], 3 * 4**level, kernel, kernel)
         x = torch.rand(1, 3, 64, 96)
         with torch.no_grad():
             out = stem(x)
         assert out.shape == (1, cfg.ga_dims[level - 1], 64 >> level, 96 >> level)
+
+
+def test_a_one_by_one_stem_sees_each_patch_alone():
+    stem = AnalysisStem(tiny_config(), StemConfig(level=2, blocks=0, kernel=1)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    changed = x.clone()
+    changed[..., :4, :4] = 0  # the first 4x4 patch only
+    with torch.no_grad():
+        diff = (stem(x) - stem(changed)).abs().sum(1)[0]
+    assert diff[0, 0] > 0 and int((diff > 0).sum()) == 1
 
 
 def test_stem_config_is_checked_and_round_trips():
@@ -46,6 +58,13 @@ def test_stem_config_is_checked_and_round_trips():
     with pytest.raises(ValueError, match="not a stem configuration"):
         StemConfig.from_json('{"level": 2, "width": 3}')
     assert StemConfig.from_json(StemConfig(3, 0).to_json()) == StemConfig(3, 0)
+    assert StemConfig.from_json(StemConfig(2, 1, 3).to_json()) == StemConfig(2, 1, 3)
+    # Bundles from before the kernel was a choice name level and blocks alone: 3x3.
+    assert StemConfig.from_json('{"blocks":1,"level":2}') == StemConfig(2, 1, 3)
+    with pytest.raises(ValueError, match="not a stem configuration"):
+        StemConfig.from_json('{"kernel": 1}')
+    with pytest.raises(ValueError, match="kernel must be 1 or 3, got 5"):
+        StemConfig(kernel=5).check(tiny_config())
 
 
 def test_attaching_a_stem_keeps_the_identity_and_the_files(tiny_bundle, fast_bundle):
@@ -181,10 +200,13 @@ def test_fast_encoder_command_writes_a_bundle_with_a_stem(tiny_bundle, tmp_path)
     out = tmp_path / "out.safetensors"
     args = ["weights", "fast-encoder", str(tiny_bundle), "-o", str(out)]
     args += ["--photos", str(tmp_path / "photos"), "--steps", "3"]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*args, "--level", "2", "--kernel", "3"])
     assert result.exit_code == 0, result.output
     info = read_info(out)
-    assert info.stem == StemConfig() and info.identity == read_info(tiny_bundle).identity
+    assert info.stem == StemConfig(level=2, kernel=3)
+    assert info.identity == read_info(tiny_bundle).identity
     assert json.loads(info.metadata["provenance"])["stem"] == {"photos": 3, "steps": 3}
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "exists" in again.output
+    bad = CliRunner().invoke(main, [*args, "--force", "--kernel", "5"])
+    assert bad.exit_code == 2 and "'5' is not one of '1', '3'" in bad.output

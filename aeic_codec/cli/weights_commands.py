@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from aeic_codec.bundles.bundle import BundleError
+from aeic_codec.nn.config import StemConfig
 from aeic_codec.runtime.progress import BatchProgress
 
 from .common import check_output, debug_option, fail_hard, on_terminal
@@ -497,12 +498,23 @@ def weights_texture_renderer(
 @click.option(
     "--level",
     type=click.IntRange(min=1),
-    default=2,
+    default=StemConfig.level,
     show_default=True,
     help="How many of g_a's levels (from the image side) the stem stands in for.",
 )
 @click.option(
-    "--blocks", type=click.IntRange(min=0), default=1, show_default=True, help="StarBlocks in it."
+    "--blocks",
+    type=click.IntRange(min=0),
+    default=StemConfig.blocks,
+    show_default=True,
+    help="StarBlocks in it.",
+)
+@click.option(
+    "--kernel",
+    type=click.Choice(["1", "3"]),
+    default=str(StemConfig.kernel),
+    show_default=True,
+    help="Size of its convolution over the pixel patches (1: each patch alone, cheaper).",
 )
 @_checkpoint_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
@@ -514,6 +526,7 @@ def weights_fast_encoder(
     steps: int,
     level: int,
     blocks: int,
+    kernel: str,
     checkpoint: str | None,
     force: bool,
     debug: bool,
@@ -525,13 +538,12 @@ def weights_fast_encoder(
     """
     from aeic_codec.bundles.bundle import load_bundle
     from aeic_codec.bundles.copies import attach_stem
-    from aeic_codec.nn.config import StemConfig
     from aeic_codec.tools.stem import distil_stem
     from aeic_codec.tools.texture_book import photo_files
 
     check_output(output, force)
     try:
-        config = StemConfig(level=level, blocks=blocks)
+        config = StemConfig(level=level, blocks=blocks, kernel=int(kernel))
         model = load_bundle(bundle, decoder=False)
         config.check(model.cfg)
         files = photo_files(photos)

@@ -173,12 +173,14 @@ class ModelConfig:
 @dataclass(frozen=True)
 class StemConfig:
     """The fast encoder's front (``nn/stem.py``): it stands in for g_a's first ``level``
-    levels (each a Down and its StarBlocks) with one 3x3 convolution over pixel patches of
-    2**level and ``blocks`` StarBlocks at g_a's width of that level. A bundle stores it
-    beside its configuration (``stem_config``) when it carries a fast encoder."""
+    levels (each a Down and its StarBlocks) with one ``kernel`` x ``kernel`` convolution
+    over pixel patches of 2**level and ``blocks`` StarBlocks at g_a's width of that level.
+    A bundle stores it beside its configuration (``stem_config``) when it carries a fast
+    encoder. The defaults are the shipped bundles' stem (docs/architecture.md section 3)."""
 
-    level: int = 2
+    level: int = 3
     blocks: int = 1
+    kernel: int = 1  # the convolution's size: 3 mixes neighbouring patches, 1 does not
 
     def check(self, cfg: ModelConfig) -> None:
         """Raise ValueError unless this front fits g_a of ``cfg``."""
@@ -186,6 +188,8 @@ class StemConfig:
             raise ValueError(f"stem level must be 1..{len(cfg.ga_dims) - 1}, got {self.level}")
         if self.blocks < 0:
             raise ValueError(f"stem blocks must be 0 or more, got {self.blocks}")
+        if self.kernel not in (1, 3):
+            raise ValueError(f"stem kernel must be 1 or 3, got {self.kernel}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
@@ -193,9 +197,15 @@ class StemConfig:
     @classmethod
     def from_json(cls, text: str) -> StemConfig:
         data = json.loads(text)
-        if not isinstance(data, dict) or set(data) - {"level", "blocks"}:
+        if not isinstance(data, dict) or not {"level", "blocks"} <= set(data) <= STEM_KEYS:
             raise ValueError(f"not a stem configuration: {text[:60]}")
-        return cls(**data)
+        return cls(**{"kernel": LEGACY_STEM_KERNEL, **data})
+
+
+STEM_KEYS = {"level", "blocks", "kernel"}
+# Stems stored before the kernel was a choice (bundles of December 2026) name level and
+# blocks alone; theirs is 3x3.
+LEGACY_STEM_KERNEL = 3
 
 
 @dataclass(frozen=True)
