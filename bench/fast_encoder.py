@@ -2,7 +2,10 @@
 
 For each shipped bundle with a fast encoder, every Kodak image is encoded with g_a and with
 the stem in front of g_a's remaining levels, and both files are decoded at realism 0.
-Reported as means over the images: bpp, PSNR, MS-SSIM, and the file size change. Then,
+Reported as means over the images: bpp, PSNR, MS-SSIM, the file size change, and what the
+PSNR lost is worth in bytes: the bytes g_a's own files need for the fast encoder's PSNR,
+read off the bundles' rate curve (the lambda sweep of ``docs/rate-kodak.json``,
+``bench.rate_kodak``: log bpp interpolated in PSNR, anchored at this run's g_a). Then,
 on kodim23 in alternating rounds (median seconds): g_a alone and ``api.encode_image``
 both ways, and Pillow's AVIF at quality 0 for scale.
 
@@ -37,6 +40,7 @@ from bench._timing import side_by_side
 
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 SAMPLE = ROOT / "docs" / "kodim23.png"
+RATE_CURVE = ROOT / "docs" / "rate-kodak.json"
 
 
 def rate_distortion(lam: float, images: list[Path], save: Path | None) -> list[dict[str, float]]:
@@ -89,8 +93,25 @@ def speed(lam: float, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def summary(rows: list[dict[str, float]]) -> str:
-    head = ["lambda", "encoder", "bpp", "PSNR", "MS-SSIM", "bytes vs g_a"]
+def g_a_bytes_at(psnr: float, anchor: tuple[float, float], sweep: list[dict]) -> float:
+    """bpp of g_a's files at ``psnr`` on the rate curve ``sweep`` (rows with bpp and psnr),
+    scaled so that the curve passes through ``anchor`` (g_a's psnr and bpp in this run)."""
+    points = sorted((s["psnr"], np.log(s["bpp"])) for s in sweep)
+    psnrs, log_bpp = zip(*points, strict=True)
+    at = float(np.interp(psnr, psnrs, log_bpp) - np.interp(anchor[0], psnrs, log_bpp))
+    return anchor[1] * float(np.exp(at))
+
+
+def summary(rows: list[dict[str, float]], sweep: list[dict] | None) -> str:
+    head = [
+        "lambda",
+        "encoder",
+        "bpp",
+        "PSNR",
+        "MS-SSIM",
+        "bytes vs g_a",
+        "g_a's bytes at this PSNR",
+    ]
     lines = []
     for lam in sorted({r["lambda"] for r in rows}):
         full = [r for r in rows if r["lambda"] == lam and not r["fast"]]
@@ -98,17 +119,15 @@ def summary(rows: list[dict[str, float]]) -> str:
         growth = np.mean([f["bpp"] / g["bpp"] - 1 for f, g in zip(fast, full, strict=True)])
         for name, group in (("g_a", full), ("fast", fast)):
             m = {k: float(np.mean([g[k] for g in group])) for k in ("bpp", "psnr", "msssim")}
-            change = "-" if group is full else f"{100 * growth:+.2f} %"
-            lines.append(
-                [
-                    f"{lam:g}",
-                    name,
-                    f"{m['bpp']:.4f}",
-                    f"{m['psnr']:.2f}",
-                    f"{m['msssim']:.4f}",
-                    change,
-                ]
-            )
+            change, worth = "-", "-"
+            if group is fast:
+                change = f"{100 * growth:+.2f} %"
+                g = {k: float(np.mean([r[k] for r in full])) for k in ("bpp", "psnr")}
+                if sweep:
+                    need = g_a_bytes_at(m["psnr"], (g["psnr"], g["bpp"]), sweep)
+                    worth = f"{100 * (need / m['bpp'] - 1):+.1f} %"
+            row = [f"{lam:g}", name, f"{m['bpp']:.4f}", f"{m['psnr']:.2f}", f"{m['msssim']:.4f}"]
+            lines.append([*row, change, worth])
     return md_table(head, lines)
 
 
@@ -135,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, s in t.items():
             print(f"  {name:20s} {s:7.3f}  ({s / avif:.2f}x)")
     rows = [row for lam in args.lambdas for row in rate_distortion(lam, images, args.save)]
-    print(summary(rows))
+    sweep = json.loads(RATE_CURVE.read_text())["lambda_sweep"] if RATE_CURVE.exists() else None
+    print(summary(rows, sweep))
     if args.json:
         data = {"machine": machine_line(), "speed": times, "rows": rows}
         args.json.write_text(json.dumps(data, indent=1))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from bench.fast_encoder import g_a_bytes_at
 from bench.rd_kodak import Point, table
 from bench.readme_figures import README, shipped_figures, with_figures
 from bench.run_all import run, slice_plan
@@ -67,3 +69,11 @@ def test_the_32_pixel_lattice_sees_a_pattern_the_8_pixel_one_cannot() -> None:
 def test_the_readme_states_the_shipped_bundles_figures() -> None:
     text = README.read_text()
     assert with_figures(text, shipped_figures()) == text, "run python -m bench.readme_figures"
+
+
+def test_bytes_at_a_psnr_are_read_off_the_rate_curve_through_the_anchor() -> None:
+    sweep = [{"psnr": 20.0, "bpp": 0.01}, {"psnr": 22.0, "bpp": 0.04}, {"psnr": 21.0, "bpp": 0.02}]
+    # The anchor's own PSNR gives its bpp; one dB up the curve, twice the bytes.
+    assert g_a_bytes_at(21.0, (21.0, 0.03), sweep) == pytest.approx(0.03)
+    assert g_a_bytes_at(22.0, (21.0, 0.03), sweep) == pytest.approx(0.06)
+    assert g_a_bytes_at(20.5, (21.0, 0.03), sweep) == pytest.approx(0.03 / 2**0.5)

@@ -157,7 +157,9 @@ def test_distillation_learns_and_resumes(tiny_bundle, tmp_path):
     assert len(losses) == 40
     for a, b in zip(stem.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="another bundle, stem or number of steps"):
+    with pytest.raises(
+        ValueError, match="another bundle, stem, start, learning rate or number of steps"
+    ):
         distil_stem(model, photos, cfg, 41, **kw)
 
 
@@ -205,8 +207,58 @@ def test_fast_encoder_command_writes_a_bundle_with_a_stem(tiny_bundle, tmp_path)
     info = read_info(out)
     assert info.stem == StemConfig(level=2, kernel=3)
     assert info.identity == read_info(tiny_bundle).identity
-    assert json.loads(info.metadata["provenance"])["stem"] == {"photos": 3, "steps": 3}
+    made = {"photos": 3, "steps": 3, "lr": 1e-3}
+    assert json.loads(info.metadata["provenance"])["stem"] == made
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "exists" in again.output
     bad = CliRunner().invoke(main, [*args, "--force", "--kernel", "5"])
     assert bad.exit_code == 2 and "'5' is not one of '1', '3'" in bad.output
+
+
+def test_a_stem_distilled_further_starts_from_the_given_one(tiny_bundle, tmp_path):
+    photos = photo_folder(tmp_path / "photos")
+    model = load_bundle(tiny_bundle, decoder=False)
+    cfg, kw = StemConfig(level=2, blocks=1), {"batch": 2, "crop": 64}
+    first = distil_stem(model, photos, cfg, 6, **kw)
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    losses: list[float] = []
+    further = distil_stem(
+        model, photos, cfg, 6, start=first, **kw, progress=lambda s, n, v: losses.append(v)
+    )
+    fresh: list[float] = []
+    distil_stem(model, photos, cfg, 1, **kw, progress=lambda s, n, v: fresh.append(v))
+    assert losses[0] < fresh[0]  # the first step already starts from the trained stem
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, before[key])  # the start is left as it was
+        assert not torch.equal(further.state_dict()[key], value)
+    with pytest.raises(ValueError, match="the stem to start from is"):
+        distil_stem(model, photos, StemConfig(level=2, blocks=0), 1, start=first, **kw)
+    ck = tmp_path / "state.pt"
+    distil_stem(model, photos, cfg, 2, checkpoint=ck, **kw)
+    with pytest.raises(ValueError, match="start, learning rate"):  # not the same start
+        distil_stem(model, photos, cfg, 2, start=first, checkpoint=ck, **kw)
+
+
+def test_fast_encoder_further_keeps_what_made_the_stem(fast_bundle, tmp_path):
+    photo_folder(tmp_path / "photos", size=(256, 288))
+    out = tmp_path / "out.safetensors"
+    args = ["weights", "fast-encoder", str(fast_bundle), "-o", str(out), "--further"]
+    args += ["--photos", str(tmp_path / "photos"), "--steps", "2", "--lr", "0.0003"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    made = json.loads(read_info(out).metadata["provenance"])["stem"]
+    assert made == {"photos": 3, "steps": 2, "lr": 0.0003, "after": {}}
+    twice = tmp_path / "twice.safetensors"
+    again = CliRunner().invoke(main, [*args[:2], str(out), "-o", str(twice), *args[5:]])
+    assert again.exit_code == 0, again.output
+    assert json.loads(read_info(twice).metadata["provenance"])["stem"]["after"] == made
+    other = CliRunner().invoke(main, [*args, "--force", "--blocks", "2"])
+    assert other.exit_code == 1 and "the stem to start from is" in other.output
+
+
+def test_fast_encoder_further_needs_a_stem(tiny_bundle, tmp_path):
+    photo_folder(tmp_path / "photos", size=(256, 288))
+    args = ["weights", "fast-encoder", str(tiny_bundle), "-o", str(tmp_path / "o.safetensors")]
+    result = CliRunner().invoke(main, [*args, "--photos", str(tmp_path / "photos"), "--further"])
+    assert result.exit_code == 1 and "no fast encoder to distil further" in result.output
+    assert not (tmp_path / "o.safetensors").exists()

@@ -516,6 +516,19 @@ def weights_texture_renderer(
     show_default=True,
     help="Size of its convolution over the pixel patches (1: each patch alone, cheaper).",
 )
+@click.option(
+    "--further",
+    is_flag=True,
+    help="Distil the bundle's own stem further instead of starting from random weights "
+    "(it must have the --level, --blocks and --kernel given).",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Learning rate of the first step (it falls to 0 on a cosine).",
+)
 @_checkpoint_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite the output (it may be BUNDLE).")
 @debug_option
@@ -527,6 +540,8 @@ def weights_fast_encoder(
     level: int,
     blocks: int,
     kernel: str,
+    further: bool,
+    lr: float,
     checkpoint: str | None,
     force: bool,
     debug: bool,
@@ -534,7 +549,8 @@ def weights_fast_encoder(
     """Copy a bundle with a fast encoder: a stem distilled from its g_a (aeic encode --fast).
 
     The stem stands in for g_a's finest levels; the copy keeps the identity and decodes
-    every file the bundle made (docs/architecture.md, section 3).
+    every file the bundle made (docs/architecture.md, section 3). With --further, the
+    bundle's stem is distilled further (the provenance keeps what made it before).
     """
     from aeic_codec.bundles.bundle import load_bundle
     from aeic_codec.bundles.copies import attach_stem
@@ -546,12 +562,24 @@ def weights_fast_encoder(
         config = StemConfig(level=level, blocks=blocks, kernel=int(kernel))
         model = load_bundle(bundle, decoder=False)
         config.check(model.cfg)
+        start = model.stem if further else None
+        if further and start is None:
+            raise ValueError(f"{bundle}: no fast encoder to distil further")
         files = photo_files(photos)
         with _terminal_progress(f"distilling a stem from {Path(bundle).name}") as tick:
             stem = distil_stem(
-                model, files, config, steps, checkpoint=checkpoint, progress=_without_loss(tick)
+                model,
+                files,
+                config,
+                steps,
+                lr=lr,
+                start=start,
+                checkpoint=checkpoint,
+                progress=_without_loss(tick),
             )
-        source = {"photos": len(files), "steps": steps}
+        source: dict[str, object] = {"photos": len(files), "steps": steps, "lr": lr}
+        if further:
+            source["after"] = model.provenance.get("stem", {})
         attach_stem(bundle, stem, output, provenance=source)
         _wrote(output, ", with a fast encoder")
     except (OSError, ValueError) as exc:  # BundleError is a ValueError

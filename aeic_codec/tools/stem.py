@@ -5,11 +5,14 @@ photographs (long side at most 768 pixels, Kodak's scale of detail): the loss is
 squared error of y (g_a's remaining levels run on the stem's output, frozen) plus a tenth
 of that of the features themselves, each relative to the teacher's variance. g_a stays
 as it is, so the bundle keeps its identity and decodes every file it made; only the
-encoder of ``--fast`` changes. Resumable (``checkpoint.py``).
+encoder of ``--fast`` changes. Resumable (``checkpoint.py``). A stem can also be
+distilled further from the one a bundle carries (``start``): the shipped stems were not
+converged after their first 4,000 steps (CHANGELOG.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -40,27 +43,35 @@ def distil_stem(
     crop: int = 256,
     lr: float = 1e-3,
     seed: int = 0,
+    start: AnalysisStem | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> AnalysisStem:
     """A stem for ``model`` distilled on crops of ``photos`` in ``steps`` Adam steps (cosine
-    learning rate from ``lr``); ``progress(step, steps, loss)`` after every step."""
+    learning rate from ``lr``), from random weights or from ``start`` (a stem of the same
+    ``config``, left untouched); ``progress(step, steps, loss)`` after every step."""
     if model.g_a is None:
         raise ValueError("the bundle was loaded without its encoder")
+    if start is not None and start.config != config:
+        raise ValueError(f"the stem to start from is {start.config}, not {config}")
     if crop % 2 ** len(model.cfg.ga_dims):
         raise ValueError(f"crop must be a multiple of {2 ** len(model.cfg.ga_dims)}, got {crop}")
     images = [p for p in (photo(path) for path in photos) if min(p.shape[:2]) >= crop]
     if not images:
         raise ValueError(f"no photograph of at least {crop}x{crop} pixels")
     g_a = model.g_a.requires_grad_(False).eval()
-    start = config.level * g_a.level_size
-    front, rest = g_a.analysis_transform[:start], g_a.analysis_transform[start:]
+    split = config.level * g_a.level_size
+    front, rest = g_a.analysis_transform[:split], g_a.analysis_transform[split:]
     torch.manual_seed(seed)
     stem = AnalysisStem(model.cfg, config)
+    if start is not None:
+        stem.load_state_dict(start.state_dict())
     optimiser = torch.optim.Adam(stem.parameters(), lr=lr)
     made_for = {"identity": model.identity, "config": config.to_json(), "steps": steps}
+    made_for |= {"lr": lr, "start": _digest(start)}
     parts = {"stem": stem, "optimiser": optimiser}
-    state = Checkpoint(checkpoint, made_for, parts, "another bundle, stem or number of steps")
+    refusal = "another bundle, stem, start, learning rate or number of steps"
+    state = Checkpoint(checkpoint, made_for, parts, refusal)
     with torch.no_grad():  # the teacher's spread, to weigh both errors alike
         x = _crops(images, batch, crop, random.Random(seed - 1))
         features = front(x)
@@ -77,6 +88,17 @@ def distil_stem(
 
     run_steps(state, loss_at, optimiser, lr, steps, progress)
     return stem.eval().requires_grad_(False)
+
+
+def _digest(stem: AnalysisStem | None) -> str:
+    """A short digest of a stem's weights ("random" for none): what a checkpoint continues."""
+    if stem is None:
+        return "random"
+    h = hashlib.sha256()
+    for key, value in sorted(stem.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _crops(images: list[np.ndarray], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
