@@ -6,7 +6,9 @@ unused) and 1 (plus the detail the texture file synthesises). Reported per setti
 means over the images: bpp of the whole file, the statistics' bytes and share of it,
 PSNR, MS-SSIM, the luma power kept in the two finest octave bands (dB), issue 29's local
 band error and coherence excess (``codec/metrics.py``), and the seconds of a decode.
-Files are encoded with the bundle's own g_a on every CPU, as in ``bench.rd_kodak``.
+Files are encoded with the bundle's own g_a on every CPU, as in ``bench.rd_kodak``, or
+with ``--fast`` by its fast encoder (``aeic encode``'s default on a CPU without native
+bf16).
 
 Usage:
     python -m bench.texture_kodak [--lambdas 12 64 500] [--limit N] [--names kodim23]
@@ -14,6 +16,7 @@ Usage:
         [--save DIR]   # decoded pictures, for looking at them beside the originals
         [--crops PNG]  # original / realism 0 / texture / x2+AVIF at 1:1, lambda 12
         [--texture FILE]  # another texture file than the shipped one
+        [--fast]          # files from the fast encoder instead of g_a
 """
 
 from __future__ import annotations
@@ -49,14 +52,19 @@ CROP_SIDE = 256
 
 
 def measure(
-    lam: float, images: list[Path], save: Path | None, texture: TextureSynthesis
+    lam: float,
+    images: list[Path],
+    save: Path | None,
+    texture: TextureSynthesis,
+    fast: bool = False,
 ) -> list[dict[str, float]]:
-    """Rows of one bundle: realism 0 and 1 for every image."""
+    """Rows of one bundle: realism 0 and 1 for every image (files from g_a, or from the
+    fast encoder if ``fast``)."""
     model = api.load_model(lambda_=lam)
     rows = []
     for path in images:
         src, _ = api.read_image(path)
-        data = api.encode(src, model, texture=True, fast=False)
+        data = api.encode(src, model, texture=True, fast=fast)
         f = unpack(data)
         for r in (0.0, 1.0):
             t0 = time.perf_counter()
@@ -154,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save", type=Path)
     p.add_argument("--crops", type=Path, help="write the crop sheet (PNG) here")
     p.add_argument("--texture", type=Path, help="the texture file (default: the shipped one)")
+    p.add_argument("--fast", action="store_true", help="encode with the fast encoder")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     images = sorted(args.kodak.glob("*.png"))
@@ -162,10 +171,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no PNG images in {args.kodak}")
     print(machine_line(), flush=True)
     texture = load_texture(args.texture) if args.texture else api.load_texture()
-    rows = [row for lam in args.lambdas for row in measure(lam, images, args.save, texture)]
+    rows = [
+        row
+        for lam in args.lambdas
+        for row in measure(lam, images, args.save, texture, fast=args.fast)
+    ]
     print(summary(rows))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine_line(), "rows": rows}))
+        encoder = "fast" if args.fast else "g_a"
+        args.json.write_text(
+            json.dumps({"machine": machine_line(), "encoder": encoder, "rows": rows})
+        )
     if args.crops:
         chosen = [args.kodak / f"{n}.png" for n in CROP_IMAGES]
         crop_sheet([c for c in chosen if c.exists()] or images[:1], args.crops, texture)

@@ -108,6 +108,16 @@ def test_choose_texture_takes_the_finest_choice_that_fits() -> None:
     assert levels.block == 64 and len(big) <= 10_000
     small, coarse = choose_texture(source, 1)  # nothing fits: the coarsest
     assert coarse.block == 128 and len(small) < len(big)
+    # Grain whose strength varies smoothly, as in photographs: just below the finest
+    # choice, the same blocks at the next step, not larger blocks.
+    y, x = np.mgrid[0:512, 0:768]
+    amp = 2 + 40 * (0.5 + 0.5 * np.sin(x / 120) * np.cos(y / 96))
+    grain = np.random.default_rng(0).standard_normal((512, 768))
+    image = np.clip(128 + amp * grain, 0, 255).astype(np.uint8)[..., None].repeat(3, 2)
+    varying = SourceTexture(image)
+    finest, _ = choose_texture(varying, 10_000)
+    less, step4 = choose_texture(varying, len(finest) - 1)
+    assert (step4.block, step4.step_db) == (64, 4) and len(less) < len(finest)
     assert texture_budget(0) == BUDGET_MIN and texture_budget(2400) == 100
 
 

@@ -21,8 +21,10 @@ LUMA = np.array([0.299, 0.587, 0.114])  # BT.601, on the 0-255 scale
 FINE_BANDS = ((1 / 8, 1 / 4), (1 / 4, 1 / 2))  # cycles per pixel; the last includes 1/2
 BASE_BLOCK = 32  # band powers are measured per 32 px block, then pooled to the sent blocks
 # What the encoder tries, finest first: (block, step dB); the first whose stream fits the
-# budget is sent (texture_budget), else the last.
-CHOICES = ((64, 3), (96, 3), (128, 2), (128, 4))
+# budget is sent (texture_budget), else the last. 64 px at 4 dB sits between 64 px at 3 dB
+# and 96 px: on Kodak at lambda 12 it costs 14 % fewer bytes than 3 dB and 0.06 dB more
+# local band error, where 96 px costs 46 % fewer and 0.6 dB more.
+CHOICES = ((64, 3), (64, 4), (96, 3), (128, 2), (128, 4))
 BUDGET_SHARE = 0.04  # of the whole file ...
 BUDGET_MIN = 24  # ... but never fewer bytes than this
 
