@@ -132,6 +132,11 @@ def train(
             group.any(False)  # every process returns once rank 0 has written the bundle
             return result
         finally:
+            # The trainer's DDP modules hold the process group; gone before leave() closes
+            # it, they cannot destroy it later, at interpreter exit (one process of a
+            # torchrun job once aborted there: "terminate called without an active
+            # exception").
+            trainer = None
             torch.set_num_threads(previous_threads)
     finally:
         leave(group)
