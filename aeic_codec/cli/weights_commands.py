@@ -520,7 +520,7 @@ def weights_texture_renderer(
     "--further",
     is_flag=True,
     help="Distil the bundle's own stem further instead of starting from random weights "
-    "(it must have the --level, --blocks and --kernel given).",
+    "(its stem must be the one --level, --blocks and --kernel describe).",
 )
 @click.option(
     "--lr",
