@@ -193,6 +193,13 @@ def integer_identity_of(identity: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:8]
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (16 hex digits) over named tensors, hashed as identities hash them."""
+    h = hashlib.sha256()
+    _hash_tensors(h, tensors)
+    return h.hexdigest()[:16]
+
+
 def _hash_tensors(h: Any, tensors: dict[str, torch.Tensor]) -> None:
     import torch
 

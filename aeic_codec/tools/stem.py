@@ -12,7 +12,6 @@ converged after their first 4,000 steps (CHANGELOG.md).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aeic_codec.bundles.bundle import tensors_digest
 from aeic_codec.codec.model import AEIC
 from aeic_codec.nn.config import StemConfig
 from aeic_codec.nn.stem import AnalysisStem
@@ -68,7 +68,10 @@ def distil_stem(
         stem.load_state_dict(start.state_dict())
     optimiser = torch.optim.Adam(stem.parameters(), lr=lr)
     made_for = {"identity": model.identity, "config": config.to_json(), "steps": steps}
-    made_for |= {"lr": lr, "start": _digest(start)}
+    made_for |= {
+        "lr": lr,
+        "start": "random" if start is None else tensors_digest(start.state_dict()),
+    }
     parts = {"stem": stem, "optimiser": optimiser}
     refusal = "another bundle, stem, start, learning rate or number of steps"
     state = Checkpoint(checkpoint, made_for, parts, refusal)
@@ -88,17 +91,6 @@ def distil_stem(
 
     run_steps(state, loss_at, optimiser, lr, steps, progress)
     return stem.eval().requires_grad_(False)
-
-
-def _digest(stem: AnalysisStem | None) -> str:
-    """A short digest of a stem's weights ("random" for none): what a checkpoint continues."""
-    if stem is None:
-        return "random"
-    h = hashlib.sha256()
-    for key, value in sorted(stem.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _crops(images: list[np.ndarray], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
