@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
@@ -14,6 +15,7 @@ from aeic_codec import api
 from aeic_codec.bundles.bundle import load_bundle, read_info
 from aeic_codec.bundles.copies import attach_stem
 from aeic_codec.cli.app import main
+from aeic_codec.nn.blocks import run_layers
 from aeic_codec.nn.config import StemConfig, tiny_config
 from aeic_codec.nn.stem import AnalysisStem
 from aeic_codec.runtime import devices
@@ -50,6 +52,20 @@ def test_a_one_by_one_stem_sees_each_patch_alone():
     with torch.no_grad():
         diff = (stem(x) - stem(changed)).abs().sum(1)[0]
     assert diff[0, 0] > 0 and int((diff > 0).sum()) == 1
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_one_by_one_stem_is_its_convolution_of_the_unshuffled_patches(grad):
+    stem = AnalysisStem(tiny_config(), StemConfig(level=3, blocks=1, kernel=1)).eval()
+    x = torch.rand(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    with torch.set_grad_enabled(grad):
+        got = stem(x)
+        want = run_layers([stem.conv, *stem.blocks], F.pixel_unshuffle(x, stem.patch))
+    assert got.shape == want.shape == (1, stem.conv.out_channels, 8, 12)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if grad:
+        got.square().sum().backward()
+        assert stem.conv.weight.grad is not None and stem.conv.weight.grad.abs().sum() > 0
 
 
 def test_stem_config_is_checked_and_round_trips():
