@@ -273,3 +273,32 @@ def test_weights_set_grid_refuses_bad_settings(tmp_path, tiny_bundle):
     nowhere = tmp_path / "no" / "g.safetensors"
     code, _, err = run("weights", "set-grid", str(tiny_bundle), "-o", str(nowhere), "--cell", "64")
     assert code == 1 and f"folder {nowhere.parent} does not exist" in err and ".part" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--integer-weights", "8"], "--integer-weights needs --calibration"),
+        (["--calibration-count", "2"], "--calibration-count needs --calibration"),
+        (
+            ["--integer-weights", "16", "--calibration-count", "2"],
+            "--integer-weights and --calibration-count need --calibration",
+        ),
+    ],
+)
+def test_weights_import_refuses_integer_options_without_calibration(tmp_path, extra, named):
+    # The inputs need only exist: the options are checked before anything is read.
+    (tmp_path / "AEIC_SE_ft16.pkl").write_bytes(b"")
+    (tmp_path / "sd-turbo").mkdir()
+    (tmp_path / "halfDecoder.ckpt").write_bytes(b"")
+    out = tmp_path / "se.safetensors"
+    args = ["weights", "import", "--aeic", str(tmp_path / "AEIC_SE_ft16.pkl")]
+    args += ["--sd-turbo", str(tmp_path / "sd-turbo")]
+    args += ["--vae-decoder", str(tmp_path / "halfDecoder.ckpt"), "-o", str(out), *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"aeic: error: {named}: without it the bundle has the float entropy path only "
+        "(see 'main weights import --help')"
+    ]
+    assert not out.exists()

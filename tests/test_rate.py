@@ -261,6 +261,16 @@ def test_a_bundle_found_twice_counts_once(tmp_path: Path, monkeypatch) -> None:
     assert resolve_rate(lambda_=30.0)[1] != 256
 
 
+def test_a_lambda_beside_a_single_bundle_names_what_it_needs() -> None:
+    l12 = next(p for p in SHIPPED if p.stem.endswith("l12"))
+    with pytest.raises(BundleError) as caught:
+        resolve_rate(l12, lambda_=64.0)
+    assert str(caught.value) == (
+        f"no bundle with lambda 64 found; searched: {l12}. Available: aeic-small@12. A "
+        "lambda between bundles' own needs two or more bundles with rate curves."
+    )
+
+
 @pytest.fixture(scope="module")
 def kodim23() -> np.ndarray:
     return np.asarray(Image.open(KODIM23).convert("RGB"))

@@ -404,10 +404,12 @@ def resolve_rate(
         missing = exc
     try:
         ladder = find_ladder(weights, variant=variant)
-        if len(ladder.rungs) == 1:
-            raise RateError("a lambda between bundles' own needs two or more with rate curves")
     except RateError as exc:
         raise BundleError(f"{missing} Lambdas between bundles' own: {exc}") from None
+    if len(ladder.rungs) == 1:
+        raise BundleError(
+            f"{missing} A lambda between bundles' own needs two or more bundles with rate curves."
+        )
     return ladder.setting(lambda_)
 
 

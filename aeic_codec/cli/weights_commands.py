@@ -188,6 +188,18 @@ def weights_import(
     """Turn the published AEIC checkpoints into one bundle."""
     from aeic_codec.bundles.importer import import_published
 
+    if calibration is None:  # these shape the integer path, which --calibration builds
+        source = click.get_current_context().get_parameter_source
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("integer_weights", "calibration_count")
+            if source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} "
+                "--calibration: without it the bundle has the float entropy path only"
+            )
     check_output(output, force)
     step = {"n": 0}
 

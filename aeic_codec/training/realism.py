@@ -25,7 +25,7 @@ from .run import TrainingStopped, train
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--config", required=True)
     parser.add_argument("--data", help="training images (a folder)")
     parser.add_argument("--out", required=True, help="the run folder")
