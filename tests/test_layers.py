@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,18 @@ def test_each_layer_exports_what_it_names(folder: str) -> None:
     assert missing == []
     with pytest.raises(AttributeError):
         package.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_importing_a_layer_loads_nothing_heavy(folder: str) -> None:
+    """Each layer re-exports lazily (runtime/lazy.py): importing it loads neither torch,
+    diffusers nor numpy until a name is used."""
+    code = (
+        f"import sys, aeic_codec.{folder}; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_architecture_md_names_every_module() -> None:

@@ -73,6 +73,8 @@ def test_rate_curves_are_checked() -> None:
         RateCurve.from_list([[128, 0.02, 20.0], [256, 0.03, 18.0]])
     with pytest.raises(ValueError, match="must lie in"):
         RateCurve.from_list([[8, 0.04, 21.0], [256, 0.03, 18.0]])
+    with pytest.raises(ValueError, match="must lie in"):
+        RateCurve.from_list([[256, 0.03, 21.0], [8192, 0.001, 12.0]])
     curve = RateCurve.from_list(curve_for(12.0))
     assert curve.q_at_bpp(curve.bpp_at(300)) == pytest.approx(300)
 

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from aeic_codec import api
 from aeic_codec.bundles.bundle import BundleError, load_bundle, save_bundle, stored_value
 from aeic_codec.codec.colour import apply_grid, grid_levels
+from aeic_codec.codec.metrics import ms_ssim, ms_ssim_scales
 from aeic_codec.codec.model import AEIC
 from aeic_codec.format.container import unpack
 from aeic_codec.nn.config import PRESETS, tiny_config
@@ -29,8 +30,6 @@ from aeic_codec.training import (
     TrainingStopped,
     colour_grid_fix,
     load_train_config,
-    ms_ssim,
-    ms_ssim_scales,
     parse_train_config,
     train,
 )

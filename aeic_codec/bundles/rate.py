@@ -70,7 +70,7 @@ class RateCurve:
             raise ValueError("a rate curve's bpp must fall as the step grows")
         if points[-1][1] >= points[0][1]:
             raise ValueError("a rate curve's bpp must fall as the step grows")
-        if not QSTEP_RANGE[0] <= qs[0] and qs[-1] <= QSTEP_RANGE[1]:
+        if not (QSTEP_RANGE[0] <= qs[0] and qs[-1] <= QSTEP_RANGE[1]):
             raise ValueError(f"rate curve steps must lie in {QSTEP_RANGE[0]}..{QSTEP_RANGE[1]}")
         return cls(points)
 

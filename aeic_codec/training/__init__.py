@@ -23,65 +23,46 @@ concern, each importable on its own:
   realism configurations with ``--export`` (not imported here).
 
 Image quality figures (PSNR, MS-SSIM) live in ``aeic_codec.codec.metrics``. The names below are
-the package's public surface.
+the package's public surface, imported when first used (``runtime/lazy.py``): importing the
+package loads neither torch nor diffusers.
 """
 
-from aeic_codec.codec.metrics import ms_ssim, ms_ssim_scales, psnr_u8
+from __future__ import annotations
 
-from .base import BaseTrainer, checkpoint_path
-from .config import (
-    LossWeights,
-    RealismConfig,
-    StageConfig,
-    TrainConfig,
-    TrainConfigError,
-    load_train_config,
-    parse_realism_config,
-    parse_train_config,
-)
-from .data import CropDataset, crop_batches, find_images, reflect_pad
-from .distributed import Group, is_main_process
-from .forward import Forward, forward_train
-from .growth import grown_model
-from .losses import Distiller, Objective, PatchDiscriminator, colour_grid_fix, critic_loss
-from .realism_trainer import RealismTrainer
-from .run import StopSignals, TrainingStopped, train
-from .runlog import ProgressBar, RunLog
-from .trainer import Trainer
+from aeic_codec.runtime.lazy import lazy_exports
 
-__all__ = [
-    "BaseTrainer",
-    "CropDataset",
-    "Distiller",
-    "Forward",
-    "Group",
-    "LossWeights",
-    "Objective",
-    "PatchDiscriminator",
-    "ProgressBar",
-    "RealismConfig",
-    "RealismTrainer",
-    "RunLog",
-    "StageConfig",
-    "StopSignals",
-    "TrainConfig",
-    "TrainConfigError",
-    "Trainer",
-    "TrainingStopped",
-    "checkpoint_path",
-    "colour_grid_fix",
-    "critic_loss",
-    "crop_batches",
-    "find_images",
-    "forward_train",
-    "grown_model",
-    "is_main_process",
-    "load_train_config",
-    "ms_ssim",
-    "ms_ssim_scales",
-    "parse_realism_config",
-    "parse_train_config",
-    "psnr_u8",
-    "reflect_pad",
-    "train",
-]
+_EXPORTS = {
+    "BaseTrainer": "base",
+    "checkpoint_path": "base",
+    "LossWeights": "config",
+    "RealismConfig": "config",
+    "StageConfig": "config",
+    "TrainConfig": "config",
+    "TrainConfigError": "config",
+    "load_train_config": "config",
+    "parse_realism_config": "config",
+    "parse_train_config": "config",
+    "CropDataset": "data",
+    "crop_batches": "data",
+    "find_images": "data",
+    "reflect_pad": "data",
+    "Group": "distributed",
+    "is_main_process": "distributed",
+    "Forward": "forward",
+    "forward_train": "forward",
+    "grown_model": "growth",
+    "Distiller": "losses",
+    "Objective": "losses",
+    "PatchDiscriminator": "losses",
+    "colour_grid_fix": "losses",
+    "critic_loss": "losses",
+    "RealismTrainer": "realism_trainer",
+    "StopSignals": "run",
+    "TrainingStopped": "run",
+    "train": "run",
+    "ProgressBar": "runlog",
+    "RunLog": "runlog",
+    "Trainer": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
