@@ -302,3 +302,81 @@ def test_weights_import_refuses_integer_options_without_calibration(tmp_path, ex
         "(see 'main weights import --help')"
     ]
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["encode", "IMG", "--bpp", "nan"], "'--bpp': nan is not a finite number"),
+        (["encode", "IMG", "--bpp", "1e308"], "'--bpp': 1e+308 is not in the range 0.0<x<=24.0"),
+        (["encode", "IMG", "--lambda", "inf"], "'--lambda': inf is not a finite number"),
+        (["encode", "IMG", "--threads", "65536"], "'--threads': 65536 is not in the range"),
+        (["decode", "FILE", "--realism", "nan"], "'--realism': nan is not a finite number"),
+    ],
+)
+def test_numbers_that_no_file_can_use_are_usage_errors(tmp_path, png_file, args, named):
+    # Before: nan reached each file as a failure, a huge --bpp a traceback, and 65536
+    # threads a segmentation fault in OpenMP.
+    aeic = tmp_path / "x.aeic"
+    aeic.write_bytes(b"AEI")
+    args = [str(png_file) if a == "IMG" else str(aeic) if a == "FILE" else a for a in args]
+    result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "out"), "-f"])
+    assert result.exit_code == 2 and named in result.stderr
+
+
+def test_info_reads_no_more_than_the_start_of_a_wrong_input():
+    # /dev/zero never ends: read whole, it took every byte of memory.
+    out = subprocess.run(
+        [sys.executable, "-m", "aeic_codec.cli", "info", "/dev/zero"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == "aeic: error: /dev/zero: not an .aeic file (bad magic)"
+
+
+@pytest.mark.parametrize(
+    ("redirect", "args", "message"),
+    [
+        (
+            "<&-",
+            ["encode", "-", "-o", "OUT/x.aeic"],
+            "aeic: error: <stdin>: standard input is closed",
+        ),
+        (">&-", ["encode", "IMG", "-o", "-"], "-o -: standard output is closed"),
+    ],
+)
+def test_a_closed_standard_stream_is_said_not_traced(tmp_path, png_file, redirect, args, message):
+    args = [str(png_file) if a == "IMG" else a.replace("OUT", str(tmp_path)) for a in args]
+    command = " ".join(f"'{a}'" for a in [sys.executable, "-m", "aeic_codec.cli", *args])
+    out = subprocess.run(
+        ["sh", "-c", f"{command} {redirect}"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode in (1, 2) and message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert list(tmp_path.glob("*.aeic")) == []
+
+
+def test_sigterm_and_sighup_stop_a_batch_as_ctrl_c_does():
+    import os
+    import signal
+
+    from aeic_codec.cli.coding import _stopped_like_ctrl_c
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with pytest.raises(KeyboardInterrupt), _stopped_like_ctrl_c():
+            os.kill(os.getpid(), sig)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_standard_output_is_one_error_line(tiny_bundle):
+    command = [sys.executable, "-m", "aeic_codec.cli", "weights", "list", "--weights"]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(
+            [*command, str(tiny_bundle)], stdout=full, stderr=subprocess.PIPE, text=True
+        )
+    assert out.returncode == 1
+    assert out.stderr == "aeic: error: cannot write to standard output: No space left on device\n"

@@ -10,7 +10,10 @@ command runs (or the help lists it), so a command loads what it uses and no more
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -28,6 +31,16 @@ COMMANDS = {
     "train": "train_command",
     "weights": "weights_commands",
 }
+
+
+# What writing to standard output can meet: a reader gone, a full or failing device.
+STDOUT_ERRORS = (errno.EPIPE, errno.ENOSPC, errno.EIO)
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at /dev/null, dropping what is still buffered for it."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class _Aeic(click.Group):
@@ -68,6 +81,15 @@ class _Aeic(click.Group):
         except click.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
             click.echo("aeic: interrupted", err=True)
             sys.exit(INTERRUPTED)
+        except OSError as exc:
+            if exc.errno not in STDOUT_ERRORS:
+                raise
+            # Standard output went away (a closed pipe) or is full: one line, no traceback,
+            # and no second failure when Python flushes it at exit.
+            _stdout_to_devnull()
+            if not isinstance(exc, BrokenPipeError):  # a reader that left knows it
+                error(f"cannot write to standard output: {exc.strerror}")
+            sys.exit(1)
         finally:  # a command that ran no file, or a caller in this process (tests)
             startup.resume_collection()
         sys.exit(rv if isinstance(rv, int) else 0)

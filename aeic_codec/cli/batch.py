@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aeic_codec.bundles.bundle import BundleError
 from aeic_codec.format.container import QSTEP_ONE, FormatError
@@ -68,13 +68,25 @@ def _read_problem(exc: OSError) -> str:
     return f"cannot read ({exc.strerror})"
 
 
-def read_source(source: str) -> bytes:
+def read_source(source: str, check_start: Callable[[bytes], None] | None = None) -> bytes:
+    """An input's bytes; ``check_start`` (raising FormatError) sees its first bytes before
+    the rest is read, so that an endless or huge input of another kind is never read whole."""
     if source == "-":
-        return sys.stdin.buffer.read()
+        if sys.stdin is None:
+            raise TaskFailed("standard input is closed")
+        return _checked_read(sys.stdin.buffer, check_start)
     try:
-        return Path(source).read_bytes()
+        with open(source, "rb") as fh:
+            return _checked_read(fh, check_start)
     except OSError as exc:
         raise TaskFailed(_read_problem(exc)) from None
+
+
+def _checked_read(fh: BinaryIO, check_start: Callable[[bytes], None] | None) -> bytes:
+    start = fh.read(_START)
+    if check_start is not None:
+        check_start(start)
+    return start + fh.read()
 
 
 def _input_problem(source: str, check_start: Callable[[bytes], None] | None) -> str | None:

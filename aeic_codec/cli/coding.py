@@ -7,13 +7,16 @@ settings, then hands its batch work to ``Coding.run``, which ends the process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +29,10 @@ from aeic_codec.runtime.progress import BatchProgress
 from . import batch
 from .batch import Outcome, Task
 from .common import INTERRUPTED, Refused, debug_option, on_terminal, refuse, shown
+
+# More threads than any CPU this runs on has cores: beyond some tens of thousands, OpenMP's
+# thread creation fails or crashes the process instead of saying so.
+MAX_THREADS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +81,7 @@ def batch_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--threads",
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=1, max=MAX_THREADS),
             help="Threads of each process (default: the CPU's cores, shared among the jobs).",
         ),
         click.option(
@@ -189,6 +196,8 @@ def _refuse_collisions(tasks: list[Task]) -> None:
 
 def refuse_terminal(output: str | None, force: bool, what: str) -> None:
     """No binary data into a terminal (as gzip refuses): it garbles the screen and is lost."""
+    if output == "-" and sys.stdout is None:
+        raise Refused("-o -: standard output is closed")
     if output == "-" and not force and sys.stdout.isatty():
         raise Refused(f"-o -: {what} not written to a terminal; redirect it (or use --force)")
 
@@ -300,10 +309,34 @@ class Coding:
             if progress is not None and todo:
                 progress.begin(shown(next(names).source))
             tiles = progress.tiles if progress else None
-            batch.run(work, todo, deliver, jobs, tiles, options.threads)
+            with _stopped_like_ctrl_c():
+                batch.run(work, todo, deliver, jobs, tiles, options.threads)
         except KeyboardInterrupt:  # the workers are stopped by now (closing the batch)
             report.say(f"aeic: interrupted; {report.files} of {len(todo)} file(s) written")
             sys.exit(INTERRUPTED)
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # kill's default, and a closed terminal
+
+
+@contextlib.contextmanager
+def _stopped_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop a batch as Ctrl-C does: the file being written is removed,
+    worker processes are stopped, and what was written is reported. Without this, their
+    default action killed the process with a half-written temporary file beside the
+    output and left the workers of ``--jobs`` running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [name for name in STOP_SIGNALS if hasattr(signal, name)]
+    previous = {
+        name: signal.signal(getattr(signal, name), signal.default_int_handler) for name in names
+    }
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
 
 
 def _check_machine(device: str, precision: str, debug: bool) -> None:

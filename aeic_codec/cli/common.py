@@ -6,6 +6,7 @@ other (commands are looked up by ``app`` lazily, by module name).
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -19,6 +20,17 @@ DEVICES = ("cpu", "cuda", "mps")
 def error(message: str) -> None:
     """Say one error as every error of aeic is said: one line on stderr."""
     click.echo(f"aeic: error: {message}", err=True)
+
+
+class FiniteRange(click.FloatRange):
+    """A float option in a range that also refuses nan and inf (every comparison with nan
+    is false, so click's own range lets it through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not a finite number.", param, ctx)
+        return rv
 
 
 class Refused(click.UsageError):

@@ -9,7 +9,7 @@ from aeic_codec.format.container import check_magic
 
 from . import batch
 from .coding import BatchOptions, Coding, Direction, batch_options
-from .common import device_option, refuse
+from .common import FiniteRange, device_option, refuse
 
 DECODING = Direction(".png", frozenset({".aeic"}), "PNG data", "decoded", check_magic)
 
@@ -30,7 +30,7 @@ DECODING = Direction(".png", frozenset({".aeic"}), "PNG data", "decoded", check_
 )
 @click.option(
     "--realism",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteRange(0.0, 1.0),
     default=0.0,
     show_default=True,
     help="0: the bundle's fidelity decoder (faithful, smooth). Above 0, a file with texture "

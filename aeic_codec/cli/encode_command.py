@@ -10,7 +10,7 @@ from aeic_codec.runtime.imageio import IMAGE_SUFFIXES
 
 from . import batch
 from .coding import BatchOptions, Coding, Direction, batch_options
-from .common import device_option, refuse
+from .common import FiniteRange, device_option, refuse
 
 LAMBDA_HELP = (
     "Rate: a larger lambda gives smaller files and less detail. A bundle's own lambda "
@@ -25,7 +25,7 @@ ENCODING = Direction(".aeic", IMAGE_SUFFIXES, "compressed data", "encoded")
 @click.command()
 @click.argument("inputs", nargs=-1)
 @batch_options
-@click.option("--lambda", "lambda_", type=float, help=LAMBDA_HELP)
+@click.option("--lambda", "lambda_", type=FiniteRange(min=0.0, min_open=True), help=LAMBDA_HELP)
 @click.option(
     "--size",
     type=click.IntRange(min=1),
@@ -34,7 +34,7 @@ ENCODING = Direction(".aeic", IMAGE_SUFFIXES, "compressed data", "encoded")
 )
 @click.option(
     "--bpp",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteRange(min=0.0, min_open=True, max=24.0),
     help="Budget in bits per pixel: --size of bpp * width * height / 8 bytes.",
 )
 @click.option("--variant", help="Model variant when several match (e.g. AEIC-SE).")

@@ -8,7 +8,7 @@ import sys
 import click
 
 from aeic_codec.bundles.bundle import BundleError, iter_bundles, search_paths
-from aeic_codec.format.container import FormatError, info_dict
+from aeic_codec.format.container import FormatError, check_magic, info_dict
 
 from .batch import TaskFailed, read_source
 from .common import error, shown
@@ -32,7 +32,7 @@ def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
     failures = 0
     for name in files:
         try:
-            d = info_dict(read_source(name))
+            d = info_dict(read_source(name, check_magic))
         except (TaskFailed, FormatError) as exc:
             failures += 1
             error(f"{shown(name)}: {exc}")
