@@ -380,3 +380,17 @@ def test_a_full_standard_output_is_one_error_line(tiny_bundle):
         )
     assert out.returncode == 1
     assert out.stderr == "aeic: error: cannot write to standard output: No space left on device\n"
+
+
+def test_a_stop_signal_waits_until_the_file_written_is_reported():
+    import os
+    import signal
+
+    from aeic_codec.cli.batch import _stops_deferred
+    from aeic_codec.cli.coding import _stopped_like_ctrl_c
+
+    done = []
+    with pytest.raises(KeyboardInterrupt), _stopped_like_ctrl_c(), _stops_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.append("written and reported")
+    assert done == ["written and reported"]

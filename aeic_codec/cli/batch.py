@@ -369,19 +369,28 @@ def _outcomes(
 
 
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so that a file on disk is also a file reported."""
+def _stops_deferred() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP until the block ends, so that a file on disk is also
+    a file reported; then act on the first one caught as its own handler would."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    stops = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in stops}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and previous is not signal.SIG_IGN:
-        raise KeyboardInterrupt
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if not caught:
+        return
+    handler = previous[caught[0]]
+    if callable(handler):  # Python's own for Ctrl-C raises KeyboardInterrupt
+        handler(caught[0], None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), caught[0])
 
 
 def run(
@@ -404,7 +413,7 @@ def run(
     outcomes = _outcomes(work, tasks, jobs, threads, progress if jobs == 1 else None)
     with contextlib.closing(outcomes):  # on Ctrl-C or an error: the workers stop at once
         for outcome in outcomes:
-            with _sigint_deferred():
+            with _stops_deferred():
                 if outcome.data is not None:
                     try:
                         write_target(outcome.task.target, outcome.data, work.force)
