@@ -37,6 +37,23 @@ def test_sixteen_bit_grayscale_is_scaled(tmp_path: Path):
     assert len(notes) == 1 and "16-bit" in notes[0]
 
 
+@pytest.mark.parametrize(
+    ("values", "mode", "message"),
+    [
+        (np.full((8, 8), 0.5, np.float32), "F", "floating-point image not supported"),
+        (np.full((8, 8), 70000, np.int32), "I", "32-bit image with values beyond 16 bits"),
+        (np.full((8, 8), -1, np.int32), "I", "32-bit image with values beyond 16 bits"),
+    ],
+)
+def test_images_without_a_known_scale_are_refused(tmp_path: Path, values, mode, message):
+    # Before: a float image in 0-1 came out almost black, 32-bit values almost white, each
+    # with a warning that called them 16-bit.
+    path = tmp_path / "wide.tiff"
+    Image.fromarray(values, mode=mode).save(path)
+    with pytest.raises(ImageError, match=message):
+        read_image(path)
+
+
 def test_palette_grayscale_alpha_each_warn_once(tmp_path: Path):
     rgb = Image.fromarray(make_image(16, 16))
     cases = {

@@ -1,7 +1,8 @@
 """Reading source images and writing decoded ones.
 
 Everything becomes 8-bit RGB: grayscale, palette and alpha images are converted and
-16-bit images scaled, each with a one-line warning; EXIF orientation is applied. The
+16-bit images scaled, each with a one-line warning; floating-point images and 32-bit ones
+beyond 16 bits are refused (no scale of theirs is known); EXIF orientation is applied. The
 pixel limit is checked on the header, before any pixel is decoded. numpy and Pillow are
 imported by the functions, so that the CLI can name this module's errors without them.
 """
@@ -115,8 +116,12 @@ def _to_rgb8(img: Image.Image, notes: list[str]) -> np.ndarray:
     from PIL import Image
 
     mode = img.mode
-    if mode.startswith(("I", "F")):
+    if mode.startswith("F"):  # no scale says what 1.0 is (0-1, 0-255, HDR): a guess misleads
+        raise ImageError("floating-point image not supported; convert it to 8 or 16 bits")
+    if mode.startswith("I"):
         arr = np.asarray(img, dtype=np.float64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageError("32-bit image with values beyond 16 bits not supported")
         peak = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         notes.append("16-bit grayscale image scaled to 8 bits and converted to RGB")
         gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
