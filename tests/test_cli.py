@@ -362,7 +362,7 @@ def test_sigterm_and_sighup_stop_a_batch_as_ctrl_c_does():
     import os
     import signal
 
-    from aeic_codec.cli.coding import _stopped_like_ctrl_c
+    from aeic_codec.cli.batch import stopped_like_ctrl_c as _stopped_like_ctrl_c
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -387,7 +387,7 @@ def test_a_stop_signal_waits_until_the_file_written_is_reported():
     import signal
 
     from aeic_codec.cli.batch import _stops_deferred
-    from aeic_codec.cli.coding import _stopped_like_ctrl_c
+    from aeic_codec.cli.batch import stopped_like_ctrl_c as _stopped_like_ctrl_c
 
     done = []
     with pytest.raises(KeyboardInterrupt), _stopped_like_ctrl_c(), _stops_deferred():

@@ -331,19 +331,39 @@ def _run_in_worker(task: Task) -> Outcome:
         startup.resume_collection()
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, kill's default, a closed terminal
+
+
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
+def _signals_handled(names: tuple[str, ...], handler: Any) -> Iterator[dict[int, Any]]:
+    """The signals ``names`` (those this platform has) go to ``handler`` inside the block,
+    back to their handlers after it; yields those handlers. Signal handlers can only be
+    changed from the main thread: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield {}
+        return
+    signums = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield previous
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def _sigint_ignored() -> contextlib.AbstractContextManager[dict[int, Any]]:
     """Ignore Ctrl-C while workers start: an ignored signal stays ignored across exec (and
     Python then installs no handler), so a worker cannot print a traceback even while it
     is still importing, before its initializer runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be changed from the main thread
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return _signals_handled(("SIGINT",), signal.SIG_IGN)
+
+
+def stopped_like_ctrl_c() -> contextlib.AbstractContextManager[dict[int, Any]]:
+    """SIGTERM and SIGHUP stop a batch as Ctrl-C does: the file being written is removed,
+    worker processes are stopped, and what was written is reported. Without this, their
+    default action killed the process with a half-written temporary file beside the
+    output and left the workers of ``--jobs`` running."""
+    return _signals_handled(STOP_SIGNALS[1:], signal.default_int_handler)
 
 
 def _outcomes(
@@ -372,18 +392,9 @@ def _outcomes(
 def _stops_deferred() -> Iterator[None]:
     """Hold Ctrl-C, SIGTERM and SIGHUP until the block ends, so that a file on disk is also
     a file reported; then act on the first one caught as its own handler would."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     caught: list[int] = []
-    names = ("SIGINT", "SIGTERM", "SIGHUP")
-    stops = [getattr(signal, name) for name in names if hasattr(signal, name)]
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in stops}
-    try:
+    with _signals_handled(STOP_SIGNALS, lambda signum, frame: caught.append(signum)) as previous:
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if not caught:
         return
     handler = previous[caught[0]]

@@ -7,16 +7,13 @@ settings, then hands its batch work to ``Coding.run``, which ends the process.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, NoReturn
@@ -309,34 +306,11 @@ class Coding:
             if progress is not None and todo:
                 progress.begin(shown(next(names).source))
             tiles = progress.tiles if progress else None
-            with _stopped_like_ctrl_c():
+            with batch.stopped_like_ctrl_c():
                 batch.run(work, todo, deliver, jobs, tiles, options.threads)
         except KeyboardInterrupt:  # the workers are stopped by now (closing the batch)
             report.say(f"aeic: interrupted; {report.files} of {len(todo)} file(s) written")
             sys.exit(INTERRUPTED)
-
-
-STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # kill's default, and a closed terminal
-
-
-@contextlib.contextmanager
-def _stopped_like_ctrl_c() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop a batch as Ctrl-C does: the file being written is removed,
-    worker processes are stopped, and what was written is reported. Without this, their
-    default action killed the process with a half-written temporary file beside the
-    output and left the workers of ``--jobs`` running."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    names = [name for name in STOP_SIGNALS if hasattr(signal, name)]
-    previous = {
-        name: signal.signal(getattr(signal, name), signal.default_int_handler) for name in names
-    }
-    try:
-        yield
-    finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
 
 
 def _check_machine(device: str, precision: str, debug: bool) -> None:

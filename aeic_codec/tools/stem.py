@@ -67,8 +67,10 @@ def distil_stem(
     if start is not None:
         stem.load_state_dict(start.state_dict())
     optimiser = torch.optim.Adam(stem.parameters(), lr=lr)
-    made_for = {"identity": model.identity, "config": config.to_json(), "steps": steps}
-    made_for |= {
+    made_for = {
+        "identity": model.identity,
+        "config": config.to_json(),
+        "steps": steps,
         "lr": lr,
         "start": "random" if start is None else tensors_digest(start.state_dict()),
     }
