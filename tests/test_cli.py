@@ -336,24 +336,33 @@ def test_info_reads_no_more_than_the_start_of_a_wrong_input():
     assert out.stderr.strip() == "aeic: error: /dev/zero: not an .aeic file (bad magic)"
 
 
+CLOSED = "aeic: error: standard output is closed: "
+
+
 @pytest.mark.parametrize(
-    ("redirect", "args", "message"),
+    ("redirect", "args", "code", "message"),
     [
         (
             "<&-",
             ["encode", "-", "-o", "OUT/x.aeic"],
+            1,
             "aeic: error: <stdin>: standard input is closed",
         ),
-        (">&-", ["encode", "IMG", "-o", "-"], "-o -: standard output is closed"),
+        (">&-", ["encode", "IMG", "-o", "-"], 2, f"{CLOSED}-o - writes the compressed data there"),
+        (">&-", ["encode", "IMG", "-o", "OUT/x.aeic", "--json"], 2, f"{CLOSED}--json writes there"),
+        (">&-", ["info", "IMG"], 2, f"{CLOSED}info writes there"),
+        (">&-", ["weights", "list"], 2, f"{CLOSED}weights list writes there"),
     ],
 )
-def test_a_closed_standard_stream_is_said_not_traced(tmp_path, png_file, redirect, args, message):
+def test_a_closed_standard_stream_is_said_not_traced(
+    tmp_path, png_file, redirect, args, code, message
+):
     args = [str(png_file) if a == "IMG" else a.replace("OUT", str(tmp_path)) for a in args]
     command = " ".join(f"'{a}'" for a in [sys.executable, "-m", "aeic_codec.cli", *args])
     out = subprocess.run(
         ["sh", "-c", f"{command} {redirect}"], capture_output=True, text=True, timeout=300
     )
-    assert out.returncode in (1, 2) and message in out.stderr
+    assert out.returncode == code and out.stderr.strip() == message
     assert "Traceback" not in out.stderr
     assert list(tmp_path.glob("*.aeic")) == []
 

@@ -93,6 +93,25 @@ def test_pixel_limit_refused_before_decoding(tmp_path: Path):
         read_image(path, max_pixels=50_000)
 
 
+def test_a_small_pixel_limit_is_said_in_pixels(tmp_path: Path):
+    path = _save(Image.new("RGB", (11, 10)), tmp_path / "small.png")
+    with pytest.raises(ImageError) as got:
+        read_image(path, max_pixels=100)
+    said = "11x10 is 110 pixels, over the limit of 100 (raise it with --max-pixels)"
+    assert str(got.value) == said
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_animations_and_multi_page_files_are_refused_not_cut(tmp_path: Path, fmt: str):
+    frames = [Image.fromarray(make_image(8, 8, seed=k)) for k in range(3)]
+    path = tmp_path / f"three.{fmt.lower()}"
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match=r"^3 frames or pages \(an animation or a multi-page"):
+        read_image(path)
+    frames[0].save(path, format=fmt, save_all=True)  # one frame, saved the same way
+    assert read_image(path)[0].shape == (8, 8, 3)
+
+
 def test_garbage_and_bytes_input(tmp_path: Path):
     with pytest.raises(ImageError, match="not a PNG"):
         read_image(b"definitely not an image")

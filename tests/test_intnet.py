@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from aeic_codec import api
-from aeic_codec.bundles.bundle import load_bundle, read_info, save_bundle
+from aeic_codec.bundles.bundle import BundleError, load_bundle, read_info, save_bundle
 from aeic_codec.cli import main
 from aeic_codec.codec.model import AEIC, latent_size
 from aeic_codec.entropy_models import kernels, ops
@@ -600,6 +600,24 @@ def test_padded_matches_the_encoder_input():
     image = make_image(70, 33)
     x = padded(image)
     assert x.shape == (1, 3, 128, 64) and float(x.abs().max()) <= 1.0
+
+
+def test_a_damaged_integer_tensor_is_refused_on_loading(int_bundle, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(int_bundle), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in set(fh.keys())}
+        metadata = fh.metadata()
+    key = next(k for k in sorted(tensors) if k.startswith("integer.") and k.endswith(".bias"))
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] += 1
+    damaged = tmp_path / "tiny-l8.safetensors"
+    save_file(tensors, str(damaged), metadata=metadata)
+    assert read_info(damaged).integer_identity == read_info(int_bundle).integer_identity
+    with pytest.raises(BundleError, match=r"damaged: its integer entropy tensors do not give"):
+        load_bundle(damaged, decoder=False)
+    load_bundle(int_bundle, decoder=False)  # the intact one loads
 
 
 def test_damaged_streams_fail_cleanly(int_bundle):

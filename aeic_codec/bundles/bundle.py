@@ -381,8 +381,16 @@ def _load_integer(info: BundleInfo, fh: Any, present: set[str]) -> Any:
             f"{info.path}: integer entropy format {info.metadata.get('integer_format')} is not "
             f"supported (this aeic reads {INTEGER_FORMAT})"
         )
+    stored = {k: fh.get_tensor(k) for k in present if is_integer_key(k)}
+    # 2 ms for the shipped bundles: a damaged integer tensor would make files that every
+    # intact copy of the bundle refuses by their digest.
+    if integer_identity_of(info.identity, stored) != info.integer_identity:
+        raise BundleError(
+            f"{info.path}: damaged: its integer entropy tensors do not give its identity "
+            f"{info.integer_identity} (install or import the bundle again)"
+        )
     n = len(INTEGER_PREFIX)
-    tensors = {k[n:]: fh.get_tensor(k) for k in present if k.startswith(INTEGER_PREFIX)}
+    tensors = {k[n:]: v for k, v in stored.items()}
     for key in [k for k in tensors if k.endswith(".bias") and not k.startswith("exp.")]:
         layer = key[: -len(".bias")]
         if f"{layer}.weight" in tensors:

@@ -105,6 +105,12 @@ def _input_problem(source: str, check_start: Callable[[bytes], None] | None) -> 
     return None
 
 
+def is_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder; False where it cannot even be looked up (a name too
+    long for the file system), which reading or writing it then says in one line."""
+    return os.path.isdir(path)
+
+
 def preflight(
     tasks: list[Task], force: bool, check_start: Callable[[bytes], None] | None = None
 ) -> dict[Task, str]:
@@ -124,10 +130,10 @@ def preflight(
         if task.target == "-":
             continue
         path = Path(task.target)
-        if path.is_dir():
+        if is_folder(path):
             problems[task] = f"{path} is a folder"
             continue
-        if path.exists() and not force:
+        if os.path.lexists(path) and not force:  # a dangling link is an output too
             problems[task] = f"{path} exists (use --force to overwrite)"
             continue
         # Folders that mirror the input layout are made on writing: probe the nearest one.
@@ -138,7 +144,17 @@ def preflight(
             writable[folder] = _probe(folder)
         if writable[folder]:
             problems[task] = f"cannot write {path} ({writable[folder]})"
+        elif len(os.fsencode(path.name)) > _name_max(folder):
+            problems[task] = f"cannot write {path} (file name too long)"
     return problems
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system takes."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not said (or not POSIX): the usual one
+        return 255
 
 
 def _probe(folder: Path) -> str | None:
@@ -158,7 +174,7 @@ def write_target(target: str, data: bytes, force: bool) -> None:
         sys.stdout.buffer.flush()
         return
     path = Path(target)
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:
         raise TaskFailed(f"{target} exists (use --force to overwrite)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

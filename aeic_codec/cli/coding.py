@@ -25,7 +25,15 @@ from aeic_codec.runtime.progress import BatchProgress
 
 from . import batch
 from .batch import Outcome, Task
-from .common import INTERRUPTED, Refused, debug_option, on_terminal, refuse, shown
+from .common import (
+    INTERRUPTED,
+    Refused,
+    debug_option,
+    on_terminal,
+    refuse,
+    require_stdout,
+    shown,
+)
 
 # More threads than any CPU this runs on has cores: beyond some tens of thousands, OpenMP's
 # thread creation fails or crashes the process instead of saying so.
@@ -130,7 +138,7 @@ def plan(
     expanded: list[tuple[str, Path | None]] = []
     for item in inputs:
         p = Path(item)
-        if item != "-" and p.is_dir():
+        if item != "-" and batch.is_folder(p):
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in accept)
             expanded.extend((str(f), f.relative_to(p).with_suffix(suffix)) for f in files)
         else:
@@ -140,10 +148,10 @@ def plan(
     if output == "-":
         if many:
             raise Refused("-o - (standard output) takes a single input")
-    elif output is not None and (many or Path(output).is_dir()):
+    elif output is not None and (many or batch.is_folder(output)):
         into = Path(output)
-        if not into.is_dir():
-            what = "is a file" if into.exists() else "does not exist"
+        if not batch.is_folder(into):
+            what = "is a file" if os.path.exists(into) else "does not exist"
             raise Refused(
                 f"-o {output}: {len(expanded)} inputs need an existing output folder, "
                 f"and {output} {what}"
@@ -172,7 +180,7 @@ def _check_output_file(path: Path, suffix: str) -> None:
             f"-o {path}: this command writes {kind}; name the output *{suffix} "
             "(or give an existing folder)"
         )
-    if not path.parent.is_dir():
+    if not batch.is_folder(path.parent):
         raise Refused(f"-o {path}: folder {path.parent} does not exist")
 
 
@@ -193,8 +201,8 @@ def _refuse_collisions(tasks: list[Task]) -> None:
 
 def refuse_terminal(output: str | None, force: bool, what: str) -> None:
     """No binary data into a terminal (as gzip refuses): it garbles the screen and is lost."""
-    if output == "-" and sys.stdout is None:
-        raise Refused("-o -: standard output is closed")
+    if output == "-":
+        require_stdout(f"-o - writes the {what} there")
     if output == "-" and not force and sys.stdout.isatty():
         raise Refused(f"-o -: {what} not written to a terminal; redirect it (or use --force)")
 
@@ -268,6 +276,8 @@ class Coding:
         self.report = Reporter(options.quiet, options.as_json, options.output == "-")
         self.tasks = plan(inputs, options.output, direction.suffix, direction.accept)
         refuse_terminal(options.output, options.force, direction.data)
+        if options.as_json:
+            require_stdout("--json writes there")
 
     def run(self, work: Any, device: str, precision: str) -> NoReturn:
         """Refuse the tasks that cannot be done, run the others with ``work``, report."""

@@ -37,6 +37,13 @@ class Refused(click.UsageError):
     """A command line that cannot work (its weights, outputs, device): exit 2, no hint."""
 
 
+def require_stdout(what: str) -> None:
+    """Refuse a command whose output goes to a closed standard output (``>&-``): Python
+    then has no ``sys.stdout``, and click would print nothing and exit 0."""
+    if sys.stdout is None:
+        raise Refused(f"standard output is closed: {what}")
+
+
 def fail_hard(exc: BaseException, debug: bool) -> NoReturn:
     """A failure that ends the command (exit 1); its traceback only with --debug."""
     if debug:
@@ -75,10 +82,11 @@ def on_terminal() -> bool:
 def check_output(output: str, force: bool) -> None:
     """Refuse an output that exists (without --force) or whose folder does not, before any
     work: a weights command may run for minutes before it writes."""
+    import os
     from pathlib import Path
 
     path = Path(output)
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:  # a dangling link is an output too
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
     if not path.parent.is_dir():
         raise click.ClickException(f"{output}: folder {path.parent} does not exist")

@@ -11,7 +11,7 @@ from aeic_codec.bundles.bundle import BundleError, iter_bundles, search_paths
 from aeic_codec.format.container import FormatError, check_magic, info_dict
 
 from .batch import TaskFailed, read_source
-from .common import error, shown
+from .common import error, require_stdout, shown
 
 
 @click.command()
@@ -22,6 +22,7 @@ from .common import error, shown
 )
 def info(files: tuple[str, ...], as_json: bool, weights: str | None) -> None:
     """Show the header of .aeic files (no model needed)."""
+    require_stdout("info writes there")
     names = {
         identity: f"{b.variant} lambda={b.lambda_:g}" if b.lambda_ is not None else b.variant
         for b in iter_bundles(search_paths(weights))

@@ -16,7 +16,7 @@ from aeic_codec.bundles.bundle import BundleError
 from aeic_codec.nn.config import StemConfig
 from aeic_codec.runtime.progress import BatchProgress
 
-from .common import check_output, debug_option, fail_hard, on_terminal
+from .common import check_output, debug_option, fail_hard, on_terminal, require_stdout
 
 
 def _output_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -92,6 +92,7 @@ def weights_list(as_json: bool, where: str | None) -> None:
 
     The identity shown is the one its files carry (and aeic info shows).
     """
+    require_stdout("weights list writes there")
     from aeic_codec.bundles.bundle import BundleInfo, iter_bundles, rate_order, search_paths
 
     found = list(iter_bundles(search_paths(where)))

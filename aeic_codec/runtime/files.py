@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+TEMP_NAME_BYTES = 200  # of the output's name in its temporary file's (mkstemp adds 8 + 7)
+
 
 def _umask_mode() -> int:
     """The mode a plainly created file would get (mkstemp makes them 0600)."""
@@ -19,7 +21,9 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     """A new temporary file in ``path``'s folder; a missing folder is named plainly."""
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    # The name's start only: the temporary name must fit wherever the output's name fits.
+    prefix = f".{os.fsencode(path.name)[:TEMP_NAME_BYTES].decode(errors='ignore')}."
+    return tempfile.mkstemp(prefix=prefix, suffix=".part", dir=path.parent)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:

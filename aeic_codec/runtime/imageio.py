@@ -2,7 +2,8 @@
 
 Everything becomes 8-bit RGB: grayscale, palette and alpha images are converted and
 16-bit images scaled, each with a one-line warning; floating-point images and 32-bit ones
-beyond 16 bits are refused (no scale of theirs is known); EXIF orientation is applied. The
+beyond 16 bits are refused (no scale of theirs is known), and so are animations and
+multi-page files (one frame of them would lose the rest); EXIF orientation is applied. The
 pixel limit is checked on the header, before any pixel is decoded. numpy and Pillow are
 imported by the functions, so that the CLI can name this module's errors without them.
 """
@@ -49,9 +50,12 @@ def read_image(
         img = _open_unchecked(fh or Path(source))
         w, h = img.size
         if w * h > max_pixels:
+            raise ImageError(f"{w}x{h} is {_over(w * h, max_pixels)} (raise it with --max-pixels)")
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:  # coding the first alone would drop the rest unsaid
             raise ImageError(
-                f"{w}x{h} is {w * h / 1e6:.1f} megapixels, over the limit of "
-                f"{max_pixels / 1e6:g} (raise it with --max-pixels)"
+                f"{frames} frames or pages (an animation or a multi-page file): aeic codes "
+                "still images; extract the one to code first"
             )
         img.load()
     except ImageError:
@@ -73,6 +77,13 @@ def read_image(
         notes.append("EXIF orientation applied")
     img = transposed if transposed is not None else img
     return _to_rgb8(img, notes), notes
+
+
+def _over(pixels: int, limit: int) -> str:
+    """How far a picture is over the pixel limit, in megapixels unless the limit is small."""
+    if limit >= 1_000_000:
+        return f"{pixels / 1e6:.1f} megapixels, over the limit of {limit / 1e6:g}"
+    return f"{pixels:,} pixels, over the limit of {limit:,}"
 
 
 def _open_unchecked(source: io.BytesIO | Path) -> Image.Image:
