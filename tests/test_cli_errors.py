@@ -172,6 +172,11 @@ def test_output_names_are_checked_before_any_work(tmp_path, png_file, encoded, t
     assert code == 2 and one_error(err).endswith(f"folder {nowhere} does not exist")
     code, _, err = run("encode", str(png_file), str(encoded), "-o", str(nowhere), *w)
     assert code == 2 and f"and {nowhere} does not exist" in one_error(err)
+    code, _, err = run("decode", str(encoded), "-o", f"{nowhere}/", *w)  # a folder, by its /
+    assert (
+        code == 2
+        and one_error(err) == f"aeic: error: -o {nowhere}/: folder does not exist (make it first)"
+    )
     assert not nowhere.exists()
 
 

@@ -280,6 +280,29 @@ def test_digit_gemm_is_exact_at_the_extremes(weight_bits, terms):
     assert np.array_equal(got.long().numpy(), expected)
 
 
+@pytest.mark.parametrize("shape", [(3, 3), (5, 5), (1, 11)])
+@pytest.mark.parametrize("weight_bits", [8, 16])
+def test_depthwise_is_exact_with_channels_on_both_sides_of_the_float32_bound(weight_bits, shape):
+    """Channels whose input and kernel bound every float32 sum below 2**24 run as they are;
+    the others (here every second channel, at the extremes) from byte digits."""
+    rng = np.random.default_rng(7)
+    channels = 12
+    v = rng.integers(-3, 4, size=(1, 9, 14, channels))
+    v[..., 1::2] = rng.choice([-(1 << 15), (1 << 15) - 1], size=v[..., 1::2].shape)
+    top = 1 << (weight_bits - 1)
+    w = rng.integers(-top + 1, top, size=(channels, *shape))
+    w[1::2] = rng.choice([-top + 1, top - 1], size=w[1::2].shape)
+    kernel = kernels.depthwise_kernel(torch.from_numpy(w))
+    x = torch.from_numpy(v).double()
+    beyond = x.abs().amax((0, 1, 2)) * kernel.l1 >= kernels.FLOAT32_EXACT
+    assert beyond[1::2].all() and not beyond[0::2].any()
+    expected = kernels.depthwise_sum(
+        x, torch.from_numpy(w).double(), torch.zeros(channels).double()
+    )
+    got = kernels.depthwise_exact(x, kernel)
+    assert got.dtype == torch.float64 and torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("weight_bits", [8, 16])
 def test_digit_gemm_sums_in_int32_where_the_weights_allow(weight_bits):
     """1024 inputs: int32 digit sums for weights whose columns sum to little (here at most

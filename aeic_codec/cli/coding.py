@@ -122,6 +122,9 @@ class Direction:
 
 
 # ------------------------------------------------------------------ planning
+_SEPARATORS = tuple(s for s in (os.sep, os.altsep) if s)  # an output ending so is a folder
+
+
 def plan(
     inputs: tuple[str, ...], output: str | None, suffix: str, accept: AbstractSet[str]
 ) -> list[Task]:
@@ -148,6 +151,8 @@ def plan(
     if output == "-":
         if many:
             raise Refused("-o - (standard output) takes a single input")
+    elif output is not None and output.endswith(_SEPARATORS) and not batch.is_folder(output):
+        raise Refused(f"-o {output}: folder does not exist (make it first)")
     elif output is not None and (many or batch.is_folder(output)):
         into = Path(output)
         if not batch.is_folder(into):

@@ -23,12 +23,13 @@ from .intmath import ACT_MAX, ACT_MIN, clamp16, gelu_table, isqrt, rshift_round
 from .kernels import (
     MAX_TERMS,
     ByteWeights,
+    DepthwiseKernel,
     byte_weights,
-    depthwise_split,
+    depthwise_exact,
+    depthwise_kernel,
     depthwise_sum,
     digit_gemm,
     im2col,
-    kernel_digits,
     use_int8_gemm,
 )
 from .quantize import (
@@ -169,14 +170,14 @@ class IntOps:
 
     def depthwise(self, name: str, x: Act, site: str) -> Act:
         _, bias, *_ = self._layer(name)
-        acc = depthwise_split(x.v, self._digits(name)).add_(bias)
+        acc = depthwise_exact(x.v, self._kernel(name)).add_(bias)
         return Act(self._requant(acc, name), self.exp(site))
 
-    def _digits(self, name: str) -> tuple[torch.Tensor, ...]:
-        key = f"{name}|digits"
+    def _kernel(self, name: str) -> DepthwiseKernel:
+        key = f"{name}|kernel"
         got = self._cache.get(key)
         if got is None:
-            got = self._cache[key] = kernel_digits(self.t[f"{name}.weight"].double())
+            got = self._cache[key] = depthwise_kernel(self.t[f"{name}.weight"])
         return got
 
     def layernorm(self, name: str, x: Act) -> Act:
