@@ -112,6 +112,20 @@ def test_animations_and_multi_page_files_are_refused_not_cut(tmp_path: Path, fmt
     assert read_image(path)[0].shape == (8, 8, 3)
 
 
+def test_a_jpeg_with_previews_and_a_tiff_with_a_thumbnail_are_still_images(tmp_path: Path):
+    """A camera's JPEG often carries a preview (MPO) and a TIFF a thumbnail page: the
+    picture is the first image, coded as before."""
+    for name, fmt in (("camera.jpg", "MPO"), ("scan.tiff", "TIFF")):
+        # New images for each: saving leaves the writer's settings on an image.
+        big = Image.fromarray(make_image(48, 64, seed=1))
+        small = Image.fromarray(make_image(12, 16, seed=2))
+        path = tmp_path / name
+        big.save(path, format=fmt, save_all=True, append_images=[small])
+        with Image.open(path) as img:
+            assert img.n_frames == 2
+        assert read_image(path)[0].shape == (48, 64, 3)
+
+
 def test_garbage_and_bytes_input(tmp_path: Path):
     with pytest.raises(ImageError, match="not a PNG"):
         read_image(b"definitely not an image")

@@ -51,7 +51,7 @@ def read_image(
         w, h = img.size
         if w * h > max_pixels:
             raise ImageError(f"{w}x{h} is {_over(w * h, max_pixels)} (raise it with --max-pixels)")
-        frames = getattr(img, "n_frames", 1)
+        frames = _pictures(img)
         if frames > 1:  # coding the first alone would drop the rest unsaid
             raise ImageError(
                 f"{frames} frames or pages (an animation or a multi-page file): aeic codes "
@@ -77,6 +77,25 @@ def read_image(
         notes.append("EXIF orientation applied")
     img = transposed if transposed is not None else img
     return _to_rgb8(img, notes), notes
+
+
+def _pictures(img: Image.Image) -> int:
+    """How many full pictures a file holds: an animation's frames, a TIFF's pages of the
+    first page's size. A JPEG's extra images (MPO: previews, depth maps) and a TIFF's
+    smaller pages (thumbnails) are not pictures of their own."""
+    frames = getattr(img, "n_frames", 1)
+    if frames == 1 or img.format == "MPO":
+        return 1
+    if img.format != "TIFF":
+        return frames
+    size, count = img.size, 0
+    try:
+        for page in range(frames):
+            img.seek(page)
+            count += img.size == size
+    finally:
+        img.seek(0)
+    return count
 
 
 def _over(pixels: int, limit: int) -> str:
