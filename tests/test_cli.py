@@ -352,6 +352,8 @@ CLOSED = "aeic: error: standard output is closed: "
         (">&-", ["encode", "IMG", "-o", "OUT/x.aeic", "--json"], 2, f"{CLOSED}--json writes there"),
         (">&-", ["info", "IMG"], 2, f"{CLOSED}info writes there"),
         (">&-", ["weights", "list"], 2, f"{CLOSED}weights list writes there"),
+        (">&-", ["--version"], 2, f"{CLOSED}help and version are written there"),
+        (">&-", ["info", "--help"], 2, f"{CLOSED}help and version are written there"),
     ],
 )
 def test_a_closed_standard_stream_is_said_not_traced(
@@ -378,6 +380,42 @@ def test_sigterm_and_sighup_stop_a_batch_as_ctrl_c_does():
         with pytest.raises(KeyboardInterrupt), _stopped_like_ctrl_c():
             os.kill(os.getpid(), sig)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+# A weights command whose bundle writer then waits, so that a signal lands mid-write.
+_SLOW_WRITER = """
+import sys, time
+import safetensors.torch as st
+from aeic_codec.cli import main
+written = st.save_file
+def slow(*args, **kwargs):
+    written(*args, **kwargs)
+    print("written", flush=True)
+    time.sleep(120)
+st.save_file = slow
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_leaves_no_part_file_behind_a_weights_command(tmp_path, tiny_bundle, sig):
+    import signal
+
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["weights", "set-window", str(tiny_bundle), "-o", str(out / "w.safetensors")]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER, *args, "--pixels", "4096"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline() == "written\n"
+    assert [p.suffix for p in out.iterdir()] == [".part"]
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "aeic: interrupted"
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

@@ -258,8 +258,8 @@ def test_a_huge_image_header_gets_the_tools_own_limit_message(tmp_path, tiny_bun
     code, _, err = run(*args, "--weights", str(tiny_bundle))
     errors = [line for line in err.splitlines() if "error" in line]
     assert code == 1 and errors == [
-        f"aeic: error: {bomb}: 100000x100000 is 10000.0 megapixels, over the limit of 100 "
-        "(raise it with --max-pixels)"
+        f"aeic: error: {bomb}: 100000x100000 is 10,000,000,000 pixels, over the limit of "
+        "100,000,000 (raise it with --max-pixels)"
     ]
     assert "decompression" not in err.lower()
 
@@ -337,6 +337,37 @@ def test_usage_and_file_errors_come_before_torch(tmp_path, png_file, encoded, ti
 
 
 # ------------------------------------------------------------------ rough edges
+def test_weights_outputs_that_cannot_be_files_are_refused_first(tmp_path, tiny_bundle, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ("weights", "set-window", str(tiny_bundle), "--pixels", "4096", "-o")
+    code, _, err = run(*base, "nod/")  # wrote a file named nod
+    assert code == 1 and one_error(err) == "aeic: error: 'nod/': not a file name"
+    long = "w" * 251 + ".safetensors"  # failed after the work, naming the temporary file
+    code, _, err = run(*base, long)
+    assert code == 1 and one_error(err) == f"aeic: error: {long}: file name too long"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_odd_output_names_are_said_plainly(tmp_path, png_file, tiny_bundle):
+    w = ("--weights", str(tiny_bundle))
+    file = tmp_path / "file.aeic"
+    file.write_bytes(b"keep")
+    code, _, err = run("encode", str(png_file), "-o", f"{file}/", *w)
+    assert code == 2 and one_error(err) == f"aeic: error: -o {file}/: is a file, not a folder"
+    code, _, err = run("encode", str(png_file), "-o", "", *w)
+    assert code == 2 and one_error(err) == "aeic: error: -o '': an empty name"
+    assert file.read_bytes() == b"keep"
+
+
+def test_an_output_path_beyond_the_path_limit_is_one_problem(tmp_path, png_file):
+    """The mirrored layout of a deep input folder can pass the 4096-byte path limit: that
+    output is refused up front, where looking for its folder raised."""
+    deep = Path(tmp_path, *["d" * 250] * 17, "x.aeic")
+    task = batch.Task(str(png_file), str(deep))
+    said = f"cannot write {deep} (file name too long)"
+    assert batch.preflight([task], force=False) == {task: said}
+
+
 def test_an_output_name_near_the_limit_is_written(tmp_path, png_file, tiny_bundle):
     """The temporary file beside the output keeps only the name's start: a 250-byte name
     (the limit is 255) was refused after the work, the temporary name being 15 longer."""

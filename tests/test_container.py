@@ -313,7 +313,8 @@ def test_max_dim_edges() -> None:
 def test_max_pixels() -> None:
     data = pack(make(768, 512))
     assert unpack(data, max_pixels=768 * 512).width == 768
-    reject(data, "image 768x512 has 393216 pixels, above the limit of 393215", max_pixels=393215)
+    said = "768x512 is 393,216 pixels, over the limit of 393,215 (raise it with --max-pixels)"
+    reject(data, said, max_pixels=393215)
 
 
 def test_reserved_flag_bits() -> None:

@@ -157,7 +157,7 @@ def test_max_pixels_is_checked_before_copying_streams() -> None:
     data = pack(AeicFile(MAX_DIM, MAX_DIM, b"abcd", (bytes(1 << 20),) * NUM_STREAMS))
     tracemalloc.start()
     try:
-        with pytest.raises(FormatError, match="above the limit"):
+        with pytest.raises(FormatError, match="over the limit"):
             unpack(data, max_pixels=4096 * 4096)
         peak = tracemalloc.get_traced_memory()[1]
     finally:

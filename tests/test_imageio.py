@@ -93,12 +93,19 @@ def test_pixel_limit_refused_before_decoding(tmp_path: Path):
         read_image(path, max_pixels=50_000)
 
 
-def test_a_small_pixel_limit_is_said_in_pixels(tmp_path: Path):
-    path = _save(Image.new("RGB", (11, 10)), tmp_path / "small.png")
+@pytest.mark.parametrize(
+    ("size", "limit", "said"),
+    [
+        ((11, 10), 100, "11x10 is 110 pixels, over the limit of 100"),
+        ((1001, 1000), 1_000_000, "1001x1000 is 1,001,000 pixels, over the limit of 1,000,000"),
+    ],
+)
+def test_the_pixel_limit_is_said_in_exact_counts(tmp_path: Path, size, limit, said):
+    """Rounded megapixels made 1,001,000 pixels over a limit of 1,000,000 read as "1.0 over 1"."""
+    path = _save(Image.new("RGB", size), tmp_path / "over.png")
     with pytest.raises(ImageError) as got:
-        read_image(path, max_pixels=100)
-    said = "11x10 is 110 pixels, over the limit of 100 (raise it with --max-pixels)"
-    assert str(got.value) == said
+        read_image(path, max_pixels=limit)
+    assert str(got.value) == f"{said} (raise it with --max-pixels)"
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
@@ -112,18 +119,49 @@ def test_animations_and_multi_page_files_are_refused_not_cut(tmp_path: Path, fmt
     assert read_image(path)[0].shape == (8, 8, 3)
 
 
-def test_a_jpeg_with_previews_and_a_tiff_with_a_thumbnail_are_still_images(tmp_path: Path):
-    """A camera's JPEG often carries a preview (MPO) and a TIFF a thumbnail page: the
-    picture is the first image, coded as before."""
-    for name, fmt in (("camera.jpg", "MPO"), ("scan.tiff", "TIFF")):
-        # New images for each: saving leaves the writer's settings on an image.
-        big = Image.fromarray(make_image(48, 64, seed=1))
-        small = Image.fromarray(make_image(12, 16, seed=2))
-        path = tmp_path / name
-        big.save(path, format=fmt, save_all=True, append_images=[small])
-        with Image.open(path) as img:
-            assert img.n_frames == 2
-        assert read_image(path)[0].shape == (48, 64, 3)
+def _tiff(path: Path, *sizes: tuple[int, int]) -> Path:
+    pages = [Image.fromarray(make_image(h, w, seed=k)) for k, (h, w) in enumerate(sizes)]
+    pages[0].save(path, format="TIFF", save_all=True, append_images=pages[1:])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sizes", "said"),
+    [
+        (((48, 64), (96, 128)), "2 frames or pages"),  # the second page is the larger
+        (((48, 64), (47, 64)), "2 frames or pages"),  # scans of slightly different sizes
+        (((48, 64), (64, 48)), "2 frames or pages"),  # a page turned
+        (((48, 64), (12, 16), (48, 64)), "2 pictures in 3 pages"),  # a thumbnail between
+    ],
+)
+def test_a_tiff_page_other_than_a_thumbnail_is_a_picture(tmp_path: Path, sizes, said):
+    with pytest.raises(ImageError, match=f"^{said} "):
+        read_image(_tiff(tmp_path / "pages.tiff", *sizes))
+
+
+def test_a_damaged_later_page_is_one_error_not_a_traceback(tmp_path: Path):
+    """Pillow's page count raised TypeError on a TIFF whose second page lies beyond its end."""
+    data = bytearray(_tiff(tmp_path / "whole.tiff", (48, 64), (48, 64)).read_bytes())
+    first = int.from_bytes(data[4:8], "little")  # the first page's directory (Pillow: "II")
+    after = first + 2 + 12 * int.from_bytes(data[first : first + 2], "little")
+    data[after : after + 4] = (len(data) + 100).to_bytes(4, "little")  # where the next is
+    broken = tmp_path / "broken.tiff"
+    broken.write_bytes(data)
+    with pytest.raises(ImageError, match=r"^cannot read image \("):
+        read_image(broken)
+
+
+def test_the_readers_warnings_become_one_note(tmp_path: Path):
+    """A JPEG whose EXIF is cut short: Pillow warns while reading it; said in one line."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010E] = "a description long enough to lie beyond the cut"
+    path = tmp_path / "exif.jpg"
+    Image.fromarray(make_image(8, 8)).save(path, exif=exif.tobytes()[:30])
+    arr, notes = read_image(path)
+    assert arr.shape == (8, 8, 3)
+    warned = [n for n in notes if n.startswith("the image reader warned: ")]
+    assert len(warned) == 1 and "EXIF" in warned[0]
 
 
 def test_garbage_and_bytes_input(tmp_path: Path):

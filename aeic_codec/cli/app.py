@@ -62,6 +62,11 @@ class _Aeic(click.Group):
         if not standalone_mode:  # the caller handles click's exceptions itself
             return super().main(*args, standalone_mode=False, **kwargs)
         help_errors = getattr(click.exceptions, "NoArgsIsHelpError", ())
+        argv = args[0] if args else kwargs.get("args")
+        said = set(sys.argv[1:] if argv is None else argv)
+        if sys.stdout is None and said & {"-h", "--help", "--version"}:
+            error("standard output is closed: help and version are written there")
+            sys.exit(2)
         startup.defer_collection()  # until the first file is done (startup.py)
         allocator.keep_freed_memory()  # the process is ours (allocator.py)
         try:

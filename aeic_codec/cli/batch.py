@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from aeic_codec.bundles.bundle import BundleError
 from aeic_codec.format.container import QSTEP_ONE, FormatError
 from aeic_codec.runtime import allocator, startup
+from aeic_codec.runtime.files import too_long
 from aeic_codec.runtime.imageio import ImageError
 
 if TYPE_CHECKING:
@@ -138,23 +139,15 @@ def preflight(
             continue
         # Folders that mirror the input layout are made on writing: probe the nearest one.
         folder = path.parent
-        while not folder.exists() and folder != folder.parent:
+        while not os.path.exists(folder) and folder != folder.parent:
             folder = folder.parent
         if folder not in writable:
             writable[folder] = _probe(folder)
         if writable[folder]:
             problems[task] = f"cannot write {path} ({writable[folder]})"
-        elif len(os.fsencode(path.name)) > _name_max(folder):
+        elif too_long(path):
             problems[task] = f"cannot write {path} (file name too long)"
     return problems
-
-
-def _name_max(folder: Path) -> int:
-    """The longest file name, in bytes, that ``folder``'s file system takes."""
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):  # not said (or not POSIX): the usual one
-        return 255
 
 
 def _probe(folder: Path) -> str | None:

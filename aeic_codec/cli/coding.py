@@ -27,6 +27,7 @@ from . import batch
 from .batch import Outcome, Task
 from .common import (
     INTERRUPTED,
+    SEPARATORS,
     Refused,
     debug_option,
     on_terminal,
@@ -122,9 +123,6 @@ class Direction:
 
 
 # ------------------------------------------------------------------ planning
-_SEPARATORS = tuple(s for s in (os.sep, os.altsep) if s)  # an output ending so is a folder
-
-
 def plan(
     inputs: tuple[str, ...], output: str | None, suffix: str, accept: AbstractSet[str]
 ) -> list[Task]:
@@ -151,8 +149,14 @@ def plan(
     if output == "-":
         if many:
             raise Refused("-o - (standard output) takes a single input")
-    elif output is not None and output.endswith(_SEPARATORS) and not batch.is_folder(output):
-        raise Refused(f"-o {output}: folder does not exist (make it first)")
+    elif output == "":
+        raise Refused("-o '': an empty name")
+    elif output is not None and output.endswith(SEPARATORS) and not batch.is_folder(output):
+        exists = os.path.lexists(output.rstrip("".join(SEPARATORS)))
+        raise Refused(
+            f"-o {output}: "
+            + ("is a file, not a folder" if exists else "folder does not exist (make it first)")
+        )
     elif output is not None and (many or batch.is_folder(output)):
         into = Path(output)
         if not batch.is_folder(into):

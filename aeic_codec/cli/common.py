@@ -7,6 +7,7 @@ other (commands are looked up by ``app`` lazily, by module name).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -14,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+SEPARATORS = tuple(s for s in (os.sep, os.altsep) if s)  # an output name ending so: a folder
 DEVICES = ("cpu", "cuda", "mps")
 
 
@@ -82,11 +84,16 @@ def on_terminal() -> bool:
 def check_output(output: str, force: bool) -> None:
     """Refuse an output that exists (without --force) or whose folder does not, before any
     work: a weights command may run for minutes before it writes."""
-    import os
     from pathlib import Path
 
+    from aeic_codec.runtime.files import too_long
+
     path = Path(output)
+    if not output or output.endswith(SEPARATORS):  # Path() would drop the separator
+        raise click.ClickException(f"{output!r}: not a file name")
     if os.path.lexists(path) and not force:  # a dangling link is an output too
         raise click.ClickException(f"{output}: exists (use --force to overwrite)")
-    if not path.parent.is_dir():
+    if not os.path.isdir(path.parent):
         raise click.ClickException(f"{output}: folder {path.parent} does not exist")
+    if too_long(path):
+        raise click.ClickException(f"{output}: file name too long")

@@ -16,6 +16,7 @@ from aeic_codec.bundles.bundle import BundleError
 from aeic_codec.nn.config import StemConfig
 from aeic_codec.runtime.progress import BatchProgress
 
+from .batch import stopped_like_ctrl_c
 from .common import check_output, debug_option, fail_hard, on_terminal, require_stdout
 
 
@@ -72,14 +73,14 @@ def _terminal_progress(label: str) -> Iterator[Callable[[int, int], None] | None
 
 def _without_loss(tick: Callable[[int, int], None] | None) -> Callable[..., None] | None:
     """A distillation's ``progress(step, steps, loss)`` that moves the bar ``tick``."""
-    if tick is None:
-        return None
-    return lambda done, total, _loss: tick(done, total)
+    return None if tick is None else lambda done, total, _loss: tick(done, total)
 
 
 @click.group()
-def weights() -> None:
+@click.pass_context
+def weights(ctx: click.Context) -> None:
     """Manage weight bundles."""
+    ctx.with_resource(stopped_like_ctrl_c())  # as Ctrl-C: the file being written is removed
 
 
 @weights.command("list")

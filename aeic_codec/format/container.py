@@ -17,6 +17,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from aeic_codec.runtime.imageio import pixel_limit_message
+
 MAGIC = b"AEI"
 FORMAT_VERSION = 5  # the newest this module reads and writes
 READ_VERSIONS = (1, 2, 3, 4, 5)
@@ -244,10 +246,7 @@ def unpack(data: bytes, max_pixels: int | None = None) -> AeicFile:
         raise _crc_failure(data)
     head = _parse_header(data, body_end)
     if max_pixels is not None and head.width * head.height > max_pixels:
-        raise FormatError(
-            f"image {head.width}x{head.height} has {head.width * head.height} pixels, "
-            f"above the limit of {max_pixels}"
-        )
+        raise FormatError(pixel_limit_message(head.width, head.height, max_pixels))
     payload = body_end - head.end
     declared = head.declared
     if declared > payload:

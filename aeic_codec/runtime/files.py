@@ -10,6 +10,28 @@ from pathlib import Path
 TEMP_NAME_BYTES = 200  # of the output's name in its temporary file's (mkstemp adds 8 + 7)
 
 
+def too_long(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``'s name or the whole path is longer than the file system takes (its
+    limits read on the nearest folder that exists): writing it would fail only after the
+    work."""
+    path = Path(path)
+    folder = path.parent
+    while not os.path.isdir(folder) and folder != folder.parent:
+        folder = folder.parent
+    name_max = _limit(folder, "PC_NAME_MAX", 255)
+    path_max = _limit(folder, "PC_PATH_MAX", 4096)  # with the terminating NUL
+    whole = os.fsencode(os.path.abspath(path))
+    return len(os.fsencode(path.name)) > name_max or len(whole) >= path_max
+
+
+def _limit(folder: Path, name: str, usual: int) -> int:
+    """A file system limit of ``folder`` (``os.pathconf``), or the usual one where unsaid."""
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError, AttributeError):  # unknown here (or not POSIX)
+        return usual
+
+
 def _umask_mode() -> int:
     """The mode a plainly created file would get (mkstemp makes them 0600)."""
     mask = os.umask(0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,67 +43,83 @@ def read_image(
 
     Messages (errors and warnings) do not repeat the source's name: the caller knows it.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     notes: list[str] = []
     fh = io.BytesIO(source) if isinstance(source, bytes) else None
-    try:
-        img = _open_unchecked(fh or Path(source))
-        w, h = img.size
-        if w * h > max_pixels:
-            raise ImageError(f"{w}x{h} is {_over(w * h, max_pixels)} (raise it with --max-pixels)")
-        frames = _pictures(img)
-        if frames > 1:  # coding the first alone would drop the rest unsaid
-            raise ImageError(
-                f"{frames} frames or pages (an animation or a multi-page file): aeic codes "
-                "still images; extract the one to code first"
-            )
-        img.load()
-    except ImageError:
-        raise
-    except FileNotFoundError as exc:
-        raise ImageError("no such file") from exc
-    except IsADirectoryError as exc:
-        raise ImageError("is a directory") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageError("not a PNG, JPEG, WebP or TIFF image") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"cannot read image ({exc})") from exc
-    if img.format == "PNG" and img.mode in ("RGB", "RGBA") and _png_depth(source) == 16:
-        notes.append("16-bit image scaled to 8 bits per channel")
-    if img.info.get("icc_profile"):
-        notes.append("ICC colour profile ignored (pixels taken as sRGB)")
-    transposed = ImageOps.exif_transpose(img)
-    if transposed is not None and transposed.size != img.size:
-        notes.append("EXIF orientation applied")
-    img = transposed if transposed is not None else img
-    return _to_rgb8(img, notes), notes
+    with warnings.catch_warnings(record=True) as said:  # Pillow's, said as ours (below)
+        warnings.simplefilter("always")
+        try:
+            img = _open_unchecked(fh or Path(source))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(pixel_limit_message(w, h, max_pixels))
+            _refuse_several_pictures(img)
+            img.load()
+        except ImageError:
+            raise
+        except FileNotFoundError as exc:
+            raise ImageError("no such file") from exc
+        except IsADirectoryError as exc:
+            raise ImageError("is a directory") from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError("not a PNG, JPEG, WebP or TIFF image") from exc
+        except (OSError, EOFError, SyntaxError, TypeError, ValueError) as exc:  # damaged
+            raise ImageError(f"cannot read image ({exc})") from exc
+        if img.format == "PNG" and img.mode in ("RGB", "RGBA") and _png_depth(source) == 16:
+            notes.append("16-bit image scaled to 8 bits per channel")
+        if img.info.get("icc_profile"):
+            notes.append("ICC colour profile ignored (pixels taken as sRGB)")
+        transposed = ImageOps.exif_transpose(img)
+        if transposed is not None and transposed.size != img.size:
+            notes.append("EXIF orientation applied")
+        img = transposed if transposed is not None else img
+        pixels = _to_rgb8(img, notes)
+    if said:  # damaged metadata, mostly: one line, not Python's warning with its source line
+        found = "; ".join(dict.fromkeys(str(w.message).strip() for w in said))
+        notes.append(f"the image reader warned: {found}")
+    return pixels, notes
 
 
-def _pictures(img: Image.Image) -> int:
-    """How many full pictures a file holds: an animation's frames, a TIFF's pages of the
-    first page's size. A JPEG's extra images (MPO: previews, depth maps) and a TIFF's
-    smaller pages (thumbnails) are not pictures of their own."""
+def pixel_limit_message(width: int, height: int, limit: int) -> str:
+    """Why a picture is refused by the pixel limit, in exact counts (rounded megapixels
+    made a picture just over the limit look like it)."""
+    return (
+        f"{width}x{height} is {width * height:,} pixels, over the limit of {limit:,} "
+        "(raise it with --max-pixels)"
+    )
+
+
+def _refuse_several_pictures(img: Image.Image) -> None:
+    """Refuse a file of several pictures: coding the first alone would drop the rest unsaid.
+
+    An animation's frames are pictures; so are a TIFF's pages, except thumbnails (marked
+    reduced-resolution, or at most half the first page's size each way). A JPEG's extra
+    images (MPO: previews, depth maps, a stereo pair's second view) are not: every viewer
+    shows the first, which is what is coded.
+    """
     frames = getattr(img, "n_frames", 1)
     if frames == 1 or img.format == "MPO":
-        return 1
-    if img.format != "TIFF":
-        return frames
-    size, count = img.size, 0
-    try:
-        for page in range(frames):
-            img.seek(page)
-            count += img.size == size
-    finally:
-        img.seek(0)
-    return count
-
-
-def _over(pixels: int, limit: int) -> str:
-    """How far a picture is over the pixel limit, in megapixels unless the limit is small."""
-    if limit >= 1_000_000:
-        return f"{pixels / 1e6:.1f} megapixels, over the limit of {limit / 1e6:g}"
-    return f"{pixels:,} pixels, over the limit of {limit:,}"
+        return
+    pictures = frames
+    if img.format == "TIFF":
+        (width, height), pictures = img.size, 1
+        try:
+            for page in range(1, frames):
+                img.seek(page)
+                reduced = int(img.tag_v2.get(254, 0)) & 1
+                small = 2 * img.size[0] <= width and 2 * img.size[1] <= height
+                pictures += not (reduced or small)
+        finally:
+            img.seek(0)
+    if pictures > 1:
+        counted = f"{frames} frames or pages"
+        if pictures < frames:
+            counted = f"{pictures} pictures in {frames} pages"
+        raise ImageError(
+            f"{counted} (an animation or a multi-page file): aeic codes still images; "
+            "extract the one to code first"
+        )
 
 
 def _open_unchecked(source: io.BytesIO | Path) -> Image.Image:
