@@ -348,6 +348,21 @@ def test_weights_outputs_that_cannot_be_files_are_refused_first(tmp_path, tiny_b
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_without_inputs_is_said(tmp_path, png_file, tiny_bundle):
+    w = ("--weights", str(tiny_bundle))
+    gifs, photos, out = tmp_path / "gifs", tmp_path / "photos", tmp_path / "out"
+    for folder in (gifs, photos, out):
+        folder.mkdir()
+    Image.new("RGB", (8, 8)).save(gifs / "a.gif")
+    (photos / "img.png").write_bytes(png_file.read_bytes())
+    code, _, err = run("encode", str(gifs), str(photos), "-o", str(out), *w)
+    kinds = ".jpeg, .jpg, .png, .tif, .tiff, .webp"
+    assert code == 0 and err.splitlines()[0] == f"aeic: warning: {gifs}: no {kinds} files in it"
+    assert [f.name for f in out.iterdir()] == ["img.aeic"] and str(photos) not in err
+    code, _, err = run("encode", str(gifs), "-o", str(out), "-q", *w)
+    assert code == 0 and err == ""
+
+
 def test_odd_output_names_are_said_plainly(tmp_path, png_file, tiny_bundle):
     w = ("--weights", str(tiny_bundle))
     file = tmp_path / "file.aeic"

@@ -287,6 +287,18 @@ class Coding:
         refuse_terminal(options.output, options.force, direction.data)
         if options.as_json:
             require_stdout("--json writes there")
+        if not options.quiet:
+            self._say_empty_folders(inputs)
+
+    def _say_empty_folders(self, inputs: tuple[str, ...]) -> None:
+        """A folder that gave no file is said: nothing of it fails, and it was a mistake."""
+        sources = [Path(t.source) for t in self.tasks]
+        kinds = ", ".join(sorted(self.direction.accept))
+        for item in inputs:
+            if item == "-" or not batch.is_folder(item):
+                continue
+            if not any(s.is_relative_to(item) for s in sources):
+                self.report.say(f"aeic: warning: {item}: no {kinds} files in it")
 
     def run(self, work: Any, device: str, precision: str) -> NoReturn:
         """Refuse the tasks that cannot be done, run the others with ``work``, report."""
