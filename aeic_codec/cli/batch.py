@@ -106,12 +106,6 @@ def _input_problem(source: str, check_start: Callable[[bytes], None] | None) -> 
     return None
 
 
-def is_folder(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a folder; False where it cannot even be looked up (a name too
-    long for the file system), which reading or writing it then says in one line."""
-    return os.path.isdir(path)
-
-
 def preflight(
     tasks: list[Task], force: bool, check_start: Callable[[bytes], None] | None = None
 ) -> dict[Task, str]:
@@ -131,7 +125,7 @@ def preflight(
         if task.target == "-":
             continue
         path = Path(task.target)
-        if is_folder(path):
+        if os.path.isdir(path):  # never raises, a name too long included
             problems[task] = f"{path} is a folder"
             continue
         if os.path.lexists(path) and not force:  # a dangling link is an output too

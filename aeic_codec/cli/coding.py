@@ -137,9 +137,10 @@ def plan(
     if "-" in inputs and len(inputs) > 1:
         raise click.UsageError("'-' (standard input) must be the only input")
     expanded: list[tuple[str, Path | None]] = []
+    # os.path.isdir, not Path.is_dir: a name too long to look up is no folder, not a raise.
     for item in inputs:
         p = Path(item)
-        if item != "-" and batch.is_folder(p):
+        if item != "-" and os.path.isdir(p):
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in accept)
             expanded.extend((str(f), f.relative_to(p).with_suffix(suffix)) for f in files)
         else:
@@ -151,15 +152,15 @@ def plan(
             raise Refused("-o - (standard output) takes a single input")
     elif output == "":
         raise Refused("-o '': an empty name")
-    elif output is not None and output.endswith(SEPARATORS) and not batch.is_folder(output):
+    elif output is not None and output.endswith(SEPARATORS) and not os.path.isdir(output):
         exists = os.path.lexists(output.rstrip("".join(SEPARATORS)))
         raise Refused(
             f"-o {output}: "
             + ("is a file, not a folder" if exists else "folder does not exist (make it first)")
         )
-    elif output is not None and (many or batch.is_folder(output)):
+    elif output is not None and (many or os.path.isdir(output)):
         into = Path(output)
-        if not batch.is_folder(into):
+        if not os.path.isdir(into):
             what = "is a file" if os.path.exists(into) else "does not exist"
             raise Refused(
                 f"-o {output}: {len(expanded)} inputs need an existing output folder, "
@@ -189,7 +190,7 @@ def _check_output_file(path: Path, suffix: str) -> None:
             f"-o {path}: this command writes {kind}; name the output *{suffix} "
             "(or give an existing folder)"
         )
-    if not batch.is_folder(path.parent):
+    if not os.path.isdir(path.parent):
         raise Refused(f"-o {path}: folder {path.parent} does not exist")
 
 
@@ -295,7 +296,7 @@ class Coding:
         sources = [Path(t.source) for t in self.tasks]
         kinds = ", ".join(sorted(self.direction.accept))
         for item in inputs:
-            if item == "-" or not batch.is_folder(item):
+            if item == "-" or not os.path.isdir(item):
                 continue
             if not any(s.is_relative_to(item) for s in sources):
                 self.report.say(f"aeic: warning: {item}: no {kinds} files in it")
