@@ -1,10 +1,9 @@
-"""``aeic weights``: list, import, and copy bundles with a colour grid, an integer
-entropy path or a rate curve added."""
+"""``aeic weights``: import bundles, and copy them with a colour grid, an integer entropy
+path or a rate curve added (list and check: weights_inspect.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,8 @@ from aeic_codec.nn.config import StemConfig
 from aeic_codec.runtime.progress import BatchProgress
 
 from .batch import stopped_like_ctrl_c
-from .common import check_output, debug_option, fail_hard, on_terminal, require_stdout
+from .common import check_output, debug_option, fail_hard, on_terminal
+from .weights_inspect import weights_check, weights_list
 
 
 def _output_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -83,34 +83,8 @@ def weights(ctx: click.Context) -> None:
     ctx.with_resource(stopped_like_ctrl_c())  # as Ctrl-C: the file being written is removed
 
 
-@weights.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per bundle.")
-@click.option(
-    "--weights", "where", type=click.Path(exists=True), help="Also search this file/directory."
-)
-def weights_list(as_json: bool, where: str | None) -> None:
-    """List every bundle found (--weights, $AEIC_WEIGHTS, the shipped weights/), by lambda.
-
-    The identity shown is the one its files carry (and aeic info shows).
-    """
-    require_stdout("weights list writes there")
-    from aeic_codec.bundles.bundle import BundleInfo, iter_bundles, rate_order, search_paths
-
-    found = list(iter_bundles(search_paths(where)))
-    for problem in found:
-        if isinstance(problem, BundleError):
-            click.echo(f"aeic: warning: {problem}", err=True)
-    for b in sorted((b for b in found if isinstance(b, BundleInfo)), key=rate_order):
-        if as_json:
-            click.echo(json.dumps(b.to_dict()))
-        else:
-            lam = f"{b.lambda_:g}" if b.lambda_ is not None else "-"
-            realism = "realism" if b.realism is not None else "-"
-            fast = "fast" if b.stem is not None else "-"
-            click.echo(
-                f"{b.file_identity}  {b.variant:<12} lambda {lam:<6} {realism:<7} {fast:<4} "
-                f"{b.size / 1e6:8.1f} MB  {b.path}"
-            )
+weights.add_command(weights_list)
+weights.add_command(weights_check)
 
 
 _INTEGER_WEIGHTS_HELP = (
