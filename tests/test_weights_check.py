@@ -114,3 +114,19 @@ def test_the_command_refuses_what_is_not_a_bundle(tmp_path, png_file) -> None:
     ]
     code, _, err = run("weights", "check", str(tmp_path / "none"))
     assert code == 2 and "does not exist" in err
+
+
+def test_without_paths_it_checks_every_bundle_found_or_says_none_was(
+    int_bundle, tmp_path, monkeypatch
+) -> None:
+    from aeic_codec.bundles import bundle
+
+    monkeypatch.setattr(bundle, "SHIPPED_WEIGHTS", (tmp_path / "shipped",))
+    monkeypatch.setenv("AEIC_WEIGHTS", str(int_bundle.parent))
+    code, out, err = run("weights", "check")
+    assert (code, err) == (0, "")
+    assert out == f"ok  {read_info(int_bundle).integer_identity}  {int_bundle}\n"
+    monkeypatch.delenv("AEIC_WEIGHTS")
+    code, out, err = run("weights", "check")
+    assert (code, out) == (1, "")
+    assert err == f"aeic: error: no bundle found; searched: {tmp_path / 'shipped'}\n"
