@@ -9,7 +9,15 @@ from pathlib import Path
 
 import click
 
-from aeic_codec.bundles.bundle import BundleError
+from aeic_codec.bundles.bundle import (
+    SUFFIX,
+    BundleError,
+    BundleInfo,
+    check_bundle,
+    iter_bundles,
+    rate_order,
+    search_paths,
+)
 
 from .common import error, require_stdout
 
@@ -25,8 +33,6 @@ def weights_list(as_json: bool, where: str | None) -> None:
     The identity shown is the one its files carry (and aeic info shows).
     """
     require_stdout("weights list writes there")
-    from aeic_codec.bundles.bundle import BundleInfo, iter_bundles, rate_order, search_paths
-
     found = list(iter_bundles(search_paths(where)))
     for problem in found:
         if isinstance(problem, BundleError):
@@ -55,8 +61,6 @@ def weights_check(paths: tuple[str, ...]) -> None:
     A realism decoder and a fast encoder carry no digest (no file depends on them).
     """
     require_stdout("weights check writes there")
-    from aeic_codec.bundles.bundle import SUFFIX, check_bundle, iter_bundles, search_paths
-
     searched = [Path(p) for p in paths] or search_paths()
     failures = 0
     for folder in (p for p in searched if p.is_dir() and not any(p.glob(f"*{SUFFIX}"))):
